@@ -1,0 +1,235 @@
+"""Pipeline configuration: the YAML schema, safe loading, dotted overrides and readable errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+from pipelines.errors import ConfigError
+
+ColumnType = Literal["float", "int", "str", "category", "bool"]
+
+
+class StrictModel(BaseModel):
+    """Base for config sections: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SparkSettings(StrictModel):
+    """How to reach Spark; master None means the one spark-submit gave, else local[*]."""
+
+    master: str | None = None
+    app_name: str | None = None
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class DaskSettings(StrictModel):
+    """How to reach Dask; scheduler None starts a LocalCluster."""
+
+    scheduler: str | None = None
+    n_workers: PositiveInt = 2
+    threads_per_worker: PositiveInt = 1
+    memory_limit: str = "auto"
+
+
+class EngineConfig(StrictModel):
+    """Which engine runs the data stages, and how finely data is partitioned."""
+
+    kind: Literal["spark", "dask"] = "dask"
+    partitions: PositiveInt = 4
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    dask: DaskSettings = Field(default_factory=DaskSettings)
+
+
+class ImageSpec(StrictModel):
+    """Declared shape of one image record and the number of label classes."""
+
+    shape: list[PositiveInt] = Field(min_length=1, max_length=3)
+    classes: PositiveInt | None = None
+
+
+class NpzKeys(StrictModel):
+    """Array names inside an .npz archive."""
+
+    images: str = "x"
+    labels: str = "y"
+
+
+class DatasetConfig(StrictModel):
+    """Where the data is and what it must look like."""
+
+    name: str
+    format: Literal["csv", "parquet", "idx", "npz"]
+    path: str | list[str]
+    labels_path: str | None = None
+    features: list[str] | None = None
+    label: str | None = None
+    types: dict[str, ColumnType] = Field(default_factory=dict)
+    categories: dict[str, list[str]] = Field(default_factory=dict)
+    formula: str | None = None
+    image: ImageSpec | None = None
+    npz_keys: NpzKeys = Field(default_factory=NpzKeys)
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> DatasetConfig:
+        tabular = self.format in ("csv", "parquet")
+        if tabular and self.image is None:
+            if self.formula and (self.features or self.label):
+                raise ValueError("give either 'formula' or 'features'/'label', not both")
+            if not self.formula and not self.features:
+                raise ValueError("tabular data needs 'formula' or 'features' (and usually 'label')")
+        if not tabular and self.image is None:
+            raise ValueError(f"format {self.format!r} needs an 'image' section (shape, classes)")
+        if self.format == "idx" and not self.labels_path:
+            raise ValueError("format 'idx' needs 'labels_path' (the labels IDX file)")
+        return self
+
+
+class SplitConfig(StrictModel):
+    """Seeded hash split: membership depends only on (file, row, seed)."""
+
+    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_total(self) -> SplitConfig:
+        if self.test_fraction + self.val_fraction >= 1.0:
+            raise ValueError("test_fraction + val_fraction must be below 1")
+        return self
+
+
+class IngestStage(StrictModel):
+    """Read, validate, split, encode and standardize; write partitioned Parquet."""
+
+    stage: Literal["ingest"] = "ingest"
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    standardize: bool = True
+    image_scale: Literal["none", "unit"] = "unit"
+    encode: Literal["onehot", "index"] = "onehot"
+    max_rejected_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    index_block_mb: PositiveInt = 32
+    write: bool = True
+
+
+StageConfig = IngestStage
+
+
+class PipelineConfig(StrictModel):
+    """One pipeline: a dataset, an engine and the stages to run on it."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    dataset: DatasetConfig
+    stages: list[StageConfig] = Field(min_length=1)
+    runs_dir: str = "runs"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in mapping:
+            raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+    return mapping
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a YAML mapping safely (no Python tags, no duplicate keys)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one dotted `a.b.0.c=value` override in place; the value is parsed as YAML."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r}: expected KEY=VALUE")
+    dotted, raw = assignment.split("=", 1)
+    keys = dotted.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"override {assignment!r}: empty key in {dotted!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {assignment!r}: value is not valid YAML: {exc}") from exc
+    node: Any = data
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ConfigError(f"override {dotted!r}: {'.'.join(keys[:i]) or '<root>'} has no item {key}")
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            raise ConfigError(f"override {dotted!r}: {'.'.join(keys[:i])} is a value, not a section")
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "<root>"
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> PipelineConfig:
+    """Validate a raw mapping; errors name each key's path and the source file."""
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "missing":
+                msg = "required field is missing"
+            got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err.get('input')!r})"
+            lines.append(f"  - {_format_loc(tuple(err['loc']))}: {msg}{got}")
+        raise ConfigError(f"{source}: invalid config:\n" + "\n".join(lines)) from None
+
+
+def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> PipelineConfig:
+    """Load, override and validate a pipeline config file."""
+    data = load_yaml(path)
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return parse_config(data, source=str(Path(path)))
+
+
+def dump_config(config: PipelineConfig) -> str:
+    """The resolved config as YAML (what a run records)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

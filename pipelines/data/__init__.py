@@ -1,0 +1,1 @@
+"""Data that ships with the install (bundled) and synthetic data for scale."""

@@ -1,0 +1,20 @@
+"""Engine factory: the one place that chooses between the Spark and Dask adapters."""
+
+from __future__ import annotations
+
+from pipelines.config import EngineConfig
+from pipelines.engines.base import Engine
+
+
+def make_engine(config: EngineConfig) -> Engine:
+    """An unstarted engine for the config's kind (use it as a context manager)."""
+    if config.kind == "spark":
+        from pipelines.engines.spark_engine import SparkEngine
+
+        return SparkEngine(config.spark, partitions=config.partitions)
+    from pipelines.engines.dask_engine import DaskEngine
+
+    return DaskEngine(config.dask)
+
+
+__all__ = ["Engine", "make_engine"]

@@ -1,0 +1,124 @@
+"""The engine seam: the few operations stages need, written once per engine (Spark, Dask).
+
+Partition functions speak pandas in and out; each engine converts at its own boundary (Arrow for
+Spark's mapInArrow, native pandas partitions for Dask), so stage logic is written once.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import pandas as pd
+import pyarrow as pa
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+PartitionFn = Callable[[pd.DataFrame], pd.DataFrame]
+ReduceFn = Callable[[pd.DataFrame], dict[str, Any]]
+
+
+def to_arrow(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """Convert a pandas partition to Arrow with exactly the declared schema (column order and types)."""
+    return pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+
+
+def conform(frame: pd.DataFrame, schema: pa.Schema) -> pd.DataFrame:
+    """Round-trip a pandas partition through Arrow so every partition has identical dtypes."""
+    return to_arrow(frame, schema).to_pandas()
+
+
+def empty_frame(schema: pa.Schema) -> pd.DataFrame:
+    """A zero-row pandas frame with the dtypes a schema converts to (Dask's meta)."""
+    return schema.empty_table().to_pandas()
+
+
+def encode_result(result: dict[str, Any]) -> str:
+    """Serialize a per-partition reduction as JSON (never pickle) for transport to the driver."""
+    return json.dumps(result, allow_nan=True)
+
+
+def decode_result(text: str) -> dict[str, Any]:
+    """Inverse of encode_result."""
+    return json.loads(text)
+
+
+class Engine(abc.ABC):
+    """A started Spark or Dask backend. Use as a context manager; frames are engine-native."""
+
+    kind: str = "abstract"
+
+    def __enter__(self) -> Engine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Connect to or start the backend."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Release what start() acquired (a local cluster is shut down, a remote one is left running)."""
+
+    @property
+    @abc.abstractmethod
+    def parallelism(self) -> int:
+        """How many tasks run at once (cores across workers)."""
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Facts for the manifest: versions, master or scheduler address, workers."""
+
+    @abc.abstractmethod
+    def run_tasks(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """Run fn on each item as independent tasks across workers; results in item order."""
+
+    @abc.abstractmethod
+    def from_tasks(self, fn: Callable[[T], pd.DataFrame], items: Sequence[T], schema: pa.Schema) -> Any:
+        """Build a lazy frame whose partition i is fn(items[i]) (conformed to schema)."""
+
+    @abc.abstractmethod
+    def map_partitions(self, frame: Any, fn: PartitionFn, schema: pa.Schema) -> Any:
+        """Apply a pandas-to-pandas function to each partition, lazily."""
+
+    @abc.abstractmethod
+    def reduce_partitions(self, frame: Any, fn: ReduceFn) -> list[dict[str, Any]]:
+        """Run fn on each partition and collect its small JSON-able result, in partition order."""
+
+    @abc.abstractmethod
+    def persist(self, frame: Any) -> Any:
+        """Materialize a frame in cluster memory (spilling to disk where the engine does)."""
+
+    @abc.abstractmethod
+    def release(self, frame: Any) -> None:
+        """Drop a persisted frame."""
+
+    @abc.abstractmethod
+    def write_parquet(self, frame: Any, path: str) -> None:
+        """Write a frame as a directory of Parquet part files (path must not exist)."""
+
+    @abc.abstractmethod
+    def read_parquet(self, path: str) -> Any:
+        """Read a directory of Parquet files as a frame."""
+
+    @abc.abstractmethod
+    def to_pandas(self, frame: Any) -> pd.DataFrame:
+        """Collect a frame to the driver (small results only)."""
+
+    @abc.abstractmethod
+    def num_partitions(self, frame: Any) -> int:
+        """Number of partitions of a frame."""
+
+    def partition_sizes(self, frame: Any) -> list[int]:
+        """Row count of each partition."""
+        return [r["rows"] for r in self.reduce_partitions(frame, lambda pdf: {"rows": len(pdf)})]
+
+    def count(self, frame: Any) -> int:
+        """Total row count."""
+        return sum(self.partition_sizes(frame))

@@ -1,0 +1,123 @@
+"""Dask adapter: a distributed Client on a LocalCluster (default) or an existing scheduler."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dask
+import dask.dataframe as dd
+import pandas as pd
+import pyarrow as pa
+
+from pipelines.config import DaskSettings
+from pipelines.engines.base import (
+    Engine,
+    PartitionFn,
+    R,
+    ReduceFn,
+    T,
+    conform,
+    decode_result,
+    empty_frame,
+    encode_result,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _reduce_one(fn: ReduceFn, part: pd.DataFrame) -> str:
+    return encode_result(fn(part))
+
+
+class DaskEngine(Engine):
+    """Runs stages on a dask.distributed cluster."""
+
+    kind = "dask"
+
+    def __init__(self, settings: DaskSettings | None = None, client: Any = None) -> None:
+        self.settings = settings or DaskSettings()
+        self.client = client
+        self._owns_client = client is None
+        self._cluster: Any = None
+
+    def start(self) -> None:
+        from distributed import Client, LocalCluster
+
+        # Keep object columns as they are: image bytes are binary, not text (dask would cast them to str).
+        dask.config.set({"dataframe.convert-string": False})
+        if self.client is not None:
+            return
+        if self.settings.scheduler:
+            self.client = Client(self.settings.scheduler)
+        else:
+            self._cluster = LocalCluster(
+                n_workers=self.settings.n_workers,
+                threads_per_worker=self.settings.threads_per_worker,
+                memory_limit=self.settings.memory_limit,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.WARNING,
+            )
+            self.client = Client(self._cluster)
+        log.info("dask client ready: %s", self.client.scheduler.address)
+
+    def stop(self) -> None:
+        if self._owns_client and self.client is not None:
+            self.client.close()
+            self.client = None
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+    @property
+    def parallelism(self) -> int:
+        return max(1, sum(self.client.nthreads().values()))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "engine": "dask",
+            "version": dask.__version__,
+            "scheduler": self.client.scheduler.address,
+            "workers": len(self.client.nthreads()),
+            "threads": self.parallelism,
+        }
+
+    def run_tasks(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        futures = self.client.map(fn, list(items), pure=False)
+        return self.client.gather(futures)
+
+    def from_tasks(self, fn: Callable[[T], pd.DataFrame], items: Sequence[T], schema: pa.Schema) -> Any:
+        def part(item: T) -> pd.DataFrame:
+            return conform(fn(item), schema)
+
+        return dd.from_map(part, list(items), meta=empty_frame(schema), enforce_metadata=False)
+
+    def map_partitions(self, frame: Any, fn: PartitionFn, schema: pa.Schema) -> Any:
+        def part(pdf: pd.DataFrame) -> pd.DataFrame:
+            return conform(fn(pdf), schema)
+
+        return frame.map_partitions(part, meta=empty_frame(schema), enforce_metadata=False)
+
+    def reduce_partitions(self, frame: Any, fn: ReduceFn) -> list[dict[str, Any]]:
+        parts = [dask.delayed(_reduce_one)(fn, p) for p in frame.to_delayed()]
+        return [decode_result(text) for text in dask.compute(*parts)]
+
+    def persist(self, frame: Any) -> Any:
+        return self.client.persist(frame)
+
+    def release(self, frame: Any) -> None:
+        del frame
+
+    def write_parquet(self, frame: Any, path: str) -> None:
+        frame.to_parquet(path, write_index=False, engine="pyarrow")
+
+    def read_parquet(self, path: str) -> Any:
+        return dd.read_parquet(path, engine="pyarrow")
+
+    def to_pandas(self, frame: Any) -> pd.DataFrame:
+        return frame.compute().reset_index(drop=True)
+
+    def num_partitions(self, frame: Any) -> int:
+        return frame.npartitions

@@ -1,0 +1,172 @@
+"""Spark adapter: a SparkSession on local[*] (default), the master spark-submit gave, or a configured one."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from pipelines.config import SparkSettings
+from pipelines.engines.base import (
+    Engine,
+    PartitionFn,
+    R,
+    ReduceFn,
+    T,
+    decode_result,
+    encode_result,
+    to_arrow,
+)
+from pipelines.javacheck import require_java
+
+log = logging.getLogger(__name__)
+
+_RESULT_SCHEMA = pa.schema([("result", pa.string())])
+
+
+def under_spark_submit() -> bool:
+    """True when this Python process was launched by spark-submit (which owns master and resources)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def _spark_schema(schema: pa.Schema) -> Any:
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(schema)
+
+
+def _batches_to_pandas(batches: Iterator[pa.RecordBatch]) -> pd.DataFrame | None:
+    batches = list(batches)
+    if not batches:
+        return None
+    return pa.Table.from_batches(batches).to_pandas()
+
+
+class SparkEngine(Engine):
+    """Runs stages on a SparkSession."""
+
+    kind = "spark"
+
+    def __init__(self, settings: SparkSettings | None = None, partitions: int = 4, session: Any = None) -> None:
+        self.settings = settings or SparkSettings()
+        self.partitions = partitions
+        self.spark = session
+        self._owns_session = session is None
+
+    def start(self) -> None:
+        if self.spark is not None:
+            return
+        require_java()
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+        from pyspark.sql import SparkSession
+
+        builder = SparkSession.builder.appName(self.settings.app_name or "pipelines")
+        if under_spark_submit():
+            if self.settings.master:
+                log.warning("spark-submit gave the master; ignoring engine.spark.master=%s", self.settings.master)
+        else:
+            builder = builder.master(self.settings.master or "local[*]")
+            builder = builder.config("spark.ui.enabled", "false")
+            builder = builder.config("spark.ui.showConsoleProgress", "false")
+            builder = builder.config("spark.sql.shuffle.partitions", str(self.partitions))
+            builder = builder.config("spark.driver.memory", os.environ.get("PIPELINES_SPARK_DRIVER_MEMORY", "4g"))
+        builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        for key, value in self.settings.conf.items():
+            builder = builder.config(key, value)
+        self.spark = builder.getOrCreate()
+        self.spark.sparkContext.setLogLevel("ERROR")
+        log.info("spark session ready: %s", self.spark.sparkContext.master)
+
+    def stop(self) -> None:
+        if self._owns_session and self.spark is not None and not under_spark_submit():
+            self.spark.stop()
+        self.spark = None
+
+    @property
+    def parallelism(self) -> int:
+        return max(1, self.spark.sparkContext.defaultParallelism)
+
+    def describe(self) -> dict[str, Any]:
+        sc = self.spark.sparkContext
+        return {
+            "engine": "spark",
+            "version": self.spark.version,
+            "master": sc.master,
+            "app_id": sc.applicationId,
+            "parallelism": self.parallelism,
+            "spark_submit": under_spark_submit(),
+        }
+
+    def run_tasks(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        items = list(items)
+        if not items:
+            return []
+        rdd = self.spark.sparkContext.parallelize(list(enumerate(items)), len(items))
+        pairs = rdd.map(lambda pair: (pair[0], fn(pair[1]))).collect()
+        return [result for _, result in sorted(pairs, key=lambda pair: pair[0])]
+
+    def from_tasks(self, fn: Callable[[T], pd.DataFrame], items: Sequence[T], schema: pa.Schema) -> Any:
+        items = list(items)
+        index = self.spark.sparkContext.parallelize([(i,) for i in range(len(items))], max(1, len(items)))
+        seeds = self.spark.createDataFrame(index, "task int")
+
+        def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                for i in batch.column(0).to_pylist():
+                    yield from to_arrow(fn(items[i]), schema).to_batches()
+
+        return seeds.mapInArrow(run, _spark_schema(schema))
+
+    def map_partitions(self, frame: Any, fn: PartitionFn, schema: pa.Schema) -> Any:
+        def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            pdf = _batches_to_pandas(batches)
+            if pdf is not None:
+                yield from to_arrow(fn(pdf), schema).to_batches()
+
+        return frame.mapInArrow(run, _spark_schema(schema))
+
+    def reduce_partitions(self, frame: Any, fn: ReduceFn) -> list[dict[str, Any]]:
+        empty = frame.schema
+
+        def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            pdf = _batches_to_pandas(batches)
+            if pdf is None:
+                from pyspark.sql.pandas.types import to_arrow_schema
+
+                pdf = to_arrow_schema(empty).empty_table().to_pandas()
+            yield pa.RecordBatch.from_pylist([{"result": encode_result(fn(pdf))}], schema=_RESULT_SCHEMA)
+
+        rows = frame.mapInArrow(run, _spark_schema(_RESULT_SCHEMA)).collect()
+        return [decode_result(row["result"]) for row in rows]
+
+    def persist(self, frame: Any) -> Any:
+        from pyspark import StorageLevel
+
+        frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
+        frame.count()
+        return frame
+
+    def release(self, frame: Any) -> None:
+        frame.unpersist()
+
+    def write_parquet(self, frame: Any, path: str) -> None:
+        frame.write.mode("errorifexists").parquet(path)
+
+    def read_parquet(self, path: str) -> Any:
+        return self.spark.read.parquet(path)
+
+    def to_pandas(self, frame: Any) -> pd.DataFrame:
+        table = frame.toArrow() if hasattr(frame, "toArrow") else pa.Table.from_pandas(frame.toPandas())
+        return table.to_pandas()
+
+    def num_partitions(self, frame: Any) -> int:
+        return frame.rdd.getNumPartitions()

@@ -1,0 +1,1 @@
+"""Ingest: read CSV, Parquet, IDX and NPZ into validated, split, partitioned engine frames."""

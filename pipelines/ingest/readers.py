@@ -1,0 +1,171 @@
+"""Read one segment of a source file into a RawChunk: declared columns, row numbers, raw text of lines."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from pipelines.errors import DataError
+from pipelines.ingest.schema import TableSchema
+from pipelines.ingest.sources import Segment, _open_maybe_gzip
+
+
+@dataclass
+class Malformed:
+    """A record that could not be split into fields (wrong field count)."""
+
+    row: int
+    reason: str
+    raw: str
+
+
+@dataclass
+class RawChunk:
+    """What a reader hands to validation: values (typed or text), their row numbers, and rejects so far."""
+
+    source: str
+    values: pa.Table
+    rows: np.ndarray
+    typed: bool
+    malformed: list[Malformed] = field(default_factory=list)
+    raw_text: list[str] | None = None
+    file_problem: str | None = None
+
+
+def _read_lines(segment: Segment) -> tuple[bytes, np.ndarray]:
+    """Bytes of the segment's lines and the start offset of each line (plus the end)."""
+    f = segment.file
+    first = segment.start + f.header_lines
+    last = segment.stop + f.header_lines
+    offset, line = max((cp for cp in f.checkpoints if cp[1] <= first), key=lambda cp: cp[1])
+    need = last - line
+    parts: list[bytes] = []
+    found = 0
+    with open(f.path, "rb") as fh:
+        fh.seek(offset)
+        while found < need:
+            chunk = fh.read(16 << 20)
+            if not chunk:
+                break
+            parts.append(chunk)
+            found += chunk.count(b"\n")
+    data = b"".join(parts)
+    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    skip = first - line
+    begin = 0 if skip == 0 else int(newlines[skip - 1]) + 1
+    end = int(newlines[need - 1]) + 1 if len(newlines) >= need else len(data)
+    body = data[begin:end]
+    inner = newlines[(newlines >= begin) & (newlines < end)] - begin + 1
+    starts = np.concatenate([[0], inner[inner < len(body)], [len(body)]]).astype(np.int64)
+    if len(starts) - 1 != segment.stop - segment.start:
+        raise DataError(
+            f"{f.path}: expected {segment.stop - segment.start} lines from line {first + 1}, found {len(starts) - 1}"
+        )
+    return body, starts
+
+
+def _line_text(body: bytes, starts: np.ndarray, i: int) -> str:
+    return body[starts[i] : starts[i + 1]].rstrip(b"\r\n").decode("utf-8", errors="replace")
+
+
+def read_csv_segment(segment: Segment, schema: TableSchema, delimiter: str) -> RawChunk:
+    """Parse a CSV segment: typed fast path, text fallback when a value does not convert."""
+    f = segment.file
+    body, starts = _read_lines(segment)
+    n_lines = len(starts) - 1
+    first_line_no = segment.start + f.header_lines + 1
+    bad: list[Malformed] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        line_no = first_line_no + row.number - 1
+        bad.append(Malformed(line_no, f"malformed row: {row.actual_columns} fields, expected {row.expected_columns}", row.text or ""))
+        return "skip"
+
+    def parse(typed: bool) -> pa.Table:
+        bad.clear()
+        types = {c.name: (c.arrow_type if typed and c.kind != "bool" else pa.string()) for c in schema.columns}
+        return pacsv.read_csv(
+            io.BytesIO(body),
+            read_options=pacsv.ReadOptions(column_names=list(f.columns), use_threads=False, block_size=max(len(body), 1 << 20) + 1),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types=types,
+                include_columns=schema.names,
+                null_values=[""],
+                strings_can_be_null=typed,
+                quoted_strings_can_be_null=typed,
+            ),
+        )
+
+    typed = True
+    try:
+        table = parse(typed=True) if n_lines else None
+    except pa.ArrowInvalid:
+        typed = False
+        try:
+            table = parse(typed=False)
+        except pa.ArrowInvalid as exc:
+            raise DataError(f"{f.path}: lines {first_line_no}-{first_line_no + n_lines - 1}: cannot parse CSV ({exc})") from exc
+    values = table if table is not None else pa.table({c.name: pa.array([], pa.string()) for c in schema.columns})
+    bad_rows = {m.row for m in bad}
+    rows = np.array([first_line_no + i for i in range(n_lines) if first_line_no + i not in bad_rows], dtype=np.int64)
+    if len(rows) != values.num_rows:
+        raise DataError(
+            f"{f.path}: lines {first_line_no}-{first_line_no + n_lines - 1}: {values.num_rows} records in {n_lines} lines; "
+            "quoted fields spanning lines are not supported"
+        )
+    raw = [_line_text(body, starts, int(r - first_line_no)) for r in rows]
+    return RawChunk(f.name, values, rows, typed, bad, raw)
+
+
+def read_parquet_segment(segment: Segment, schema: TableSchema) -> RawChunk:
+    """Read rows [start, stop) of a Parquet file (only the row groups that hold them)."""
+    f = segment.file
+    pf = pq.ParquetFile(f.path)
+    groups, first_row, offset = [], None, 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if offset + n > segment.start and offset < segment.stop:
+            groups.append(g)
+            first_row = offset if first_row is None else first_row
+        offset += n
+    table = pf.read_row_groups(groups, columns=schema.names) if groups else pf.schema_arrow.empty_table().select(schema.names)
+    start = segment.start - (first_row or 0)
+    table = table.slice(start, segment.stop - segment.start)
+    rows = np.arange(segment.start, segment.stop, dtype=np.int64)
+    return RawChunk(f.name, table, rows, typed=True)
+
+
+def _read_records(segment: Segment, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Records [start, stop) of an IDX file (gzipped or not) as an array of the file's own shape."""
+    f = segment.file
+    stop = min(segment.stop, f.records)
+    if segment.start >= stop:
+        return np.empty((0, *shape), dtype=np.dtype(dtype).newbyteorder("="))
+    dt = np.dtype(dtype)
+    rec = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    with _open_maybe_gzip(f.path) as fh:
+        fh.seek(f.data_offset + segment.start * rec)
+        data = fh.read((stop - segment.start) * rec)
+    n = len(data) // rec
+    arr = np.frombuffer(data[: n * rec], dtype=dt).reshape((n, *shape))
+    return arr.astype(dt.newbyteorder("="), copy=False)
+
+
+def read_image_segment(
+    images: Segment, labels: Segment | None, fmt: str, npz_keys: tuple[str, str]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Image records and labels for one segment (labels None where the labels source has no record)."""
+    if fmt == "npz":
+        with np.load(images.file.path, allow_pickle=False) as archive:
+            x = archive[npz_keys[0]][images.start : images.stop]
+            y = archive[npz_keys[1]][images.start : images.stop] if npz_keys[1] in archive.files else None
+        return x, y
+    x = _read_records(images, images.file.shape, images.file.dtype)
+    y = _read_records(labels, labels.file.shape, labels.file.dtype) if labels is not None else None
+    return x, y

@@ -1,0 +1,150 @@
+"""Declared table schemas: typed columns from a config's features/label/types or an R-style formula."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from pipelines.config import ColumnType, DatasetConfig
+from pipelines.errors import ConfigError, DataError
+
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "float": pa.float64(),
+    "int": pa.int64(),
+    "str": pa.string(),
+    "category": pa.string(),
+    "bool": pa.bool_(),
+}
+
+_NAME = r"[A-Za-z_.][A-Za-z0-9_.]*|`[^`]+`"
+_TERM = re.compile(rf"^(?:C\(\s*(?P<cat>{_NAME})\s*\)|(?P<name>{_NAME}))$")
+
+
+@dataclass(frozen=True)
+class Formula:
+    """A parsed `y ~ a + C(b) + . - c` formula."""
+
+    response: str
+    terms: tuple[str, ...]
+    categorical: frozenset[str]
+    dot: bool
+    removed: frozenset[str]
+    intercept: bool
+
+
+def _strip(name: str) -> str:
+    return name[1:-1] if name.startswith("`") else name
+
+
+def parse_formula(text: str) -> Formula:
+    """Parse the R formula subset we support: names, C(name), '.', '- name', '+ 0'/'- 1'."""
+    if text.count("~") != 1:
+        raise ConfigError(f"formula {text!r}: expected exactly one '~' (response ~ terms)")
+    lhs, rhs = (part.strip() for part in text.split("~"))
+    if not re.fullmatch(_NAME, lhs):
+        raise ConfigError(f"formula {text!r}: response {lhs!r} must be a single column name")
+    terms: list[str] = []
+    categorical: set[str] = set()
+    removed: set[str] = set()
+    dot = False
+    intercept = True
+    tokens = re.findall(r"[+-]|[^+-]+", rhs.replace(" ", "")) if rhs else []
+    sign = "+"
+    for token in tokens:
+        if token in "+-":
+            sign = token
+            continue
+        if token in ("0", "1"):
+            intercept = (token == "1") == (sign == "+")
+            continue
+        if token == ".":
+            if sign == "-":
+                raise ConfigError(f"formula {text!r}: '- .' is not meaningful")
+            dot = True
+            continue
+        match = _TERM.match(token)
+        if not match:
+            raise ConfigError(
+                f"formula {text!r}: unsupported term {token!r} (use column names, C(name), '.', '- name', '0' or '1')"
+            )
+        name = _strip(match.group("cat") or match.group("name"))
+        if sign == "-":
+            removed.add(name)
+            continue
+        if match.group("cat"):
+            categorical.add(name)
+        if name not in terms:
+            terms.append(name)
+    if not terms and not dot:
+        raise ConfigError(f"formula {text!r}: no predictor terms")
+    return Formula(_strip(lhs), tuple(terms), frozenset(categorical), dot, frozenset(removed), intercept)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One declared column: name and kind."""
+
+    name: str
+    kind: ColumnType
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        return ARROW_TYPES[self.kind]
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind in ("float", "int")
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """The columns a tabular data set must have, in order: features then the label."""
+
+    features: tuple[Column, ...]
+    label: Column | None
+    intercept: bool = True
+    categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        return self.features + ((self.label,) if self.label else ())
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+def resolve_table_schema(dataset: DatasetConfig, file_columns: list[str], source: str) -> TableSchema:
+    """Resolve the declared schema against the columns a file actually has; missing ones are errors."""
+    types = dict(dataset.types)
+    intercept = True
+    if dataset.formula:
+        formula = parse_formula(dataset.formula)
+        label_name: str | None = formula.response
+        names = list(formula.terms)
+        if formula.dot:
+            names += [c for c in file_columns if c not in names and c != label_name]
+        names = [n for n in names if n not in formula.removed]
+        for name in formula.categorical:
+            types[name] = "category"
+        intercept = formula.intercept
+    else:
+        label_name = dataset.label
+        names = list(dataset.features or [])
+    for name in dataset.categories:
+        types.setdefault(name, "category")
+    wanted = names + ([label_name] if label_name else [])
+    missing = [n for n in wanted if n not in file_columns]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {missing}; the file has {file_columns}")
+    if label_name in names:
+        raise ConfigError(f"dataset {dataset.name!r}: label {label_name!r} is also listed as a feature")
+    unknown_types = set(types) - set(wanted)
+    if unknown_types:
+        raise ConfigError(f"dataset {dataset.name!r}: 'types' names columns not in the schema: {sorted(unknown_types)}")
+    features = tuple(Column(n, types.get(n, "float")) for n in names)
+    label = Column(label_name, types.get(label_name, "float")) if label_name else None
+    categories = {k: tuple(v) for k, v in dataset.categories.items()}
+    return TableSchema(features, label, intercept, categories)

@@ -1,0 +1,240 @@
+"""The ingest stage: plan balanced segments, read and validate them on the engine, split, fit, write."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pipelines.atomic import atomic_write_bytes
+from pipelines.config import DatasetConfig, IngestStage, SplitConfig
+from pipelines.data.bundled import resolve_path
+from pipelines.engines.base import Engine
+from pipelines.errors import DataError
+from pipelines.ingest import readers, sources
+from pipelines.ingest.schema import TableSchema, resolve_table_schema
+from pipelines.ingest.split import SPLIT_NAMES, assign_split
+from pipelines.ingest.transform import (
+    Fitted,
+    image_output_schema,
+    output_schema,
+    partition_stats,
+    transform_images,
+    transform_table,
+)
+from pipelines.ingest.validate import image_arrow_schema, table_arrow_schema, validate_images, validate_table
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_COLUMNS = ["source", "row", "column", "reason", "raw"]
+
+
+@dataclass
+class Plan:
+    """What to read: the files, their balanced segments, and the declared schema."""
+
+    dataset: DatasetConfig
+    files: list[sources.SourceFile]
+    parts: list[list[sources.Segment]]
+    table: TableSchema | None = None
+    labels: sources.SourceFile | None = None
+    image_problem: str | None = None
+
+    @property
+    def records(self) -> int:
+        return sum(len_ for part in self.parts for len_ in (s.stop - s.start for s in part))
+
+
+def plan_ingest(dataset: DatasetConfig, partitions: int, engine: Engine, block_mb: int = 32) -> Plan:
+    """Index the input files and cut them into `partitions` balanced segments."""
+    fmt = dataset.format
+    if fmt in ("csv", "parquet"):
+        suffix = (".csv", ".txt") if fmt == "csv" else (".parquet", ".pq")
+        paths = sources.expand_paths(resolve_path(dataset.path), suffix)
+        if fmt == "csv":
+            files = sources.index_csv_files(paths, dataset.delimiter, block_mb << 20, engine.run_tasks)
+        else:
+            files = sources.index_parquet_files(paths)
+        table = resolve_table_schema(dataset, list(files[0].columns), files[0].path)
+        for f in files[1:]:
+            resolve_table_schema(dataset, list(f.columns), f.path)
+        return Plan(dataset, files, sources.balanced_segments(files, partitions), table=table)
+    assert dataset.image is not None
+    image_path = resolve_path(dataset.path)
+    if not isinstance(image_path, str):
+        raise DataError(f"dataset {dataset.name!r}: image formats take one file in 'path', got {image_path}")
+    if fmt == "idx":
+        images = sources.index_idx_file(sources.expand_paths(image_path, (".gz",))[0])
+        labels = sources.index_idx_file(sources.expand_paths(resolve_path(dataset.labels_path), (".gz",))[0])
+    else:
+        path = sources.expand_paths(image_path, (".npz",))[0]
+        images = sources.index_npz_file(path, dataset.npz_keys.images)
+        labels = sources.index_npz_file(path, dataset.npz_keys.labels)
+    declared = tuple(dataset.image.shape)
+    problem = None
+    if int(np.prod(images.shape)) != int(np.prod(declared)):
+        problem = f"image shape {images.shape} does not match declared shape {declared}"
+    combined = dataclasses.replace(images, records=max(images.records, labels.records))
+    return Plan(dataset, [images], sources.balanced_segments([combined], partitions), labels=labels, image_problem=problem)
+
+
+def _with_split(frame: pd.DataFrame, split: SplitConfig) -> pd.DataFrame:
+    codes = np.zeros(len(frame), dtype=np.int8)
+    for source, idx in frame.groupby("_source", sort=False).indices.items():
+        codes[idx] = assign_split(str(source), frame["_row"].to_numpy()[idx], split)
+    frame["_split"] = codes
+    return frame
+
+
+def read_part(plan: Plan, part: list[sources.Segment], split: SplitConfig) -> pd.DataFrame:
+    """Read and validate one partition's segments (runs on a worker)."""
+    frames = []
+    for seg in part:
+        if plan.table is not None:
+            if plan.dataset.format == "csv":
+                chunk = readers.read_csv_segment(seg, plan.table, plan.dataset.delimiter)
+            else:
+                chunk = readers.read_parquet_segment(seg, plan.table)
+            frames.append(validate_table(chunk, plan.table))
+        else:
+            image_file = plan.files[0]
+            img_seg = sources.Segment(image_file, seg.start, seg.stop)
+            lbl_seg = sources.Segment(plan.labels, seg.start, seg.stop) if plan.labels else None
+            keys = (plan.dataset.npz_keys.images, plan.dataset.npz_keys.labels)
+            x, y = readers.read_image_segment(img_seg, lbl_seg, plan.dataset.format, keys)
+            image = plan.dataset.image
+            rows = np.arange(seg.start, seg.stop, dtype=np.int64)
+            frames.append(validate_images(image_file.name, rows, x, y, tuple(image.shape), image.classes, plan.image_problem))
+    frame = pd.concat(frames, ignore_index=True) if len(frames) != 1 else frames[0]
+    return _with_split(frame, split)
+
+
+@dataclass
+class IngestResult:
+    """What ingest hands to later stages and to the summary."""
+
+    dataset: str
+    engine: str
+    read: int
+    accepted: int
+    rejected: int
+    splits: dict[str, int]
+    partition_rows: list[int]
+    split_partition_rows: dict[str, list[int]]
+    fitted: Fitted
+    schema: TableSchema | None
+    outputs: dict[str, str] = field(default_factory=dict)
+    frames: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """Facts for the manifest and metrics (no frames)."""
+        return {
+            "dataset": self.dataset,
+            "engine": self.engine,
+            "read": self.read,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "splits": self.splits,
+            "partitions": len(self.partition_rows),
+            "partition_rows": self.partition_rows,
+            "split_partition_rows": self.split_partition_rows,
+            "scaler": {k: {"mean": m, "std": s} for k, (m, s) in self.fitted.scale.items()},
+            "levels": self.fitted.levels,
+            "constant_columns": self.fitted.constant,
+        }
+
+
+def _rejected_rows(pdf: pd.DataFrame) -> pd.DataFrame:
+    bad = pdf[pdf["_reason"].notna()]
+    return pd.DataFrame(
+        {
+            "source": bad["_source"].to_numpy(),
+            "row": bad["_row"].to_numpy(),
+            "column": bad["_column"].to_numpy(),
+            "reason": bad["_reason"].to_numpy(),
+            "raw": bad["_raw"].to_numpy(),
+        }
+    )
+
+
+QUARANTINE_SCHEMA = pa.schema(
+    [("source", pa.string()), ("row", pa.int64()), ("column", pa.string()), ("reason", pa.string()), ("raw", pa.string())]
+)
+
+
+def write_quarantine(path: Path, rejected: pd.DataFrame) -> None:
+    """Write rejected rows as CSV atomically (row: CSV line number, else 0-based record index)."""
+    rejected = rejected.sort_values(["source", "row"], kind="stable")
+    atomic_write_bytes(path, rejected.to_csv(index=False, columns=QUARANTINE_COLUMNS).encode("utf-8"))
+
+
+def run_ingest(engine: Engine, dataset: DatasetConfig, stage: IngestStage, partitions: int, run: Any = None) -> IngestResult:
+    """Ingest a dataset on an engine; with a Run, write quarantine, splits and manifest facts into it."""
+    plan = plan_ingest(dataset, partitions, engine, stage.index_block_mb)
+    log.info("%s: %d records in %d file(s), %d partitions", dataset.name, plan.records, len(plan.files), len(plan.parts))
+    arrow_schema = table_arrow_schema(plan.table) if plan.table else image_arrow_schema()
+    validated = engine.persist(engine.from_tasks(lambda part: read_part(plan, part, stage.split), plan.parts, arrow_schema))
+    try:
+        stats = engine.reduce_partitions(validated, lambda pdf: partition_stats(pdf, plan.table))
+        read = sum(s["read"] for s in stats)
+        rejected = sum(s["rejected"] for s in stats)
+        if read != plan.records:
+            raise DataError(f"{dataset.name}: read {read} records but the files hold {plan.records}")
+        splits = {name: sum(s["splits"][name] for s in stats) for name in SPLIT_NAMES.values()}
+        fitted = Fitted.from_stats(stats, plan.table, stage.standardize)
+        result = IngestResult(
+            dataset=dataset.name,
+            engine=engine.kind,
+            read=read,
+            accepted=read - rejected,
+            rejected=rejected,
+            splits=splits,
+            partition_rows=[s["read"] for s in stats],
+            split_partition_rows={name: [s["splits"][name] for s in stats] for name in SPLIT_NAMES.values()},
+            fitted=fitted,
+            schema=plan.table,
+        )
+        if run is not None:
+            quarantine = engine.to_pandas(engine.map_partitions(validated, _rejected_rows, QUARANTINE_SCHEMA))
+            write_quarantine(run.dir / "quarantine.csv", quarantine)
+            run.manifest["quarantine"] = {"file": "quarantine.csv", "rows": rejected}
+        fraction = rejected / read if read else 0.0
+        if read == 0:
+            raise DataError(f"{dataset.name}: no records to read")
+        if fraction > stage.max_rejected_fraction:
+            where = f" (see {run.dir / 'quarantine.csv'})" if run is not None else ""
+            raise DataError(
+                f"{dataset.name}: {rejected} of {read} rows rejected ({fraction:.2%}), above "
+                f"max_rejected_fraction={stage.max_rejected_fraction:.2%}{where}"
+            )
+        if run is not None and stage.write:
+            _write_splits(engine, validated, plan, stage, fitted, result, run)
+        return result
+    finally:
+        engine.release(validated)
+
+
+def _write_splits(engine: Engine, validated: Any, plan: Plan, stage: IngestStage, fitted: Fitted,
+                  result: IngestResult, run: Any) -> None:
+    for code, name in SPLIT_NAMES.items():
+        if result.splits[name] == 0:
+            continue
+        if plan.table is not None:
+            schema = output_schema(plan.table, fitted, stage.encode)
+            frame = engine.map_partitions(
+                validated, lambda pdf, c=code: transform_table(pdf, c, plan.table, fitted, stage.encode), schema
+            )
+        else:
+            dtype = plan.files[0].dtype
+            frame = engine.map_partitions(
+                validated, lambda pdf, c=code: transform_images(pdf, c, dtype, stage.image_scale), image_output_schema()
+            )
+        with run.output(f"data/{name}") as tmp:
+            engine.write_parquet(frame, str(tmp))
+        result.outputs[name] = str(run.dir / "data" / name)

@@ -1,0 +1,174 @@
+"""Statistics fitted on the training split (moments, category levels) and the per-partition transform."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pipelines.ingest.schema import TableSchema
+from pipelines.ingest.split import SPLIT_NAMES, TRAIN
+
+KEEP_META = [pa.field("_source", pa.string()), pa.field("_row", pa.int64())]
+
+
+def partition_stats(pdf: pd.DataFrame, schema: TableSchema | None) -> dict[str, Any]:
+    """Counts per split, training-split moments of numeric features and category levels for one partition."""
+    ok = pdf["_reason"].isna().to_numpy()
+    split = pdf["_split"].to_numpy()
+    out: dict[str, Any] = {
+        "read": int(len(pdf)),
+        "rejected": int((~ok).sum()),
+        "splits": {name: int((ok & (split == code)).sum()) for code, name in SPLIT_NAMES.items()},
+        "moments": {},
+        "levels": {},
+    }
+    if schema is None:
+        return out
+    train = pdf[ok & (split == TRAIN)]
+    for col in schema.features:
+        if col.numeric:
+            x = train[col.name].to_numpy(dtype="float64", na_value=np.nan)
+            n = len(x)
+            mean = float(x.mean()) if n else 0.0
+            out["moments"][col.name] = [n, mean, float(((x - mean) ** 2).sum()) if n else 0.0]
+    for col in schema.columns:
+        if col.kind == "category":
+            out["levels"][col.name] = sorted(set(pdf.loc[ok, col.name].dropna().astype(str)))
+    return out
+
+
+def combine_moments(parts: list[list[float]]) -> tuple[int, float, float]:
+    """Chan et al. parallel combination of (n, mean, M2); returns (n, mean, population std)."""
+    n, mean, m2 = 0, 0.0, 0.0
+    for nb, mb, m2b in parts:
+        if nb == 0:
+            continue
+        delta = mb - mean
+        total = n + nb
+        mean += delta * nb / total
+        m2 += m2b + delta * delta * n * nb / total
+        n = total
+    return n, mean, (m2 / n) ** 0.5 if n else 0.0
+
+
+@dataclass
+class Fitted:
+    """What the training split determined: scaler parameters and category levels."""
+
+    scale: dict[str, tuple[float, float]] = field(default_factory=dict)
+    levels: dict[str, list[str]] = field(default_factory=dict)
+    constant: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_stats(cls, stats: list[dict[str, Any]], schema: TableSchema | None, standardize: bool) -> Fitted:
+        fitted = cls()
+        if schema is None:
+            return fitted
+        for col in schema.columns:
+            if col.kind == "category":
+                declared = schema.categories.get(col.name)
+                seen = sorted({v for s in stats for v in s["levels"].get(col.name, [])})
+                fitted.levels[col.name] = list(declared) if declared else seen
+        if standardize:
+            for col in schema.features:
+                if col.numeric:
+                    _, mean, std = combine_moments([s["moments"][col.name] for s in stats])
+                    if std == 0.0:
+                        fitted.constant.append(col.name)
+                        std = 1.0
+                    fitted.scale[col.name] = (mean, std)
+        return fitted
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_]+", "_", name).strip("_") or "x"
+
+
+def encoded_columns(schema: TableSchema, fitted: Fitted, encode: str) -> list[tuple[str, pa.DataType, str, str | None]]:
+    """Output feature columns: (name, type, source column, level or None)."""
+    out: list[tuple[str, pa.DataType, str, str | None]] = []
+    for col in schema.features:
+        if col.kind == "category" and encode in ("onehot", "dummy"):
+            levels = fitted.levels[col.name][1:] if encode == "dummy" else fitted.levels[col.name]
+            out += [(f"{_safe(col.name)}_{_safe(level)}", pa.float64(), col.name, level) for level in levels]
+        elif col.kind == "category":
+            out.append((col.name, pa.int64(), col.name, None))
+        elif col.numeric:
+            out.append((col.name, pa.float64(), col.name, None))
+        elif col.kind == "bool":
+            out.append((col.name, pa.float64(), col.name, None))
+        else:
+            out.append((col.name, pa.string(), col.name, None))
+    return out
+
+
+def output_schema(schema: TableSchema, fitted: Fitted, encode: str) -> pa.Schema:
+    """Arrow schema of a written tabular split."""
+    fields = KEEP_META + [pa.field(name, t) for name, t, _, _ in encoded_columns(schema, fitted, encode)]
+    if schema.label is not None:
+        label_type = pa.int64() if schema.label.kind in ("category", "int", "bool") else pa.float64()
+        fields.append(pa.field(schema.label.name, label_type))
+    return pa.schema(fields)
+
+
+def transform_table(pdf: pd.DataFrame, split: int, schema: TableSchema, fitted: Fitted, encode: str) -> pd.DataFrame:
+    """Accepted rows of one split, encoded and standardized with the training-split fit."""
+    keep = pdf[pdf["_reason"].isna() & (pdf["_split"] == split)]
+    out: dict[str, Any] = {"_source": keep["_source"].to_numpy(), "_row": keep["_row"].to_numpy()}
+    for name, _, source, level in encoded_columns(schema, fitted, encode):
+        values = keep[source]
+        if level is not None:
+            out[name] = (values.astype(str) == level).to_numpy(dtype="float64")
+        elif source in fitted.levels:
+            out[name] = pd.Categorical(values, categories=fitted.levels[source]).codes.astype("int64")
+        elif source in fitted.scale:
+            mean, std = fitted.scale[source]
+            out[name] = (values.to_numpy(dtype="float64") - mean) / std
+        elif values.dtype == "boolean":
+            out[name] = values.to_numpy(dtype="float64")
+        else:
+            out[name] = values.to_numpy(dtype="float64") if schema_kind(schema, source) != "str" else values.to_numpy()
+    if schema.label is not None:
+        label = keep[schema.label.name]
+        if schema.label.name in fitted.levels:
+            out[schema.label.name] = pd.Categorical(label, categories=fitted.levels[schema.label.name]).codes.astype("int64")
+        elif schema.label.kind in ("int", "bool"):
+            out[schema.label.name] = label.to_numpy(dtype="int64")
+        else:
+            out[schema.label.name] = label.to_numpy(dtype="float64")
+    return pd.DataFrame(out)
+
+
+def schema_kind(schema: TableSchema, name: str) -> str:
+    """Declared kind of a column."""
+    return next(c.kind for c in schema.columns if c.name == name)
+
+
+def image_output_schema() -> pa.Schema:
+    """Arrow schema of a written image split."""
+    return pa.schema(KEEP_META + [pa.field("image", pa.binary()), pa.field("label", pa.int64())])
+
+
+def transform_images(pdf: pd.DataFrame, split: int, dtype: str, scale: str) -> pd.DataFrame:
+    """Accepted image rows of one split; 'unit' scaling stores float32 pixels in [0, 1]."""
+    keep = pdf[pdf["_reason"].isna() & (pdf["_split"] == split)]
+    images = keep["image"].to_numpy()
+    if scale == "unit" and len(images):
+        dt = np.dtype(dtype).newbyteorder("=")
+        divisor = float(np.iinfo(dt).max) if np.issubdtype(dt, np.integer) else 1.0
+        images = np.array(
+            [(np.frombuffer(b, dtype=dt).astype(np.float32) / divisor).tobytes() for b in images], dtype=object
+        )
+    return pd.DataFrame(
+        {
+            "_source": keep["_source"].to_numpy(),
+            "_row": keep["_row"].to_numpy(),
+            "image": images,
+            "label": keep["label"].to_numpy(dtype="int64"),
+        }
+    )

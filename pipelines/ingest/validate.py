@@ -1,0 +1,212 @@
+"""Row validation: typed columns plus, for every rejected row, the column and the reason.
+
+The validated frame keeps every record read (accepted and rejected), so counts always reconcile:
+`_reason` is null for accepted rows. Stages then filter; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pipelines.ingest.readers import RawChunk
+from pipelines.ingest.schema import Column, TableSchema
+
+META_FIELDS = [
+    pa.field("_source", pa.string()),
+    pa.field("_row", pa.int64()),
+    pa.field("_reason", pa.string()),
+    pa.field("_column", pa.string()),
+    pa.field("_raw", pa.string()),
+    pa.field("_split", pa.int8()),
+]
+META_NAMES = [f.name for f in META_FIELDS]
+NAN_TEXT = {"nan", "-nan", "+nan"}
+TRUE_TEXT = {"true", "t", "yes", "y", "1"}
+FALSE_TEXT = {"false", "f", "no", "n", "0"}
+NULLABLE = {"float": "float64", "int": "Int64", "bool": "boolean", "str": object, "category": object}
+
+
+def table_arrow_schema(schema: TableSchema) -> pa.Schema:
+    """Arrow schema of a validated tabular frame."""
+    return pa.schema(META_FIELDS + [pa.field(c.name, c.arrow_type) for c in schema.columns])
+
+
+def image_arrow_schema() -> pa.Schema:
+    """Arrow schema of a validated image frame: raw record bytes and an integer label."""
+    return pa.schema(META_FIELDS + [pa.field("image", pa.binary()), pa.field("label", pa.int64())])
+
+
+def _reasons(mask: np.ndarray, message: str | pd.Series) -> pd.Series:
+    out = pd.Series(None, index=range(len(mask)), dtype=object)
+    if mask.any():
+        out[mask] = message[mask] if isinstance(message, pd.Series) else message
+    return out
+
+
+def _first(current: pd.Series, new: pd.Series) -> pd.Series:
+    return current.where(current.notna(), new)
+
+
+def _text(arr: pa.ChunkedArray) -> pd.Series:
+    return pd.Series(arr.cast(pa.string()).fill_null("").to_pylist(), dtype=object).str.strip()
+
+
+def _column(arr: pa.ChunkedArray, col: Column, is_label: bool, levels: tuple[str, ...] | None) -> tuple[pd.Series, pd.Series]:
+    """Typed values of one column and, per row, why it is rejected (None when it is fine)."""
+    n = len(arr)
+    missing_msg = "missing label" if is_label else "missing value"
+    reasons = pd.Series(None, index=range(n), dtype=object)
+    if col.kind in ("float", "int"):
+        if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
+            missing = arr.is_null().to_numpy(zero_copy_only=False)
+            num = arr.cast(pa.float64()).fill_null(np.nan).to_numpy()
+        else:
+            text = _text(arr)
+            missing = (text == "").to_numpy() | arr.is_null().to_numpy(zero_copy_only=False)
+            num = pd.to_numeric(text.where(~missing, None), errors="coerce").astype("float64").to_numpy()
+            unparsed = np.isnan(num) & ~missing & ~text.str.lower().isin(NAN_TEXT).to_numpy()
+            reasons = _reasons(unparsed, "not a number: " + text.map(repr))
+            num = np.where(unparsed, np.nan, num)
+        reasons = _first(reasons, _reasons(missing, missing_msg))
+        reasons = _first(reasons, _reasons(np.isnan(num) & ~missing, "NaN value"))
+        reasons = _first(reasons, _reasons(np.isinf(num), "infinite value"))
+        if col.kind == "int":
+            frac = np.isfinite(num) & ((num != np.round(num)) | (np.abs(num) > 2**53))
+            reasons = _first(reasons, _reasons(frac, "not an integer: " + pd.Series(num).map(repr)))
+            values = pd.Series(np.where(np.isfinite(num) & ~frac, num, np.nan)).astype("Int64")
+        else:
+            values = pd.Series(num)
+        return values, reasons
+    if col.kind == "bool" and pa.types.is_boolean(arr.type):
+        missing = arr.is_null().to_numpy(zero_copy_only=False)
+        values = pd.Series(arr.to_pandas(), dtype="boolean")
+        return values, _reasons(missing, missing_msg)
+    text = _text(arr)
+    missing = (text == "").to_numpy()
+    reasons = _reasons(missing, missing_msg)
+    if col.kind == "bool":
+        lower = text.str.lower()
+        truthy, falsy = lower.isin(TRUE_TEXT).to_numpy(), lower.isin(FALSE_TEXT).to_numpy()
+        reasons = _first(reasons, _reasons(~missing & ~(truthy | falsy), "not a boolean: " + text.map(repr)))
+        values = pd.Series(pd.array(truthy, dtype="boolean"))
+        values[~(truthy | falsy)] = pd.NA
+        return values, reasons
+    if levels is not None:
+        unknown = ~missing & ~text.isin(levels).to_numpy()
+        reasons = _first(reasons, _reasons(unknown, "unknown category: " + text.map(repr)))
+    return text.where(~missing, None), reasons
+
+
+def validate_table(chunk: RawChunk, schema: TableSchema) -> pd.DataFrame:
+    """Typed, checked frame for one tabular chunk, malformed records included as rejected rows."""
+    n = chunk.values.num_rows
+    reason = pd.Series(None, index=range(n), dtype=object)
+    column = pd.Series(None, index=range(n), dtype=object)
+    out: dict[str, pd.Series] = {}
+    for col in schema.columns:
+        is_label = schema.label is not None and col.name == schema.label.name
+        values, why = _column(chunk.values.column(col.name), col, is_label, schema.categories.get(col.name))
+        fresh = (reason.isna() & why.notna()).to_numpy()
+        reason = reason.where(~fresh, why)
+        column = column.where(~fresh, col.name)
+        out[col.name] = values
+    raw = pd.Series(chunk.raw_text if chunk.raw_text is not None else [None] * n, dtype=object)
+    if chunk.raw_text is not None and n:
+        empty_line = (raw.str.strip() == "").to_numpy()
+        reason = reason.where(~empty_line, "empty line")
+        column = column.where(~empty_line, None)
+    frame = pd.DataFrame(
+        {
+            "_source": chunk.source,
+            "_row": chunk.rows,
+            "_reason": reason,
+            "_column": column,
+            "_raw": raw.where(reason.notna(), None),
+            "_split": np.int8(0),
+            **out,
+        }
+    )
+    if chunk.malformed:
+        extra = pd.DataFrame(
+            {
+                "_source": chunk.source,
+                "_row": [m.row for m in chunk.malformed],
+                "_reason": [m.reason for m in chunk.malformed],
+                "_column": None,
+                "_raw": [m.raw for m in chunk.malformed],
+                "_split": np.int8(0),
+                **{c.name: pd.Series([None] * len(chunk.malformed), dtype=NULLABLE[c.kind]) for c in schema.columns},
+            }
+        )
+        frame = pd.concat([frame, extra], ignore_index=True).sort_values("_row", kind="stable", ignore_index=True)
+    return frame
+
+
+def validate_images(
+    source: str,
+    rows: np.ndarray,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    shape: tuple[int, ...],
+    classes: int | None,
+    file_problem: str | None = None,
+) -> pd.DataFrame:
+    """Checked frame for image records: shape, missing image or label, NaN/inf pixels, label range."""
+    n = len(rows)
+    reason = np.full(n, None, dtype=object)
+    column = np.full(n, None, dtype=object)
+
+    def reject(mask: np.ndarray, col: str, msg: str | np.ndarray) -> None:
+        fresh = mask & (reason == None)  # noqa: E711 - elementwise on an object array
+        reason[fresh] = msg[fresh] if isinstance(msg, np.ndarray) else msg
+        column[fresh] = col
+
+    n_img = len(images)
+    n_lbl = 0 if labels is None else len(labels)
+    reject(np.arange(n) >= n_img, "image", "missing image")
+    if file_problem:
+        reject(np.ones(n, bool), "image", file_problem)
+    blobs = np.full(n, None, dtype=object)
+    if n_img and not file_problem:
+        flat = images.reshape(n_img, -1)
+        if np.issubdtype(flat.dtype, np.floating):
+            nan_rows = np.zeros(n, bool)
+            nan_rows[:n_img] = np.isnan(flat).any(axis=1)
+            inf_rows = np.zeros(n, bool)
+            inf_rows[:n_img] = np.isinf(flat).any(axis=1)
+            reject(nan_rows, "image", "NaN pixel value")
+            reject(inf_rows, "image", "infinite pixel value")
+        contiguous = np.ascontiguousarray(images.reshape((n_img, *shape)))
+        blobs[:n_img] = [rec.tobytes() for rec in contiguous]
+    label_values = np.full(n, -1, dtype=np.int64)
+    reject(np.arange(n) >= n_lbl, "label", "missing label")
+    if n_lbl:
+        lab = labels.reshape(n_lbl, -1)
+        if lab.shape[1] != 1:
+            reject(np.ones(n, bool), "label", f"label record has shape {labels.shape[1:]}, expected a scalar")
+        else:
+            vals = lab[:, 0]
+            as_float = vals.astype(np.float64)
+            bad = np.zeros(n, bool)
+            bad[:n_lbl] = ~np.isfinite(as_float) | (as_float != np.round(as_float)) | (as_float < 0)
+            if classes is not None:
+                bad[:n_lbl] |= np.isfinite(as_float) & (as_float >= classes)
+            msg = np.array([f"label {v!r} outside 0..{(classes or 1) - 1}" for v in as_float.tolist()] + [""] * (n - n_lbl), dtype=object)
+            reject(bad, "label", msg)
+            ok = np.isfinite(as_float)
+            label_values[:n_lbl][ok] = as_float[ok].astype(np.int64)
+    accepted = reason == None  # noqa: E711
+    return pd.DataFrame(
+        {
+            "_source": source,
+            "_row": rows.astype(np.int64),
+            "_reason": reason,
+            "_column": column,
+            "_raw": None,
+            "_split": np.int8(0),
+            "image": np.where(accepted, blobs, None),
+            "label": pd.Series(label_values, dtype="Int64").where(accepted, pd.NA),
+        }
+    )
