@@ -112,7 +112,7 @@ class IngestStage(StrictModel):
     split: SplitConfig = Field(default_factory=SplitConfig)
     standardize: bool = True
     image_scale: Literal["none", "unit"] = "unit"
-    encode: Literal["onehot", "index"] = "onehot"
+    encode: Literal["onehot", "dummy", "index"] = "onehot"
     max_rejected_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     index_block_mb: PositiveInt = 32
     write: bool = True

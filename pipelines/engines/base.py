@@ -100,8 +100,8 @@ class Engine(abc.ABC):
         """Drop a persisted frame."""
 
     @abc.abstractmethod
-    def write_parquet(self, frame: Any, path: str) -> None:
-        """Write a frame as a directory of Parquet part files (path must not exist)."""
+    def write_parquet(self, frame: Any, path: str, schema: pa.Schema) -> None:
+        """Write a frame with the given schema as a directory of Parquet part files (path must not exist)."""
 
     @abc.abstractmethod
     def read_parquet(self, path: str) -> Any:

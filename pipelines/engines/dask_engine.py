@@ -61,6 +61,8 @@ class DaskEngine(Engine):
                 silence_logs=logging.WARNING,
             )
             self.client = Client(self._cluster)
+        for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         log.info("dask client ready: %s", self.client.scheduler.address)
 
     def stop(self) -> None:
@@ -110,8 +112,8 @@ class DaskEngine(Engine):
     def release(self, frame: Any) -> None:
         del frame
 
-    def write_parquet(self, frame: Any, path: str) -> None:
-        frame.to_parquet(path, write_index=False, engine="pyarrow")
+    def write_parquet(self, frame: Any, path: str, schema: pa.Schema) -> None:
+        frame.to_parquet(path, write_index=False, engine="pyarrow", schema=schema, write_metadata_file=False)
 
     def read_parquet(self, path: str) -> Any:
         return dd.read_parquet(path, engine="pyarrow")

@@ -158,7 +158,7 @@ class SparkEngine(Engine):
     def release(self, frame: Any) -> None:
         frame.unpersist()
 
-    def write_parquet(self, frame: Any, path: str) -> None:
+    def write_parquet(self, frame: Any, path: str, schema: pa.Schema) -> None:
         frame.write.mode("errorifexists").parquet(path)
 
     def read_parquet(self, path: str) -> Any:

@@ -50,7 +50,7 @@ def parse_formula(text: str) -> Formula:
     removed: set[str] = set()
     dot = False
     intercept = True
-    tokens = re.findall(r"[+-]|[^+-]+", rhs.replace(" ", "")) if rhs else []
+    tokens = re.findall(r"`[^`]*`|C\([^)]*\)|[+-]|[^+\-\s]+", rhs)
     sign = "+"
     for token in tokens:
         if token in "+-":

@@ -232,9 +232,10 @@ def _write_splits(engine: Engine, validated: Any, plan: Plan, stage: IngestStage
             )
         else:
             dtype = plan.files[0].dtype
+            schema = image_output_schema()
             frame = engine.map_partitions(
-                validated, lambda pdf, c=code: transform_images(pdf, c, dtype, stage.image_scale), image_output_schema()
+                validated, lambda pdf, c=code: transform_images(pdf, c, dtype, stage.image_scale), schema
             )
         with run.output(f"data/{name}") as tmp:
-            engine.write_parquet(frame, str(tmp))
+            engine.write_parquet(frame, str(tmp), schema)
         result.outputs[name] = str(run.dir / "data" / name)

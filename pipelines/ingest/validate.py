@@ -38,10 +38,15 @@ def image_arrow_schema() -> pa.Schema:
     return pa.schema(META_FIELDS + [pa.field("image", pa.binary()), pa.field("label", pa.int64())])
 
 
-def _reasons(mask: np.ndarray, message: str | pd.Series) -> pd.Series:
+def _reasons(mask: np.ndarray, message: str, values: pd.Series | np.ndarray | None = None) -> pd.Series:
+    """Per-row reason: message where mask is set (followed by repr of the value when values are given)."""
     out = pd.Series(None, index=range(len(mask)), dtype=object)
     if mask.any():
-        out[mask] = message[mask] if isinstance(message, pd.Series) else message
+        if values is None:
+            out[mask] = message
+        else:
+            picked = np.asarray(values, dtype=object)[mask]
+            out[mask] = [f"{message}{v!r}" for v in picked]
     return out
 
 
@@ -67,14 +72,14 @@ def _column(arr: pa.ChunkedArray, col: Column, is_label: bool, levels: tuple[str
             missing = (text == "").to_numpy() | arr.is_null().to_numpy(zero_copy_only=False)
             num = pd.to_numeric(text.where(~missing, None), errors="coerce").astype("float64").to_numpy()
             unparsed = np.isnan(num) & ~missing & ~text.str.lower().isin(NAN_TEXT).to_numpy()
-            reasons = _reasons(unparsed, "not a number: " + text.map(repr))
+            reasons = _reasons(unparsed, "not a number: ", text)
             num = np.where(unparsed, np.nan, num)
         reasons = _first(reasons, _reasons(missing, missing_msg))
         reasons = _first(reasons, _reasons(np.isnan(num) & ~missing, "NaN value"))
         reasons = _first(reasons, _reasons(np.isinf(num), "infinite value"))
         if col.kind == "int":
             frac = np.isfinite(num) & ((num != np.round(num)) | (np.abs(num) > 2**53))
-            reasons = _first(reasons, _reasons(frac, "not an integer: " + pd.Series(num).map(repr)))
+            reasons = _first(reasons, _reasons(frac, "not an integer: ", num))
             values = pd.Series(np.where(np.isfinite(num) & ~frac, num, np.nan)).astype("Int64")
         else:
             values = pd.Series(num)
@@ -89,13 +94,13 @@ def _column(arr: pa.ChunkedArray, col: Column, is_label: bool, levels: tuple[str
     if col.kind == "bool":
         lower = text.str.lower()
         truthy, falsy = lower.isin(TRUE_TEXT).to_numpy(), lower.isin(FALSE_TEXT).to_numpy()
-        reasons = _first(reasons, _reasons(~missing & ~(truthy | falsy), "not a boolean: " + text.map(repr)))
+        reasons = _first(reasons, _reasons(~missing & ~(truthy | falsy), "not a boolean: ", text))
         values = pd.Series(pd.array(truthy, dtype="boolean"))
         values[~(truthy | falsy)] = pd.NA
         return values, reasons
     if levels is not None:
         unknown = ~missing & ~text.isin(levels).to_numpy()
-        reasons = _first(reasons, _reasons(unknown, "unknown category: " + text.map(repr)))
+        reasons = _first(reasons, _reasons(unknown, "unknown category: ", text))
     return text.where(~missing, None), reasons
 
 

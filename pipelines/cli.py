@@ -1,0 +1,198 @@
+"""Command line: `pipelines run|validate|demo|generate|check`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+from rich.text import Text
+
+from pipelines import __version__
+from pipelines.config import PipelineConfig, load_config
+from pipelines.errors import PipelineError
+
+console = Console(stderr=True)
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = RichHandler(console=console, show_path=False, show_time=True, markup=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
+    logging.getLogger("pipelines").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("distributed", "py4j", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def summary_table(rows: list[dict[str, Any]]) -> Table:
+    """One line per (pipeline, engine): counts, partitions, split sizes, time, run directory."""
+    table = Table(title="ingest summary", header_style="bold")
+    for name in ("pipeline", "engine", "read", "accepted", "rejected", "partitions", "rows/partition",
+                 "train", "val", "test", "seconds", "run"):
+        table.add_column(name, justify="right" if name not in ("pipeline", "engine", "run") else "left")
+    for r in rows:
+        sizes = r.get("partition_rows", [0])
+        table.add_row(
+            r["pipeline"], r["engine"], f"{r['read']:,}", f"{r['accepted']:,}", f"{r['rejected']:,}",
+            str(r["partitions"]), f"{min(sizes):,}-{max(sizes):,}",
+            f"{r['splits']['train']:,}", f"{r['splits']['val']:,}", f"{r['splits']['test']:,}",
+            f"{r['seconds']:.1f}", r["run"],
+        )
+    return table
+
+
+def _run_many(configs: list[PipelineConfig], engines: list[str]) -> list[dict[str, Any]]:
+    """Run each config on each engine, reusing one started engine per kind."""
+    from pipelines.engines import make_engine
+    from pipelines.pipeline import run_pipeline
+
+    rows = []
+    for kind in engines:
+        first = configs[0].model_copy(deep=True)
+        first.engine.kind = kind  # type: ignore[assignment]
+        with make_engine(first.engine) as engine:
+            for config in configs:
+                config = config.model_copy(deep=True)
+                config.engine.kind = kind  # type: ignore[assignment]
+                t0 = time.perf_counter()
+                run, state = run_pipeline(config, engine=engine)
+                ingest = state.get("ingest")
+                if ingest is not None:
+                    rows.append({**ingest.summary(), "pipeline": config.name, "seconds": time.perf_counter() - t0,
+                                 "run": os.path.relpath(run.dir)})
+                console.print(f"[green]done[/] {config.name} on {kind}: {run.dir}")
+    return rows
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    configs = [load_config(path, args.set) for path in args.config]
+    engines = args.engine.split(",") if args.engine else [configs[0].engine.kind]
+    bad = [e for e in engines if e not in ("spark", "dask")]
+    if bad:
+        raise PipelineError(f"--engine: unknown engine(s) {bad}; use spark, dask or spark,dask")
+    rows = _run_many(configs, engines)
+    if rows:
+        Console(width=max(Console().width, 150)).print(summary_table(rows))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    for path in args.config:
+        config = load_config(path, args.set)
+        console.print(f"[green]ok[/] {path}: pipeline {config.name!r}, engine {config.engine.kind}, "
+                      f"stages {[s.stage for s in config.stages]}")
+    return 0
+
+
+def default_configs() -> list[Path]:
+    """The default job: bundled image data (Fashion-MNIST, else digits) and a bundled table."""
+    from pipelines.data.bundled import FASHION_HOW_TO, fashion_mnist_available
+
+    images = CONF_DIR / "fashion_mnist.yaml"
+    if not fashion_mnist_available():
+        console.print(f"[yellow]Fashion-MNIST not installed; using digits instead.[/] {FASHION_HOW_TO}")
+        images = CONF_DIR / "digits.yaml"
+    return [images, CONF_DIR / "fair.yaml"]
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    args.config = [str(p) for p in default_configs()]
+    return cmd_run(args)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipelines.data.synthetic import generate
+
+    out = generate(args.out, kind=args.kind, rows=args.rows, features=args.features, parts=args.parts,
+                   seed=args.seed, classes=args.classes, fmt=args.format)
+    console.print(f"[green]wrote[/] {args.rows:,} rows x {args.features} features in {args.parts} parts to {out}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from pipelines.data.bundled import fashion_mnist_available
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pipelines.javacheck import require_java
+
+    ok = True
+    try:
+        console.print(f"java: {require_java()} (ok)")
+    except PipelineError as exc:
+        ok = False
+        console.print(f"[red]java:[/] {exc}")
+    try:
+        import horovod.tensorflow  # noqa: F401
+
+        import horovod
+        console.print(f"horovod: {horovod.__version__} with TensorFlow (ok)")
+    except Exception as exc:  # report any import failure, not just ImportError (e.g. ABI mismatch)
+        ok = False
+        console.print(f"[red]horovod:[/] not importable ({exc}); run `make setup`")
+    console.print(f"fashion-mnist: {'installed' if fashion_mnist_available() else 'missing (digits fallback)'}")
+    return 0 if ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pipelines", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"pipelines {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_overrides(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value by dotted path, e.g. engine.partitions=8 (repeatable)")
+
+    p = sub.add_parser("run", help="run pipeline config(s)")
+    p.add_argument("config", nargs="+")
+    p.add_argument("--engine", help="spark, dask or spark,dask (default: the config's engine.kind)")
+    with_overrides(p)
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("validate", help="check config(s) without running them")
+    p.add_argument("config", nargs="+")
+    with_overrides(p)
+    p.set_defaults(fn=cmd_validate)
+
+    p = sub.add_parser("demo", help="the default job: bundled image and table data on Spark and Dask")
+    p.add_argument("--engine", default="spark,dask")
+    with_overrides(p)
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("generate", help="write synthetic data as partitioned Parquet (or CSV)")
+    p.add_argument("out")
+    p.add_argument("--kind", choices=["classification", "regression", "blobs"], default="classification")
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--features", type=int, default=20)
+    p.add_argument("--parts", type=int, default=8)
+    p.add_argument("--classes", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("check", help="check Java, Horovod and bundled data")
+    p.set_defaults(fn=cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return args.fn(args)
+    except PipelineError as exc:
+        console.print(Text.assemble(("error: ", "bold red"), str(exc)))
+        return 2
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Run a configured pipeline: one run directory, its stages in order on one engine."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import PipelineConfig
+from pipelines.engines import make_engine
+from pipelines.engines.base import Engine
+from pipelines.runs import Run
+from pipelines.stages import STAGES
+
+log = logging.getLogger(__name__)
+
+
+def _point_latest(run: Run) -> None:
+    """Atomically repoint runs/<pipeline>/latest at this run."""
+    link = run.dir.parent / "latest"
+    tmp = run.dir.parent / f".latest-{run.id}"
+    os.symlink(run.dir.name, tmp)
+    os.replace(tmp, link)
+
+
+def run_pipeline(config: PipelineConfig, engine: Engine | None = None, runs_root: str | Path | None = None) -> tuple[Run, dict[str, Any]]:
+    """Run every stage of config; uses the given started engine or starts (and stops) its own."""
+    run = Run(config, runs_root)
+    state: dict[str, Any] = {}
+    owned = engine is None
+    try:
+        if owned:
+            engine = make_engine(config.engine)
+            engine.start()
+        run.manifest["engine"].update(engine.describe())
+        run.save()
+        for stage in config.stages:
+            with run.stage(stage.stage) as entry:
+                result = STAGES[stage.stage](engine, config, stage, run, state)
+                facts = result.summary() if hasattr(result, "summary") else {}
+                entry.update(facts)
+                run.add_metrics(stage.stage, facts)
+    except BaseException as exc:
+        run.finish("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if owned and engine is not None:
+            engine.stop()
+    run.finish("succeeded")
+    _point_latest(run)
+    return run, state

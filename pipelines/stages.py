@@ -1,0 +1,21 @@
+"""Stage registry: config stage name -> function run with (engine, config, stage config, run)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pipelines.config import IngestStage, PipelineConfig
+from pipelines.engines.base import Engine
+from pipelines.runs import Run
+
+
+def _ingest(engine: Engine, config: PipelineConfig, stage: IngestStage, run: Run, state: dict[str, Any]) -> Any:
+    from pipelines.ingest.stage import run_ingest
+
+    result = run_ingest(engine, config.dataset, stage, config.engine.partitions, run)
+    state["ingest"] = result
+    return result
+
+
+STAGES: dict[str, Callable[..., Any]] = {"ingest": _ingest}
