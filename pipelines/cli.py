@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except PipelineError as exc:
-        console.print(Text.assemble(("error: ", "bold red"), str(exc)))
+        console.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("[red]interrupted[/]")

@@ -43,15 +43,21 @@ if ! ls "$wheel_dir"/horovod-*.whl >/dev/null 2>&1; then
   # Drop the XLA op source that needs TF's removed XLA headers.
   sed -i '/xla_mpi_ops\.cc/d' "$src/horovod/tensorflow/CMakeLists.txt"
   grep -q xla_mpi_ops "$src/horovod/tensorflow/CMakeLists.txt" && { echo "patch failed" >&2; exit 1; }
-  "$PY" -m pip install --quiet cmake
-  # horovod's setup.py looks for `cmake` on PATH; the venv's bin holds it.
-  export PATH="$(dirname "$PY"):$PATH"
+  # horovod 0.28.1's CMake files (and gloo's) predate CMake 4, which refuses cmake_minimum_required < 3.5.
+  "$PY" -m pip install --quiet "cmake>=3.18,<4"
+  # horovod's setup.py runs `cmake` from PATH in another directory: put the venv's bin first, absolute.
+  export PATH="$(cd "$(dirname "$PY")" && pwd):$PATH"
+  export CMAKE_POLICY_VERSION_MINIMUM=3.5
   export HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
   export HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI="${HOROVOD_WITHOUT_MPI:-1}"
   export MAKEFLAGS="-j$(nproc)"
   mkdir -p "$work/out"
-  "$PY" -m pip wheel --no-build-isolation --no-deps -w "$work/out" "$src" 2>&1 \
-    | grep -vE '^\s*(Building|Running|copying|creating)' | tail -20
+  if ! "$PY" -m pip wheel --no-build-isolation --no-deps -w "$work/out" "$src" > "$work/build.log" 2>&1; then
+    grep -iE -B2 -A8 'error|failed' "$work/build.log" | tail -80 >&2
+    mkdir -p "$CACHE" && cp "$work/build.log" "$CACHE/horovod-build.log"
+    echo "horovod build failed; full log in $CACHE/horovod-build.log" >&2
+    exit 1
+  fi
   # Publish atomically so an interrupted build never leaves a half wheel in the cache.
   mkdir -p "$CACHE/wheels"
   tmp_dir=$(mktemp -d "$CACHE/wheels/.tmp-XXXXXX")

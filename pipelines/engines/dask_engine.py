@@ -47,6 +47,8 @@ class DaskEngine(Engine):
 
         # Keep object columns as they are: image bytes are binary, not text (dask would cast them to str).
         dask.config.set({"dataframe.convert-string": False})
+        for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         if self.client is not None:
             return
         if self.settings.scheduler:
@@ -61,8 +63,6 @@ class DaskEngine(Engine):
                 silence_logs=logging.WARNING,
             )
             self.client = Client(self._cluster)
-        for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core"):
-            logging.getLogger(name).setLevel(logging.WARNING)
         log.info("dask client ready: %s", self.client.scheduler.address)
 
     def stop(self) -> None:
