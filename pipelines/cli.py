@@ -34,16 +34,36 @@ def _setup_logging(verbose: bool) -> None:
 def summary_table(rows: list[dict[str, Any]]) -> Table:
     """One line per (pipeline, engine): counts, partitions, split sizes, time, run directory."""
     table = Table(title="ingest summary", header_style="bold")
-    for name in ("pipeline", "engine", "read", "accepted", "rejected", "partitions", "rows/partition",
-                 "train", "val", "test", "seconds", "run"):
+    for name in (
+        "pipeline",
+        "engine",
+        "read",
+        "accepted",
+        "rejected",
+        "partitions",
+        "rows/partition",
+        "train",
+        "val",
+        "test",
+        "seconds",
+        "run",
+    ):
         table.add_column(name, justify="right" if name not in ("pipeline", "engine", "run") else "left")
     for r in rows:
         sizes = r.get("partition_rows", [0])
         table.add_row(
-            r["pipeline"], r["engine"], f"{r['read']:,}", f"{r['accepted']:,}", f"{r['rejected']:,}",
-            str(r["partitions"]), f"{min(sizes):,}-{max(sizes):,}",
-            f"{r['splits']['train']:,}", f"{r['splits']['val']:,}", f"{r['splits']['test']:,}",
-            f"{r['seconds']:.1f}", r["run"],
+            r["pipeline"],
+            r["engine"],
+            f"{r['read']:,}",
+            f"{r['accepted']:,}",
+            f"{r['rejected']:,}",
+            str(r["partitions"]),
+            f"{min(sizes):,}-{max(sizes):,}",
+            f"{r['splits']['train']:,}",
+            f"{r['splits']['val']:,}",
+            f"{r['splits']['test']:,}",
+            f"{r['seconds']:.1f}",
+            r["run"],
         )
     return table
 
@@ -65,8 +85,14 @@ def _run_many(configs: list[PipelineConfig], engines: list[str]) -> list[dict[st
                 run, state = run_pipeline(config, engine=engine)
                 ingest = state.get("ingest")
                 if ingest is not None:
-                    rows.append({**ingest.summary(), "pipeline": config.name, "seconds": time.perf_counter() - t0,
-                                 "run": os.path.relpath(run.dir)})
+                    rows.append(
+                        {
+                            **ingest.summary(),
+                            "pipeline": config.name,
+                            "seconds": time.perf_counter() - t0,
+                            "run": os.path.relpath(run.dir),
+                        }
+                    )
                 console.print(f"[green]done[/] {config.name} on {kind}: {run.dir}")
     return rows
 
@@ -86,8 +112,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     for path in args.config:
         config = load_config(path, args.set)
-        console.print(f"[green]ok[/] {path}: pipeline {config.name!r}, engine {config.engine.kind}, "
-                      f"stages {[s.stage for s in config.stages]}")
+        console.print(
+            f"[green]ok[/] {path}: pipeline {config.name!r}, engine {config.engine.kind}, "
+            f"stages {[s.stage for s in config.stages]}"
+        )
     return 0
 
 
@@ -110,14 +138,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from pipelines.data.synthetic import generate
 
-    out = generate(args.out, kind=args.kind, rows=args.rows, features=args.features, parts=args.parts,
-                   seed=args.seed, classes=args.classes, fmt=args.format)
+    out = generate(
+        args.out,
+        kind=args.kind,
+        rows=args.rows,
+        features=args.features,
+        parts=args.parts,
+        seed=args.seed,
+        classes=args.classes,
+        fmt=args.format,
+    )
     console.print(f"[green]wrote[/] {args.rows:,} rows x {args.features} features in {args.parts} parts to {out}")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from pipelines.data.bundled import fashion_mnist_available
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from pipelines.javacheck import require_java
 
@@ -128,9 +165,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         ok = False
         console.print(f"[red]java:[/] {exc}")
     try:
+        import horovod
         import horovod.tensorflow  # noqa: F401
 
-        import horovod
         console.print(f"horovod: {horovod.__version__} with TensorFlow (ok)")
     except Exception as exc:  # report any import failure, not just ImportError (e.g. ABI mismatch)
         ok = False
@@ -146,8 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_overrides(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value by dotted path, e.g. engine.partitions=8 (repeatable)")
+        p.add_argument(
+            "--set",
+            "-s",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value by dotted path, e.g. engine.partitions=8 (repeatable)",
+        )
 
     p = sub.add_parser("run", help="run pipeline config(s)")
     p.add_argument("config", nargs="+")

@@ -42,7 +42,9 @@ def require_java(minimum: int = MIN_JAVA) -> int:
     """Return the Java major version, or raise EnvironmentProblem with install advice."""
     java = java_executable()
     if java is None:
-        raise EnvironmentProblem("no Java runtime found (JAVA_HOME unset and no `java` on PATH). " + _HOW_TO.format(min=minimum))
+        raise EnvironmentProblem(
+            "no Java runtime found (JAVA_HOME unset and no `java` on PATH). " + _HOW_TO.format(min=minimum)
+        )
     major = java_major_version(java)
     if major is None:
         raise EnvironmentProblem(f"could not read the version of {java}. " + _HOW_TO.format(min=minimum))

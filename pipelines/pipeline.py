@@ -24,7 +24,9 @@ def _point_latest(run: Run) -> None:
     os.replace(tmp, link)
 
 
-def run_pipeline(config: PipelineConfig, engine: Engine | None = None, runs_root: str | Path | None = None) -> tuple[Run, dict[str, Any]]:
+def run_pipeline(
+    config: PipelineConfig, engine: Engine | None = None, runs_root: str | Path | None = None
+) -> tuple[Run, dict[str, Any]]:
     """Run every stage of config; uses the given started engine or starts (and stops) its own."""
     run = Run(config, runs_root)
     state: dict[str, Any] = {}

@@ -22,13 +22,15 @@ log = logging.getLogger("pipelines")
 
 def new_run_id() -> str:
     """Sortable, unique run id: UTC timestamp plus random suffix."""
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 class Run:
     """One execution of a pipeline, owning runs/<pipeline>/<run id>/."""
 
-    def __init__(self, config: PipelineConfig, runs_root: str | os.PathLike[str] | None = None, run_id: str | None = None):
+    def __init__(
+        self, config: PipelineConfig, runs_root: str | os.PathLike[str] | None = None, run_id: str | None = None
+    ):
         self.config = config
         self.id = run_id or new_run_id()
         self.dir = Path(runs_root or config.runs_dir) / config.name / self.id
@@ -107,4 +109,4 @@ class Run:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

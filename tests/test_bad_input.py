@@ -59,37 +59,65 @@ ROW_CASES = {
     "infinite": Case({"d.csv": "a,b,y\n1,2,0\n-inf,4,1\n"}, CSV3, [(3, "a", "infinite value")], 2),
     "missing_value": Case({"d.csv": "a,b,y\n1,,0\n3,4,1\n"}, CSV3, [(2, "b", "missing value")], 2),
     "missing_label": Case({"d.csv": "a,b,y\n1,2,\n3,4,1\n"}, CSV3, [(2, "y", "missing label")], 2),
-    "too_few_fields": Case({"d.csv": "a,b,y\n1,2\n3,4,1\n"}, CSV3, [(2, None, "malformed row: 2 fields, expected 3")], 2),
-    "too_many_fields": Case({"d.csv": "a,b,y\n1,2,0,9\n3,4,1\n"}, CSV3, [(2, None, "malformed row: 4 fields, expected 3")], 2),
+    "too_few_fields": Case(
+        {"d.csv": "a,b,y\n1,2\n3,4,1\n"}, CSV3, [(2, None, "malformed row: 2 fields, expected 3")], 2
+    ),
+    "too_many_fields": Case(
+        {"d.csv": "a,b,y\n1,2,0,9\n3,4,1\n"}, CSV3, [(2, None, "malformed row: 4 fields, expected 3")], 2
+    ),
     "empty_line": Case({"d.csv": "a,b,y\n1,2,0\n\n3,4,1\n"}, CSV3, [(3, None, "empty line")], 3),
     "not_an_integer": Case({"d.csv": "a,b,y\n1,2,0\n3,4,1.5\n"}, CSV3, [(3, "y", "not an integer")], 2),
     "unknown_category": Case(
         {"d.csv": "a,colour,y\n1,red,0\n2,purple,1\n3,blue,0\n"},
         {"features": ["a", "colour"], "label": "y", "categories": {"colour": ["red", "blue"]}, "types": {"y": "int"}},
-        [(3, "colour", "unknown category: 'purple'")], 3),
+        [(3, "colour", "unknown category: 'purple'")],
+        3,
+    ),
     "not_a_boolean": Case(
         {"d.csv": "a,flag,y\n1,yes,0\n2,maybe,1\n"},
         {"features": ["a", "flag"], "label": "y", "types": {"flag": "bool", "y": "int"}},
-        [(3, "flag", "not a boolean: 'maybe'")], 2),
+        [(3, "flag", "not a boolean: 'maybe'")],
+        2,
+    ),
     "parquet_text_in_number": Case(
         {"d.parquet": pa.table({"a": ["1", "x", "3"], "b": [1.0, 2.0, 3.0], "y": [0, 1, 0]})},
-        {"format": "parquet", "path": "d.parquet", **CSV3}, [(1, "a", "not a number: 'x'")], 3),
+        {"format": "parquet", "path": "d.parquet", **CSV3},
+        [(1, "a", "not a number: 'x'")],
+        3,
+    ),
     "parquet_null": Case(
         {"d.parquet": pa.table({"a": [1.0, None, 3.0], "b": [1.0, 2.0, float("nan")], "y": [0, 1, 0]})},
-        {"format": "parquet", "path": "d.parquet", **CSV3}, [(1, "a", "missing value"), (2, "b", "NaN value")], 3),
-    "idx_labels_short": Case(_idx(PIX, LAB[:10]), IMG, [(10, "label", "missing label"), (11, "label", "missing label")], 12),
+        {"format": "parquet", "path": "d.parquet", **CSV3},
+        [(1, "a", "missing value"), (2, "b", "NaN value")],
+        3,
+    ),
+    "idx_labels_short": Case(
+        _idx(PIX, LAB[:10]), IMG, [(10, "label", "missing label"), (11, "label", "missing label")], 12
+    ),
     "idx_label_out_of_range": Case(
-        _idx(PIX, np.where(np.arange(12) == 5, 12, LAB).astype(np.uint8), gz=False), IMG,
-        [(5, "label", "label 12.0 outside 0..9")], 12),
-    "idx_truncated_images": Case(_short_idx, IMG, [(9, "image", "missing image"), (10, "image", "missing image"),
-                                                   (11, "image", "missing image")], 12),
+        _idx(PIX, np.where(np.arange(12) == 5, 12, LAB).astype(np.uint8), gz=False),
+        IMG,
+        [(5, "label", "label 12.0 outside 0..9")],
+        12,
+    ),
+    "idx_truncated_images": Case(
+        _short_idx,
+        IMG,
+        [(9, "image", "missing image"), (10, "image", "missing image"), (11, "image", "missing image")],
+        12,
+    ),
     "npz_nan_pixels": Case(
         {"d.npz": {"x": NAN_PIX, "y": np.arange(6) % 3}},
         {"format": "npz", "path": "d.npz", "image": {"shape": [4, 4], "classes": 3}},
-        [(2, "image", "NaN pixel value"), (4, "image", "infinite pixel value")], 6),
+        [(2, "image", "NaN pixel value"), (4, "image", "infinite pixel value")],
+        6,
+    ),
     "wrong_image_shape": Case(
-        _idx(PIX, LAB), {**IMG, "image": {"shape": [5, 5], "classes": 10}},
-        [(i, "image", "image shape (4, 4) does not match declared shape (5, 5)") for i in range(12)], 12),
+        _idx(PIX, LAB),
+        {**IMG, "image": {"shape": [5, 5], "classes": 10}},
+        [(i, "image", "image shape (4, 4) does not match declared shape (5, 5)") for i in range(12)],
+        12,
+    ),
 }
 
 
@@ -146,7 +174,9 @@ def test_quarantine_keeps_raw_line_text(dask_engine, tmp_path):
 
 def test_rejected_fraction_above_limit_fails_with_counts(dask_engine, tmp_path):
     ds = _materialize(tmp_path, ROW_CASES["wrong_image_shape"])
-    with pytest.raises(DataError, match=r"12 of 12 rows rejected \(100\.00%\), above max_rejected_fraction=0\.00%") as err:
+    with pytest.raises(
+        DataError, match=r"12 of 12 rows rejected \(100\.00%\), above max_rejected_fraction=0\.00%"
+    ) as err:
         _ingest(dask_engine, tmp_path, ds, {"max_rejected_fraction": 0.0})
     assert "quarantine.csv" in str(err.value)
     q = next((tmp_path / "runs").rglob("quarantine.csv"))
@@ -156,14 +186,24 @@ def test_rejected_fraction_above_limit_fails_with_counts(dask_engine, tmp_path):
 FILE_CASES = {
     "missing_column": ({"d.csv": "a,y\n1,0\n"}, CSV3, r"d\.csv: missing column\(s\) \['b'\]"),
     "empty_csv": ({"d.csv": ""}, CSV3, r"d\.csv: file is empty"),
-    "duplicate_header": ({"d.csv": "a,b,a,y\n1,2,3,0\n"}, CSV3, r"d\.csv: line 1 \(header\) repeats column name\(s\) \['a'\]"),
+    "duplicate_header": (
+        {"d.csv": "a,b,a,y\n1,2,3,0\n"},
+        CSV3,
+        r"d\.csv: line 1 \(header\) repeats column name\(s\) \['a'\]",
+    ),
     "quoted_newline": ({"d.csv": 'a,b,y\n1,"2\n3",0\n4,5,1\n'}, CSV3, "quoted fields spanning lines are not supported"),
     "not_idx": ({"img.idx": b"hello world", "lbl.idx": idx_bytes(LAB)}, IMG, r"img\.idx: not an IDX file"),
     "file_not_found": ({}, CSV3, r"d\.csv: input file not found"),
-    "npz_object_array": ({"d.npz": {"x": np.array([np.zeros(2), np.zeros(3)], dtype=object), "y": np.arange(2)}},
-                         {"format": "npz", "path": "d.npz", "image": {"shape": [2]}}, r"d\.npz: not a readable \.npz"),
-    "not_parquet": ({"d.parquet": "not parquet"}, {"format": "parquet", "path": "d.parquet", **CSV3},
-                    r"d\.parquet: not a readable Parquet file"),
+    "npz_object_array": (
+        {"d.npz": {"x": np.array([np.zeros(2), np.zeros(3)], dtype=object), "y": np.arange(2)}},
+        {"format": "npz", "path": "d.npz", "image": {"shape": [2]}},
+        r"d\.npz: not a readable \.npz",
+    ),
+    "not_parquet": (
+        {"d.parquet": "not parquet"},
+        {"format": "parquet", "path": "d.parquet", **CSV3},
+        r"d\.parquet: not a readable Parquet file",
+    ),
 }
 
 

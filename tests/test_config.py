@@ -41,7 +41,10 @@ def test_good_config_loads_with_defaults(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (("engine: {kind: dask, partitions: 3}", "engine: {kind: dask, partitions: 3, colour: red}"), "engine.colour: unknown key"),
+        (
+            ("engine: {kind: dask, partitions: 3}", "engine: {kind: dask, partitions: 3, colour: red}"),
+            "engine.colour: unknown key",
+        ),
         (("partitions: 3", "partitions: lots"), "engine.partitions: Input should be a valid integer"),
         (("  name: d\n", ""), "dataset.name: required field is missing"),
         (("test_fraction: 0.25", "test_fraction: 1.5"), "stages[0].split.test_fraction"),
@@ -91,8 +94,11 @@ def test_validate_command_exit_codes(tmp_path):
     good = _conf(tmp_path, GOOD)
     ok = subprocess.run([sys.executable, "-m", "pipelines.cli", "validate", str(good)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run([sys.executable, "-m", "pipelines.cli", "validate", str(good), "-s", "engine.kind=x"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "validate", str(good), "-s", "engine.kind=x"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2
     assert "engine.kind" in bad.stderr
 

@@ -21,8 +21,13 @@ def test_horovodrun_check_build_lists_tensorflow_and_gloo():
     exe = Path(sys.executable).parent / "horovodrun"
     if not exe.exists() and os.environ.get("PIPELINES_SKIP_HOROVOD") == "1":
         pytest.skip("PIPELINES_SKIP_HOROVOD=1")
-    out = subprocess.run([str(exe), "--check-build"], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    out = subprocess.run(
+        [str(exe), "--check-build"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     assert any("[X] TensorFlow" in line for line in lines)
@@ -39,7 +44,7 @@ def test_java_check_rejects_old_java_fake_binary(tmp_path, monkeypatch):
     """A fake `java` printing a Java 11 banner (no real Java 11 is installed here)."""
     fake = tmp_path / "jdk" / "bin" / "java"
     fake.parent.mkdir(parents=True)
-    fake.write_text('#!/bin/sh\necho \'openjdk version "11.0.22" 2024-01-16\' >&2\n')
+    fake.write_text("#!/bin/sh\necho 'openjdk version \"11.0.22\" 2024-01-16' >&2\n")
     fake.chmod(0o755)
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
     with pytest.raises(EnvironmentProblem, match=r"is Java 11\. Spark 4 needs Java 17\+"):

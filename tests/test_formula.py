@@ -32,7 +32,9 @@ def _ds(**kw):
 
 
 def test_dot_expands_to_other_columns_in_file_order():
-    schema = resolve_table_schema(_ds(formula="y ~ . - id + C(g)", types={"y": "int"}), ["id", "a", "g", "y", "b"], "f.csv")
+    schema = resolve_table_schema(
+        _ds(formula="y ~ . - id + C(g)", types={"y": "int"}), ["id", "a", "g", "y", "b"], "f.csv"
+    )
     assert [c.name for c in schema.features] == ["g", "a", "b"]
     assert schema.label.kind == "int"
     assert next(c for c in schema.features if c.name == "g").kind == "category"

@@ -6,14 +6,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from conftest import ROOT
 from sklearn.preprocessing import StandardScaler
 
 from pipelines.config import load_config
 from pipelines.data.bundled import fashion_mnist_available, resolve_path
 from pipelines.ingest.stage import run_ingest
 from pipelines.runs import Run
-
-from conftest import ROOT
 
 
 def _ingest_both(dask_engine, spark_engine, tmp_path, conf: str, overrides: list[str] = ()):
@@ -45,10 +44,14 @@ def test_tabular_parity_and_train_only_scaler(dask_engine, spark_engine, tmp_pat
     train_raw = raw.set_index("_row").loc[fd["train"]["_row"], numeric]
     test_raw = raw.set_index("_row").loc[fd["test"]["_row"], numeric]
     scaler = StandardScaler().fit(train_raw.to_numpy())
-    np.testing.assert_allclose(fd["test"][numeric].to_numpy(), scaler.transform(test_raw.to_numpy()), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        fd["test"][numeric].to_numpy(), scaler.transform(test_raw.to_numpy()), rtol=1e-9, atol=1e-12
+    )
     np.testing.assert_allclose(fd["train"][numeric].mean().to_numpy(), 0.0, atol=1e-12)
     # Dummy coding: occupation levels 1..6 -> five indicator columns, first level dropped.
-    assert [c for c in fd["train"].columns if c.startswith("occupation_")][:5] == [f"occupation_{i}" for i in range(2, 7)]
+    assert [c for c in fd["train"].columns if c.startswith("occupation_")][:5] == [
+        f"occupation_{i}" for i in range(2, 7)
+    ]
 
 
 def test_image_parity(dask_engine, spark_engine, tmp_path):
@@ -61,7 +64,7 @@ def test_image_parity(dask_engine, spark_engine, tmp_path):
         assert fd[split]["label"].tolist() == fs[split]["label"].tolist()
         assert fd[split]["image"].tolist() == fs[split]["image"].tolist()
     first = np.frombuffer(fd["train"]["image"].iloc[0], np.float32)
-    assert 0.0 <= first.min() and first.max() <= 1.0
+    assert first.min() >= 0.0 and first.max() <= 1.0
 
 
 def test_split_fractions_and_seed(dask_engine, tmp_path):

@@ -25,11 +25,15 @@ def _all_rows(engine, ds: DatasetConfig, partitions: int, block_mb: int = 1) -> 
 
 def test_csv_segments_match_pandas_across_checkpoints(dask_engine, tmp_path):
     rng = np.random.default_rng(1)
-    ref = pd.DataFrame({"a": rng.normal(size=150_000), "b": rng.integers(-5, 5, 150_000), "y": rng.integers(0, 2, 150_000)})
+    ref = pd.DataFrame(
+        {"a": rng.normal(size=150_000), "b": rng.integers(-5, 5, 150_000), "y": rng.integers(0, 2, 150_000)}
+    )
     path = tmp_path / "big.csv"
     ref.to_csv(path, index=False)
     assert path.stat().st_size > 2 << 20  # several 1 MB index blocks
-    ds = DatasetConfig(name="b", format="csv", path=str(path), features=["a", "b"], label="y", types={"b": "int", "y": "int"})
+    ds = DatasetConfig(
+        name="b", format="csv", path=str(path), features=["a", "b"], label="y", types={"b": "int", "y": "int"}
+    )
     got, plan = _all_rows(dask_engine, ds, partitions=7, block_mb=1)
     assert len(plan.files[0].checkpoints) > 2
     sizes = [sum(s.stop - s.start for s in p) for p in plan.parts]
@@ -51,7 +55,9 @@ def test_csv_without_trailing_newline_and_crlf(dask_engine, tmp_path):
 
 def test_parquet_multi_file_row_groups(dask_engine, tmp_path):
     generate(tmp_path / "syn", kind="regression", rows=10_001, features=3, parts=3, seed=5)
-    ref = pd.concat([pq.read_table(p).to_pandas() for p in sorted((tmp_path / "syn").glob("*.parquet"))], ignore_index=True)
+    ref = pd.concat(
+        [pq.read_table(p).to_pandas() for p in sorted((tmp_path / "syn").glob("*.parquet"))], ignore_index=True
+    )
     ds = DatasetConfig(name="s", format="parquet", path=str(tmp_path / "syn"), formula="y ~ .")
     got, plan = _all_rows(dask_engine, ds, partitions=4)
     assert len(plan.files) == 3 and len(got) == 10_001
@@ -65,8 +71,13 @@ def test_idx_reader_matches_numpy(dask_engine, tmp_path, gz):
     pack = (lambda b: gzip.compress(b)) if gz else (lambda b: b)
     (tmp_path / "i").write_bytes(pack(idx_bytes(images)))
     (tmp_path / "l").write_bytes(pack(idx_bytes(labels)))
-    ds = DatasetConfig(name="i", format="idx", path=str(tmp_path / "i"), labels_path=str(tmp_path / "l"),
-                       image={"shape": [5, 3], "classes": 7})
+    ds = DatasetConfig(
+        name="i",
+        format="idx",
+        path=str(tmp_path / "i"),
+        labels_path=str(tmp_path / "l"),
+        image={"shape": [5, 3], "classes": 7},
+    )
     got, _ = _all_rows(dask_engine, ds, partitions=3)
     back = np.stack([np.frombuffer(b, np.uint8).reshape(5, 3) for b in got["image"]])
     np.testing.assert_array_equal(back, images)

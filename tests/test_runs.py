@@ -11,14 +11,15 @@ import textwrap
 import time
 
 import pytest
+from conftest import ROOT
 
 from pipelines.atomic import atomic_dir, atomic_write_bytes, sha256_file
 
-from conftest import ROOT
-
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, cwd=ROOT, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, cwd=ROOT, **kw
+    )
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -87,8 +88,16 @@ def test_failed_run_is_marked_failed_and_leaves_earlier_run_intact(tmp_path):
     assert _cli("run", "conf/fair.yaml", "-s", f"runs_dir={tmp_path}").returncode == 0
     first = (tmp_path / "fair" / "latest").resolve()
     before = json.loads((first / "manifest.json").read_text())
-    bad = _cli("run", "conf/fair.yaml", "-s", f"runs_dir={tmp_path}", "-s", "dataset.types.age=category",
-               "-s", "dataset.categories.age=['1']")
+    bad = _cli(
+        "run",
+        "conf/fair.yaml",
+        "-s",
+        f"runs_dir={tmp_path}",
+        "-s",
+        "dataset.types.age=category",
+        "-s",
+        "dataset.categories.age=['1']",
+    )
     assert bad.returncode == 2 and "above max_rejected_fraction" in bad.stderr
     runs = sorted(p for p in (tmp_path / "fair").iterdir() if p.name != "latest")
     failed = next(p for p in runs if p != first)
@@ -102,7 +111,10 @@ def test_failed_run_is_marked_failed_and_leaves_earlier_run_intact(tmp_path):
 def test_killed_run_never_looks_succeeded(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "run", "conf/digits.yaml", "-s", f"runs_dir={tmp_path}"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.time() + 120
     manifest = None

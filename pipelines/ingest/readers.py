@@ -33,8 +33,26 @@ class RawChunk:
     rows: np.ndarray
     typed: bool
     malformed: list[Malformed] = field(default_factory=list)
-    raw_text: list[str] | None = None
-    file_problem: str | None = None
+    body: bytes | None = None
+    starts: np.ndarray | None = None
+    first_line: int = 0
+
+    def raw_lines(self, mask: np.ndarray) -> list[str]:
+        """Original text of the selected records (CSV only; empty strings otherwise)."""
+        if self.body is None or self.starts is None:
+            return [""] * int(mask.sum())
+        return [_line_text(self.body, self.starts, int(r - self.first_line)) for r in self.rows[mask]]
+
+    def empty_lines(self) -> np.ndarray:
+        """Mask of records whose line holds only whitespace (CSV only)."""
+        n = len(self.rows)
+        if self.body is None or self.starts is None or n == 0:
+            return np.zeros(n, bool)
+        idx = self.rows - self.first_line
+        short = (self.starts[idx + 1] - self.starts[idx]) <= 4
+        out = np.zeros(n, bool)
+        out[short] = [not self.body[self.starts[i] : self.starts[i + 1]].strip() for i in idx[short]]
+        return out
 
 
 def _read_lines(segment: Segment) -> tuple[bytes, np.ndarray]:
@@ -83,7 +101,11 @@ def read_csv_segment(segment: Segment, schema: TableSchema, delimiter: str) -> R
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
         line_no = first_line_no + row.number - 1
-        bad.append(Malformed(line_no, f"malformed row: {row.actual_columns} fields, expected {row.expected_columns}", row.text or ""))
+        bad.append(
+            Malformed(
+                line_no, f"malformed row: {row.actual_columns} fields, expected {row.expected_columns}", row.text or ""
+            )
+        )
         return "skip"
 
     def parse(typed: bool) -> pa.Table:
@@ -91,8 +113,12 @@ def read_csv_segment(segment: Segment, schema: TableSchema, delimiter: str) -> R
         types = {c.name: (c.arrow_type if typed and c.kind != "bool" else pa.string()) for c in schema.columns}
         return pacsv.read_csv(
             io.BytesIO(body),
-            read_options=pacsv.ReadOptions(column_names=list(f.columns), use_threads=False, block_size=max(len(body), 1 << 20) + 1),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=False),
+            read_options=pacsv.ReadOptions(
+                column_names=list(f.columns), use_threads=False, block_size=max(len(body), 1 << 20) + 1
+            ),
+            parse_options=pacsv.ParseOptions(
+                delimiter=delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=False
+            ),
             convert_options=pacsv.ConvertOptions(
                 column_types=types,
                 include_columns=schema.names,
@@ -110,17 +136,19 @@ def read_csv_segment(segment: Segment, schema: TableSchema, delimiter: str) -> R
         try:
             table = parse(typed=False)
         except pa.ArrowInvalid as exc:
-            raise DataError(f"{f.path}: lines {first_line_no}-{first_line_no + n_lines - 1}: cannot parse CSV ({exc})") from exc
+            raise DataError(
+                f"{f.path}: lines {first_line_no}-{first_line_no + n_lines - 1}: cannot parse CSV ({exc})"
+            ) from exc
     values = table if table is not None else pa.table({c.name: pa.array([], pa.string()) for c in schema.columns})
-    bad_rows = {m.row for m in bad}
-    rows = np.array([first_line_no + i for i in range(n_lines) if first_line_no + i not in bad_rows], dtype=np.int64)
+    rows = np.arange(first_line_no, first_line_no + n_lines, dtype=np.int64)
+    if bad:
+        rows = rows[~np.isin(rows, np.array([m.row for m in bad], dtype=np.int64))]
     if len(rows) != values.num_rows:
         raise DataError(
-            f"{f.path}: lines {first_line_no}-{first_line_no + n_lines - 1}: {values.num_rows} records in {n_lines} lines; "
-            "quoted fields spanning lines are not supported"
+            f"{f.path}: lines {first_line_no}-{first_line_no + n_lines - 1}: {values.num_rows} records in "
+            f"{n_lines} lines; quoted fields spanning lines are not supported"
         )
-    raw = [_line_text(body, starts, int(r - first_line_no)) for r in rows]
-    return RawChunk(f.name, values, rows, typed, bad, raw)
+    return RawChunk(f.name, values, rows, typed, list(bad), body, starts, first_line_no)
 
 
 def read_parquet_segment(segment: Segment, schema: TableSchema) -> RawChunk:
@@ -134,7 +162,11 @@ def read_parquet_segment(segment: Segment, schema: TableSchema) -> RawChunk:
             groups.append(g)
             first_row = offset if first_row is None else first_row
         offset += n
-    table = pf.read_row_groups(groups, columns=schema.names) if groups else pf.schema_arrow.empty_table().select(schema.names)
+    table = (
+        pf.read_row_groups(groups, columns=schema.names)
+        if groups
+        else pf.schema_arrow.empty_table().select(schema.names)
+    )
     start = segment.start - (first_row or 0)
     table = table.slice(start, segment.stop - segment.start)
     rows = np.arange(segment.start, segment.stop, dtype=np.int64)

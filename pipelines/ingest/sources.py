@@ -121,7 +121,7 @@ def index_csv_files(paths: list[str], delimiter: str, block_bytes: int, run: Tas
         size = os.path.getsize(path)
         sizes[path] = size
         blocks += [(path, lo, min(lo + block_bytes, size)) for lo in range(0, max(size, 1), block_bytes)]
-    scans = dict(zip(blocks, run(_scan_newlines, blocks)))
+    scans = dict(zip(blocks, run(_scan_newlines, blocks), strict=True))
     files = []
     for path in paths:
         size = sizes[path]
@@ -219,7 +219,7 @@ def balanced_segments(files: list[SourceFile], parts: int) -> list[list[Segment]
     parts = max(1, min(parts, total))
     bounds = [round(i * total / parts) for i in range(parts + 1)]
     out: list[list[Segment]] = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         segs, offset = [], 0
         for f in files:
             a, b = max(lo, offset), min(hi, offset + f.records)

@@ -81,7 +81,9 @@ def plan_ingest(dataset: DatasetConfig, partitions: int, engine: Engine, block_m
     if int(np.prod(images.shape)) != int(np.prod(declared)):
         problem = f"image shape {images.shape} does not match declared shape {declared}"
     combined = dataclasses.replace(images, records=max(images.records, labels.records))
-    return Plan(dataset, [images], sources.balanced_segments([combined], partitions), labels=labels, image_problem=problem)
+    return Plan(
+        dataset, [images], sources.balanced_segments([combined], partitions), labels=labels, image_problem=problem
+    )
 
 
 def _with_split(frame: pd.DataFrame, split: SplitConfig) -> pd.DataFrame:
@@ -110,7 +112,9 @@ def read_part(plan: Plan, part: list[sources.Segment], split: SplitConfig) -> pd
             x, y = readers.read_image_segment(img_seg, lbl_seg, plan.dataset.format, keys)
             image = plan.dataset.image
             rows = np.arange(seg.start, seg.stop, dtype=np.int64)
-            frames.append(validate_images(image_file.name, rows, x, y, tuple(image.shape), image.classes, plan.image_problem))
+            frames.append(
+                validate_images(image_file.name, rows, x, y, tuple(image.shape), image.classes, plan.image_problem)
+            )
     frame = pd.concat(frames, ignore_index=True) if len(frames) != 1 else frames[0]
     return _with_split(frame, split)
 
@@ -164,7 +168,13 @@ def _rejected_rows(pdf: pd.DataFrame) -> pd.DataFrame:
 
 
 QUARANTINE_SCHEMA = pa.schema(
-    [("source", pa.string()), ("row", pa.int64()), ("column", pa.string()), ("reason", pa.string()), ("raw", pa.string())]
+    [
+        ("source", pa.string()),
+        ("row", pa.int64()),
+        ("column", pa.string()),
+        ("reason", pa.string()),
+        ("raw", pa.string()),
+    ]
 )
 
 
@@ -174,12 +184,18 @@ def write_quarantine(path: Path, rejected: pd.DataFrame) -> None:
     atomic_write_bytes(path, rejected.to_csv(index=False, columns=QUARANTINE_COLUMNS).encode("utf-8"))
 
 
-def run_ingest(engine: Engine, dataset: DatasetConfig, stage: IngestStage, partitions: int, run: Any = None) -> IngestResult:
+def run_ingest(
+    engine: Engine, dataset: DatasetConfig, stage: IngestStage, partitions: int, run: Any = None
+) -> IngestResult:
     """Ingest a dataset on an engine; with a Run, write quarantine, splits and manifest facts into it."""
     plan = plan_ingest(dataset, partitions, engine, stage.index_block_mb)
-    log.info("%s: %d records in %d file(s), %d partitions", dataset.name, plan.records, len(plan.files), len(plan.parts))
+    log.info(
+        "%s: %d records in %d file(s), %d partitions", dataset.name, plan.records, len(plan.files), len(plan.parts)
+    )
     arrow_schema = table_arrow_schema(plan.table) if plan.table else image_arrow_schema()
-    validated = engine.persist(engine.from_tasks(lambda part: read_part(plan, part, stage.split), plan.parts, arrow_schema))
+    validated = engine.persist(
+        engine.from_tasks(lambda part: read_part(plan, part, stage.split), plan.parts, arrow_schema)
+    )
     try:
         stats = engine.reduce_partitions(validated, lambda pdf: partition_stats(pdf, plan.table))
         read = sum(s["read"] for s in stats)
@@ -220,8 +236,9 @@ def run_ingest(engine: Engine, dataset: DatasetConfig, stage: IngestStage, parti
         engine.release(validated)
 
 
-def _write_splits(engine: Engine, validated: Any, plan: Plan, stage: IngestStage, fitted: Fitted,
-                  result: IngestResult, run: Any) -> None:
+def _write_splits(
+    engine: Engine, validated: Any, plan: Plan, stage: IngestStage, fitted: Fitted, result: IngestResult, run: Any
+) -> None:
     for code, name in SPLIT_NAMES.items():
         if result.splits[name] == 0:
             continue

@@ -98,9 +98,7 @@ def encoded_columns(schema: TableSchema, fitted: Fitted, encode: str) -> list[tu
             out += [(f"{_safe(col.name)}_{_safe(level)}", pa.float64(), col.name, level) for level in levels]
         elif col.kind == "category":
             out.append((col.name, pa.int64(), col.name, None))
-        elif col.numeric:
-            out.append((col.name, pa.float64(), col.name, None))
-        elif col.kind == "bool":
+        elif col.numeric or col.kind == "bool":
             out.append((col.name, pa.float64(), col.name, None))
         else:
             out.append((col.name, pa.string(), col.name, None))
@@ -136,7 +134,9 @@ def transform_table(pdf: pd.DataFrame, split: int, schema: TableSchema, fitted: 
     if schema.label is not None:
         label = keep[schema.label.name]
         if schema.label.name in fitted.levels:
-            out[schema.label.name] = pd.Categorical(label, categories=fitted.levels[schema.label.name]).codes.astype("int64")
+            out[schema.label.name] = pd.Categorical(label, categories=fitted.levels[schema.label.name]).codes.astype(
+                "int64"
+            )
         elif schema.label.kind in ("int", "bool"):
             out[schema.label.name] = label.to_numpy(dtype="int64")
         else:

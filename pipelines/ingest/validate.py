@@ -38,19 +38,25 @@ def image_arrow_schema() -> pa.Schema:
     return pa.schema(META_FIELDS + [pa.field("image", pa.binary()), pa.field("label", pa.int64())])
 
 
-def _reasons(mask: np.ndarray, message: str, values: pd.Series | np.ndarray | None = None) -> pd.Series:
-    """Per-row reason: message where mask is set (followed by repr of the value when values are given)."""
+def _reasons(mask: np.ndarray, message: str, values: pd.Series | np.ndarray | None = None) -> pd.Series | None:
+    """Per-row reason: message where mask is set (then repr of the value when values are given); None if none."""
+    if not mask.any():
+        return None
     out = pd.Series(None, index=range(len(mask)), dtype=object)
-    if mask.any():
-        if values is None:
-            out[mask] = message
-        else:
-            picked = np.asarray(values, dtype=object)[mask]
-            out[mask] = [f"{message}{v!r}" for v in picked]
+    if values is None:
+        out[mask] = message
+    else:
+        picked = np.asarray(values, dtype=object)[mask]
+        out[mask] = [f"{message}{v!r}" for v in picked]
     return out
 
 
-def _first(current: pd.Series, new: pd.Series) -> pd.Series:
+def _first(current: pd.Series | None, new: pd.Series | None) -> pd.Series | None:
+    """Keep the earlier reason of each row; fill rows without one from new."""
+    if current is None:
+        return new
+    if new is None:
+        return current
     return current.where(current.notna(), new)
 
 
@@ -58,11 +64,12 @@ def _text(arr: pa.ChunkedArray) -> pd.Series:
     return pd.Series(arr.cast(pa.string()).fill_null("").to_pylist(), dtype=object).str.strip()
 
 
-def _column(arr: pa.ChunkedArray, col: Column, is_label: bool, levels: tuple[str, ...] | None) -> tuple[pd.Series, pd.Series]:
+def _column(
+    arr: pa.ChunkedArray, col: Column, is_label: bool, levels: tuple[str, ...] | None
+) -> tuple[pd.Series, pd.Series | None]:
     """Typed values of one column and, per row, why it is rejected (None when it is fine)."""
-    n = len(arr)
     missing_msg = "missing label" if is_label else "missing value"
-    reasons = pd.Series(None, index=range(n), dtype=object)
+    reasons: pd.Series | None = None
     if col.kind in ("float", "int"):
         if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
             missing = arr.is_null().to_numpy(zero_copy_only=False)
@@ -113,22 +120,27 @@ def validate_table(chunk: RawChunk, schema: TableSchema) -> pd.DataFrame:
     for col in schema.columns:
         is_label = schema.label is not None and col.name == schema.label.name
         values, why = _column(chunk.values.column(col.name), col, is_label, schema.categories.get(col.name))
+        out[col.name] = values
+        if why is None:
+            continue
         fresh = (reason.isna() & why.notna()).to_numpy()
         reason = reason.where(~fresh, why)
         column = column.where(~fresh, col.name)
-        out[col.name] = values
-    raw = pd.Series(chunk.raw_text if chunk.raw_text is not None else [None] * n, dtype=object)
-    if chunk.raw_text is not None and n:
-        empty_line = (raw.str.strip() == "").to_numpy()
+    empty_line = chunk.empty_lines()
+    if empty_line.any():
         reason = reason.where(~empty_line, "empty line")
         column = column.where(~empty_line, None)
+    rejected = reason.notna().to_numpy()
+    raw = pd.Series(None, index=range(n), dtype=object)
+    if rejected.any():
+        raw[rejected] = chunk.raw_lines(rejected)
     frame = pd.DataFrame(
         {
             "_source": chunk.source,
             "_row": chunk.rows,
             "_reason": reason,
             "_column": column,
-            "_raw": raw.where(reason.notna(), None),
+            "_raw": raw,
             "_split": np.int8(0),
             **out,
         }
@@ -198,7 +210,10 @@ def validate_images(
             bad[:n_lbl] = ~np.isfinite(as_float) | (as_float != np.round(as_float)) | (as_float < 0)
             if classes is not None:
                 bad[:n_lbl] |= np.isfinite(as_float) & (as_float >= classes)
-            msg = np.array([f"label {v!r} outside 0..{(classes or 1) - 1}" for v in as_float.tolist()] + [""] * (n - n_lbl), dtype=object)
+            msg = np.array(
+                [f"label {v!r} outside 0..{(classes or 1) - 1}" for v in as_float.tolist()] + [""] * (n - n_lbl),
+                dtype=object,
+            )
             reject(bad, "label", msg)
             ok = np.isfinite(as_float)
             label_values[:n_lbl][ok] = as_float[ok].astype(np.int64)

@@ -1,0 +1,154 @@
+"""Ingest throughput: CSV and Parquet to validated, split, partitioned frames on Spark and Dask.
+
+Each measurement runs beside baselines in the same process run: pyarrow reading the same file(s)
+(multi-threaded), pandas.read_csv, and the engine's own reader (spark.read / dd.read_*, no validation).
+Prints rows/s, the ratio to pyarrow, and the peak RSS of the whole process tree (driver, JVM, workers).
+
+    python -m benchmarks.ingest.bench_ingest --rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from pipelines.config import DaskSettings, DatasetConfig, IngestStage, SparkSettings
+from pipelines.data.synthetic import generate
+from pipelines.engines.dask_engine import DaskEngine
+from pipelines.engines.spark_engine import SparkEngine
+from pipelines.ingest.stage import run_ingest
+
+
+class PeakRSS:
+    """Samples the summed RSS of this process and all its descendants while active."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+
+    def _sample(self) -> int:
+        me = psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total
+
+    def __enter__(self) -> PeakRSS:
+        self.peak = self._sample()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self._sample())
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def measure(fn: Callable[[], int]) -> tuple[float, int, int]:
+    """(seconds, rows, peak bytes) of one call."""
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        rows = fn()
+        seconds = time.perf_counter() - t0
+    return seconds, rows, mem.peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--features", type=int, default=20)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--engines", default="dask,spark")
+    parser.add_argument("--dir", default=None, help="where to write the input files (default: a temp dir)")
+    args = parser.parse_args()
+
+    root = Path(args.dir or tempfile.mkdtemp(prefix="bench-ingest-"))
+    pq_dir = root / "parquet"
+    csv_file = root / "data.csv"
+    if not pq_dir.exists():
+        generate(pq_dir, kind="classification", rows=args.rows, features=args.features, parts=args.partitions, seed=1)
+    if not csv_file.exists():
+        table = pq.read_table(pq_dir).to_pandas().round(6)
+        table.to_csv(csv_file, index=False)
+    print(
+        f"input: {args.rows:,} rows x {args.features} features; CSV {csv_file.stat().st_size / 1e6:.0f} MB, "
+        f"Parquet {sum(f.stat().st_size for f in pq_dir.iterdir()) / 1e6:.0f} MB ({root})"
+    )
+    features = [f"x{i}" for i in range(args.features)]
+    datasets = {
+        "csv": DatasetConfig(
+            name="bench", format="csv", path=str(csv_file), features=features, label="y", types={"y": "int"}
+        ),
+        "parquet": DatasetConfig(
+            name="bench", format="parquet", path=str(pq_dir), features=features, label="y", types={"y": "int"}
+        ),
+    }
+    stage = IngestStage(write=False, max_rejected_fraction=0.0)
+    baselines = {
+        "csv": {
+            "pyarrow.csv.read_csv": lambda: pacsv.read_csv(csv_file).num_rows,
+            "pandas.read_csv": lambda: len(pd.read_csv(csv_file, engine="c")),
+        },
+        "parquet": {"pyarrow.parquet.read_table": lambda: pq.read_table(pq_dir).num_rows},
+    }
+    rows_out = []
+    for fmt in ("csv", "parquet"):
+        for name, fn in baselines[fmt].items():
+            s, n, peak = measure(fn)
+            rows_out.append((fmt, name, s, n, peak))
+    for kind in args.engines.split(","):
+        engine = (
+            DaskEngine(DaskSettings(n_workers=2, threads_per_worker=1))
+            if kind == "dask"
+            else SparkEngine(SparkSettings(master="local[2]"), partitions=args.partitions)
+        )
+        with engine:
+            for fmt in ("csv", "parquet"):
+                if kind == "dask":
+                    import dask.dataframe as dd
+
+                    native = (
+                        (lambda: len(dd.read_csv(csv_file, blocksize="32MB")))
+                        if fmt == "csv"
+                        else (lambda: len(dd.read_parquet(pq_dir)))
+                    )
+                else:
+                    sp = engine.spark
+                    native = (
+                        (lambda: sp.read.csv(str(csv_file), header=True, inferSchema=False).count())
+                        if fmt == "csv"
+                        else (lambda: sp.read.parquet(str(pq_dir)).count())
+                    )
+                s, n, peak = measure(native)
+                rows_out.append((fmt, f"{kind} native reader (count only)", s, n, peak))
+                result = {}
+                s, n, peak = measure(
+                    lambda: result.setdefault("r", run_ingest(engine, datasets[fmt], stage, args.partitions)).read
+                )
+                assert result["r"].accepted == args.rows, result["r"].summary()
+                rows_out.append((fmt, f"{kind} pipelines ingest (validate+split+fit)", s, n, peak))
+    print(f"\n{'format':8} {'what':46} {'seconds':>8} {'rows/s':>12} {'vs pyarrow':>10} {'peak RSS':>10}")
+    for fmt, name, s, n, peak in rows_out:
+        base = next(r for r in rows_out if r[0] == fmt and r[1].startswith("pyarrow"))
+        ratio = (n / s) / (base[3] / base[2])
+        print(f"{fmt:8} {name:46} {s:8.2f} {n / s:12,.0f} {ratio:10.2f} {peak / 2**20:8.0f} MB")
+    print(f"\nmachine: {os.cpu_count()} cores; ratio = rows/s of the line / rows/s of pyarrow on the same input")
+
+
+if __name__ == "__main__":
+    main()

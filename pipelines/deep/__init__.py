@@ -1,0 +1,1 @@
+"""Horovod-coordinated TensorFlow training (issue 4: not implemented yet; Horovod is installed by setup)."""
