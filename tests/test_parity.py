@@ -33,6 +33,8 @@ def test_tabular_parity_and_train_only_scaler(dask_engine, spark_engine, tmp_pat
     both = _ingest_both(dask_engine, spark_engine, tmp_path, "fair.yaml")
     (rd, fd), (rs, fs) = both["dask"], both["spark"]
     assert rd.splits == rs.splits and rd.read == rs.read == 6366
+    # later stages get engine-native frames over the written splits
+    assert dask_engine.count(rd.frames["train"]) == spark_engine.count(rs.frames["train"]) == rd.splits["train"]
     assert rd.partition_rows == rs.partition_rows and max(rd.partition_rows) - min(rd.partition_rows) <= 1
     for split in fd:
         assert fd[split]["_row"].tolist() == fs[split]["_row"].tolist()  # same membership

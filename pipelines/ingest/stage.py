@@ -256,3 +256,4 @@ def _write_splits(
         with run.output(f"data/{name}") as tmp:
             engine.write_parquet(frame, str(tmp), schema)
         result.outputs[name] = str(run.dir / "data" / name)
+        result.frames[name] = engine.read_parquet(result.outputs[name])
