@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import DataError
 from pipelines.ingest.schema import TableSchema
-from pipelines.ingest.sources import Segment, _open_maybe_gzip
+from pipelines.ingest.sources import Segment, open_maybe_gzip
 
 
 @dataclass
@@ -181,7 +181,7 @@ def _read_records(segment: Segment, shape: tuple[int, ...], dtype: str) -> np.nd
         return np.empty((0, *shape), dtype=np.dtype(dtype).newbyteorder("="))
     dt = np.dtype(dtype)
     rec = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-    with _open_maybe_gzip(f.path) as fh:
+    with open_maybe_gzip(f.path) as fh:
         fh.seek(f.data_offset + segment.start * rec)
         data = fh.read((stop - segment.start) * rec)
     n = len(data) // rec

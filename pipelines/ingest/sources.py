@@ -165,7 +165,7 @@ def index_parquet_files(paths: list[str]) -> list[SourceFile]:
     return files
 
 
-def _open_maybe_gzip(path: str) -> Any:
+def open_maybe_gzip(path: str) -> Any:
     with open(path, "rb") as fh:
         magic = fh.read(2)
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
@@ -174,7 +174,7 @@ def _open_maybe_gzip(path: str) -> Any:
 def index_idx_file(path: str) -> SourceFile:
     """Read an MNIST-style IDX header: element type, dimensions, record count."""
     try:
-        with _open_maybe_gzip(path) as fh:
+        with open_maybe_gzip(path) as fh:
             head = fh.read(4)
             if len(head) < 4 or head[0] != 0 or head[1] != 0:
                 raise DataError(f"{path}: not an IDX file (bad magic number {head.hex() or 'empty'})")

@@ -32,8 +32,6 @@ from pipelines.ingest.validate import image_arrow_schema, table_arrow_schema, va
 
 log = logging.getLogger(__name__)
 
-QUARANTINE_COLUMNS = ["source", "row", "column", "reason", "raw"]
-
 
 @dataclass
 class Plan:
@@ -48,7 +46,7 @@ class Plan:
 
     @property
     def records(self) -> int:
-        return sum(len_ for part in self.parts for len_ in (s.stop - s.start for s in part))
+        return sum(seg.stop - seg.start for part in self.parts for seg in part)
 
 
 def plan_ingest(dataset: DatasetConfig, partitions: int, engine: Engine, block_mb: int = 32) -> Plan:
@@ -181,7 +179,7 @@ QUARANTINE_SCHEMA = pa.schema(
 def write_quarantine(path: Path, rejected: pd.DataFrame) -> None:
     """Write rejected rows as CSV atomically (row: CSV line number, else 0-based record index)."""
     rejected = rejected.sort_values(["source", "row"], kind="stable")
-    atomic_write_bytes(path, rejected.to_csv(index=False, columns=QUARANTINE_COLUMNS).encode("utf-8"))
+    atomic_write_bytes(path, rejected.to_csv(index=False, columns=QUARANTINE_SCHEMA.names).encode("utf-8"))
 
 
 def run_ingest(

@@ -118,7 +118,7 @@ def transform_table(pdf: pd.DataFrame, split: int, schema: TableSchema, fitted: 
     """Accepted rows of one split, encoded and standardized with the training-split fit."""
     keep = pdf[pdf["_reason"].isna() & (pdf["_split"] == split)]
     out: dict[str, Any] = {"_source": keep["_source"].to_numpy(), "_row": keep["_row"].to_numpy()}
-    for name, _, source, level in encoded_columns(schema, fitted, encode):
+    for name, dtype, source, level in encoded_columns(schema, fitted, encode):
         values = keep[source]
         if level is not None:
             out[name] = (values.astype(str) == level).to_numpy(dtype="float64")
@@ -127,10 +127,10 @@ def transform_table(pdf: pd.DataFrame, split: int, schema: TableSchema, fitted: 
         elif source in fitted.scale:
             mean, std = fitted.scale[source]
             out[name] = (values.to_numpy(dtype="float64") - mean) / std
-        elif values.dtype == "boolean":
-            out[name] = values.to_numpy(dtype="float64")
+        elif pa.types.is_string(dtype):
+            out[name] = values.to_numpy()
         else:
-            out[name] = values.to_numpy(dtype="float64") if schema_kind(schema, source) != "str" else values.to_numpy()
+            out[name] = values.to_numpy(dtype="float64", na_value=np.nan)
     if schema.label is not None:
         label = keep[schema.label.name]
         if schema.label.name in fitted.levels:
@@ -142,11 +142,6 @@ def transform_table(pdf: pd.DataFrame, split: int, schema: TableSchema, fitted: 
         else:
             out[schema.label.name] = label.to_numpy(dtype="float64")
     return pd.DataFrame(out)
-
-
-def schema_kind(schema: TableSchema, name: str) -> str:
-    """Declared kind of a column."""
-    return next(c.kind for c in schema.columns if c.name == name)
 
 
 def image_output_schema() -> pa.Schema:
