@@ -27,7 +27,7 @@ def _setup_logging(verbose: bool) -> None:
     handler = RichHandler(console=console, show_path=False, show_time=True, markup=False)
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     logging.getLogger("pipelines").setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("distributed", "py4j", "tensorflow"):
+    for noisy in ("py4j", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 

@@ -63,17 +63,21 @@ def _read_lines(segment: Segment) -> tuple[bytes, np.ndarray]:
     offset, line = max((cp for cp in f.checkpoints if cp[1] <= first), key=lambda cp: cp[1])
     need = last - line
     parts: list[bytes] = []
-    found = 0
+    positions: list[np.ndarray] = []
+    found = size = 0
     with open(f.path, "rb") as fh:
         fh.seek(offset)
         while found < need:
             chunk = fh.read(16 << 20)
             if not chunk:
                 break
+            nl = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10) + size
             parts.append(chunk)
-            found += chunk.count(b"\n")
+            positions.append(nl)
+            found += len(nl)
+            size += len(chunk)
     data = b"".join(parts)
-    newlines = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
+    newlines = np.concatenate(positions) if positions else np.empty(0, np.int64)
     skip = first - line
     begin = 0 if skip == 0 else int(newlines[skip - 1]) + 1
     end = int(newlines[need - 1]) + 1 if len(newlines) >= need else len(data)

@@ -115,22 +115,21 @@ def _csv_header(path: str, delimiter: str) -> tuple[str, ...]:
 
 def index_csv_files(paths: list[str], delimiter: str, block_bytes: int, run: TaskRunner) -> list[SourceFile]:
     """Index CSV files: header, record count and a (byte offset, line) checkpoint per block, scanned in parallel."""
-    blocks: list[tuple[str, int, int]] = []
-    sizes = {}
+    per_file: dict[str, list[tuple[str, int, int]]] = {}
     for path in paths:
         size = os.path.getsize(path)
-        sizes[path] = size
-        blocks += [(path, lo, min(lo + block_bytes, size)) for lo in range(0, max(size, 1), block_bytes)]
+        if size == 0:
+            raise DataError(f"{path}: file is empty (no header row)")
+        per_file[path] = [(path, lo, min(lo + block_bytes, size)) for lo in range(0, size, block_bytes)]
+    blocks = [b for file_blocks in per_file.values() for b in file_blocks]
     scans = dict(zip(blocks, run(_scan_newlines, blocks), strict=True))
     files = []
     for path in paths:
-        size = sizes[path]
-        if size == 0:
-            raise DataError(f"{path}: file is empty (no header row)")
+        size = per_file[path][-1][2]
         columns = _csv_header(path, delimiter)
         checkpoints = [(0, 0)]
         newlines = 0
-        for block in (b for b in blocks if b[0] == path):
+        for block in per_file[path]:
             count, first = scans[block]
             if block[1] > 0 and first >= 0:
                 checkpoints.append((first + 1, newlines + 1))

@@ -156,9 +156,9 @@ def transform_images(pdf: pd.DataFrame, split: int, dtype: str, scale: str) -> p
     if scale == "unit" and len(images):
         dt = np.dtype(dtype).newbyteorder("=")
         divisor = float(np.iinfo(dt).max) if np.issubdtype(dt, np.integer) else 1.0
-        images = np.array(
-            [(np.frombuffer(b, dtype=dt).astype(np.float32) / divisor).tobytes() for b in images], dtype=object
-        )
+        pixels = np.frombuffer(b"".join(images), dtype=dt).reshape(len(images), -1)
+        scaled = pixels.astype(np.float32) / np.float32(divisor)
+        images = np.array([row.tobytes() for row in scaled], dtype=object)
     return pd.DataFrame(
         {
             "_source": keep["_source"].to_numpy(),

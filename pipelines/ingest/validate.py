@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.ingest.readers import RawChunk
 from pipelines.ingest.schema import Column, TableSchema
@@ -21,7 +22,6 @@ META_FIELDS = [
     pa.field("_raw", pa.string()),
     pa.field("_split", pa.int8()),
 ]
-META_NAMES = [f.name for f in META_FIELDS]
 NAN_TEXT = {"nan", "-nan", "+nan"}
 TRUE_TEXT = {"true", "t", "yes", "y", "1"}
 FALSE_TEXT = {"false", "f", "no", "n", "0"}
@@ -61,7 +61,9 @@ def _first(current: pd.Series | None, new: pd.Series | None) -> pd.Series | None
 
 
 def _text(arr: pa.ChunkedArray) -> pd.Series:
-    return pd.Series(arr.cast(pa.string()).fill_null("").to_pylist(), dtype=object).str.strip()
+    """A column as stripped text (nulls as empty strings), object dtype."""
+    stripped = pc.utf8_trim_whitespace(arr.cast(pa.string()).fill_null(""))
+    return pd.Series(stripped.to_numpy(zero_copy_only=False), dtype=object)
 
 
 def _column(
