@@ -68,12 +68,34 @@ def summary_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def _run_many(configs: list[PipelineConfig], engines: list[str]) -> list[dict[str, Any]]:
+def model_table(rows: list[dict[str, Any]]) -> Table:
+    """One line per fitted model: rows, fit time, headline metrics, where its files are."""
+    table = Table(title="model summary", header_style="bold")
+    for name in ("pipeline", "engine", "stage", "model", "train rows", "fit s", "metrics", "files"):
+        table.add_column(name, justify="right" if name in ("train rows", "fit s") else "left")
+    for r in rows:
+        facts = {k: v for k, v in r["facts"].items() if k not in ("model", "train_rows", "fit_seconds")}
+        text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items())
+        table.add_row(
+            r["pipeline"],
+            r["engine"],
+            r["stage"],
+            r["facts"].get("model", ""),
+            f"{r['facts'].get('train_rows', 0):,}",
+            f"{r['facts'].get('fit_seconds', 0):.2f}",
+            text,
+            r["files"],
+        )
+    return table
+
+
+def _run_many(configs: list[PipelineConfig], engines: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run each config on each engine, reusing one started engine per kind."""
     from pipelines.engines import make_engine
     from pipelines.pipeline import run_pipeline
 
-    rows = []
+    rows: list[dict[str, Any]] = []
+    models: list[dict[str, Any]] = []
     for kind in engines:
         first = configs[0].model_copy(deep=True)
         first.engine.kind = kind  # type: ignore[assignment]
@@ -93,8 +115,19 @@ def _run_many(configs: list[PipelineConfig], engines: list[str]) -> list[dict[st
                             "run": os.path.relpath(run.dir),
                         }
                     )
+                for name, result in state.get("models", {}).items():
+                    files = os.path.relpath(run.dir / "models" / name)
+                    models.append(
+                        {
+                            "pipeline": config.name,
+                            "engine": kind,
+                            "stage": name,
+                            "facts": result.summary(),
+                            "files": files,
+                        }
+                    )
                 console.print(f"[green]done[/] {config.name} on {kind}: {run.dir}")
-    return rows
+    return rows, models
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -103,9 +136,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     bad = [e for e in engines if e not in ("spark", "dask")]
     if bad:
         raise PipelineError(f"--engine: unknown engine(s) {bad}; use spark, dask or spark,dask")
-    rows = _run_many(configs, engines)
+    rows, models = _run_many(configs, engines)
+    wide = Console(width=max(Console().width, 150))
     if rows:
-        Console(width=max(Console().width, 150)).print(summary_table(rows))
+        wide.print(summary_table(rows))
+    if models:
+        wide.print(model_table(models))
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
@@ -118,7 +118,51 @@ class IngestStage(StrictModel):
     write: bool = True
 
 
-StageConfig = IngestStage
+ModelKind = Literal[
+    "linear_regression",
+    "logistic_regression",
+    "kmeans",
+    "pca",
+    "truncated_svd",
+    "random_forest_classifier",
+    "random_forest_regressor",
+]
+
+
+class ModelStage(StrictModel):
+    """Fit a classical model on the ingested train split; evaluate on test; metrics, plots and model files."""
+
+    stage: Literal["model"] = "model"
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: ModelKind
+    params: dict[str, Any] = Field(default_factory=dict)
+    features: list[str] | None = None
+    label: str | None = None
+    elbow: list[PositiveInt] | None = None
+    variance_targets: list[float] = Field(default_factory=lambda: [0.8, 0.9, 0.95])
+    sample: PositiveInt = 5000
+    plots: bool = True
+    save: bool = True
+
+    @model_validator(mode="after")
+    def _check_params(self) -> ModelStage:
+        from pipelines.classical import ESTIMATORS
+
+        try:
+            ESTIMATORS[self.model](**self.params)
+        except TypeError as exc:
+            raise ValueError(f"params for {self.model}: {exc}") from None
+        if any(not 0 < t <= 1 for t in self.variance_targets):
+            raise ValueError("variance_targets must lie in (0, 1]")
+        return self
+
+    @property
+    def output_name(self) -> str:
+        """Directory name of this stage's outputs (models/<name>, plots/<name>)."""
+        return self.name or self.model
+
+
+StageConfig = Annotated[IngestStage | ModelStage, Field(discriminator="stage")]
 
 
 class PipelineConfig(StrictModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.config import IngestStage, PipelineConfig
+from pipelines.config import IngestStage, ModelStage, PipelineConfig
 from pipelines.engines.base import Engine
 from pipelines.runs import Run
 
@@ -18,4 +18,12 @@ def _ingest(engine: Engine, config: PipelineConfig, stage: IngestStage, run: Run
     return result
 
 
-STAGES: dict[str, Callable[..., Any]] = {"ingest": _ingest}
+def _model(engine: Engine, config: PipelineConfig, stage: ModelStage, run: Run, state: dict[str, Any]) -> Any:
+    from pipelines.classical.stage import run_model
+
+    result = run_model(engine, stage, run, state)
+    state.setdefault("models", {})[result.section] = result
+    return result
+
+
+STAGES: dict[str, Callable[..., Any]] = {"ingest": _ingest, "model": _model}

@@ -1,1 +1,34 @@
-"""Classical models on Spark and Dask (issue 3: not implemented yet; ingest output is their input)."""
+"""Classical models on row blocks, one implementation for both engines, scikit-learn-shaped."""
+
+from pipelines.classical.data import Blocks
+from pipelines.classical.decomposition import PCA, TruncatedSVD
+from pipelines.classical.forest import RandomForestClassifier, RandomForestRegressor
+from pipelines.classical.kmeans import KMeans, elbow
+from pipelines.classical.linear import LinearRegression
+from pipelines.classical.logistic import LogisticRegression
+from pipelines.classical.persist import load_model, save_model
+
+ESTIMATORS: dict[str, type] = {
+    "linear_regression": LinearRegression,
+    "logistic_regression": LogisticRegression,
+    "kmeans": KMeans,
+    "pca": PCA,
+    "truncated_svd": TruncatedSVD,
+    "random_forest_classifier": RandomForestClassifier,
+    "random_forest_regressor": RandomForestRegressor,
+}
+
+__all__ = [
+    "ESTIMATORS",
+    "PCA",
+    "Blocks",
+    "KMeans",
+    "LinearRegression",
+    "LogisticRegression",
+    "RandomForestClassifier",
+    "RandomForestRegressor",
+    "TruncatedSVD",
+    "elbow",
+    "load_model",
+    "save_model",
+]

@@ -19,6 +19,8 @@ R = TypeVar("R")
 
 PartitionFn = Callable[[pd.DataFrame], pd.DataFrame]
 ReduceFn = Callable[[pd.DataFrame], dict[str, Any]]
+Block = dict[str, Any]
+BlockFn = Callable[[pd.DataFrame], Block]
 
 
 def to_arrow(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
@@ -114,6 +116,18 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def num_partitions(self, frame: Any) -> int:
         """Number of partitions of a frame."""
+
+    @abc.abstractmethod
+    def to_blocks(self, frame: Any, fn: BlockFn) -> Any:
+        """Persist fn(partition) -> dict of NumPy arrays for each partition, kept on the workers."""
+
+    @abc.abstractmethod
+    def map_blocks(self, blocks: Any, fn: Callable[[Block], R]) -> list[R]:
+        """Run fn on each persisted block where it lives; results in block order."""
+
+    @abc.abstractmethod
+    def release_blocks(self, blocks: Any) -> None:
+        """Drop persisted blocks."""
 
     def partition_sizes(self, frame: Any) -> list[int]:
         """Row count of each partition."""

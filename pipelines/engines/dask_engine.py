@@ -13,6 +13,8 @@ import pyarrow as pa
 
 from pipelines.config import DaskSettings
 from pipelines.engines.base import (
+    Block,
+    BlockFn,
     Engine,
     PartitionFn,
     R,
@@ -108,6 +110,19 @@ class DaskEngine(Engine):
 
     def persist(self, frame: Any) -> Any:
         return self.client.persist(frame)
+
+    def to_blocks(self, frame: Any, fn: BlockFn) -> Any:
+        parts = [dask.delayed(fn)(p) for p in frame.to_delayed()]
+        futures = self.client.compute(parts)
+        self.client.gather(futures)  # materialize now so errors surface here
+        return futures
+
+    def map_blocks(self, blocks: Any, fn: Callable[[Block], R]) -> list[R]:
+        return self.client.gather(self.client.map(fn, blocks, pure=False))
+
+    def release_blocks(self, blocks: Any) -> None:
+        for future in blocks:
+            future.release()
 
     def release(self, frame: Any) -> None:
         del frame

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -9,11 +10,14 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from pipelines.config import SparkSettings
 from pipelines.engines.base import (
+    Block,
+    BlockFn,
     Engine,
     PartitionFn,
     R,
@@ -28,6 +32,27 @@ from pipelines.javacheck import require_java
 log = logging.getLogger(__name__)
 
 _RESULT_SCHEMA = pa.schema([("result", pa.string())])
+_BLOCK_SCHEMA = pa.schema([("block", pa.binary())])
+
+
+def _pack_block(block: Block) -> bytes:
+    """Serialize a block of NumPy arrays as .npz bytes (no pickle)."""
+    buf = io.BytesIO()
+    np.savez(buf, **block)
+    return buf.getvalue()
+
+
+def _unpack_block(data: bytes) -> Block:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def _partition_block(rows: Iterator[Any]) -> list[Block]:
+    """Join the packed chunks of one partition into one block (none for an empty partition)."""
+    blocks = [_unpack_block(row[0]) for row in rows]
+    if len(blocks) <= 1:
+        return blocks
+    return [{key: np.concatenate([b[key] for b in blocks]) for key in blocks[0]}]
 
 
 def under_spark_submit() -> bool:
@@ -157,6 +182,26 @@ class SparkEngine(Engine):
 
     def release(self, frame: Any) -> None:
         frame.unpersist()
+
+    def to_blocks(self, frame: Any, fn: BlockFn) -> Any:
+        from pyspark import StorageLevel
+
+        def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                if batch.num_rows:
+                    packed = _pack_block(fn(pa.Table.from_batches([batch]).to_pandas()))
+                    yield pa.RecordBatch.from_pylist([{"block": packed}], schema=_BLOCK_SCHEMA)
+
+        packed = frame.mapInArrow(run, _spark_schema(_BLOCK_SCHEMA)).rdd
+        blocks = packed.mapPartitions(_partition_block).persist(StorageLevel.MEMORY_AND_DISK)
+        blocks.count()
+        return blocks
+
+    def map_blocks(self, blocks: Any, fn: Callable[[Block], R]) -> list[R]:
+        return blocks.map(fn).collect()
+
+    def release_blocks(self, blocks: Any) -> None:
+        blocks.unpersist()
 
     def write_parquet(self, frame: Any, path: str, schema: pa.Schema) -> None:
         frame.write.mode("errorifexists").parquet(path)

@@ -22,6 +22,7 @@ from pipelines.ingest.schema import TableSchema, resolve_table_schema
 from pipelines.ingest.split import SPLIT_NAMES, assign_split
 from pipelines.ingest.transform import (
     Fitted,
+    encoded_columns,
     image_output_schema,
     output_schema,
     partition_stats,
@@ -133,6 +134,16 @@ class IngestResult:
     schema: TableSchema | None
     outputs: dict[str, str] = field(default_factory=dict)
     frames: dict[str, Any] = field(default_factory=dict)
+    image_dtype: str | None = None
+    image_shape: tuple[int, ...] | None = None
+    encode: str = "onehot"
+
+    def model_columns(self) -> tuple[list[str], str | None]:
+        """Numeric feature columns and the label column of the written tabular splits."""
+        assert self.schema is not None, "image splits have no feature columns"
+        columns = encoded_columns(self.schema, self.fitted, self.encode)
+        names = [name for name, dtype, _, _ in columns if not pa.types.is_string(dtype)]
+        return names, self.schema.label.name if self.schema.label is not None else None
 
     def summary(self) -> dict[str, Any]:
         """Facts for the manifest and metrics (no frames)."""
@@ -213,7 +224,12 @@ def run_ingest(
             split_partition_rows={name: [s["splits"][name] for s in stats] for name in SPLIT_NAMES.values()},
             fitted=fitted,
             schema=plan.table,
+            encode=stage.encode,
         )
+        if plan.table is None:
+            unit = stage.image_scale == "unit"
+            result.image_dtype = "float32" if unit else str(np.dtype(plan.files[0].dtype).newbyteorder("="))
+            result.image_shape = tuple(dataset.image.shape)
         if run is not None:
             quarantine = engine.to_pandas(engine.map_partitions(validated, _rejected_rows, QUARANTINE_SCHEMA))
             write_quarantine(run.dir / "quarantine.csv", quarantine)

@@ -1,0 +1,192 @@
+"""Model inputs as row blocks of NumPy arrays, persisted on an engine's workers or held locally."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+
+from pipelines.engines.base import Block, Engine
+from pipelines.errors import DataError
+
+R = TypeVar("R")
+
+MAX_LEVELS = 1000
+
+
+def block_seed(block: Block, seed: int, salt: int = 0) -> np.random.Generator:
+    """A generator seeded by the block's content identity (first row), so both engines draw alike."""
+    first = int(block["row"][0]) if len(block["row"]) else 0
+    key = zlib.crc32(f"{block.get('source', '')}:{first}:{len(block['row'])}".encode())
+    return np.random.default_rng([seed, salt, key])
+
+
+def extract_block(pdf: pd.DataFrame, features: Sequence[str], label: str | None) -> Block:
+    """One partition's feature matrix (float64), label and row numbers; notes the first non-finite value."""
+    x = pdf[list(features)].to_numpy(dtype="float64", na_value=np.nan) if len(pdf) else np.empty((0, len(features)))
+    block: Block = {
+        "x": np.ascontiguousarray(x),
+        "row": pdf["_row"].to_numpy(dtype="int64") if "_row" in pdf else np.arange(len(pdf), dtype="int64"),
+        "source": str(pdf["_source"].iloc[0]) if "_source" in pdf and len(pdf) else "",
+    }
+    if label is not None:
+        block["y"] = pdf[label].to_numpy(dtype="float64", na_value=np.nan)
+    bad = ~np.isfinite(x)
+    if label is not None:
+        bad = np.column_stack([bad, ~np.isfinite(block["y"])])
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        column = list(features)[j] if j < len(features) else label
+        source = pdf["_source"].iloc[i] if "_source" in pdf else "<input>"
+        block["bad"] = np.array([str(source), str(block["row"][i]), str(column), str(int(bad.sum()))])
+    return block
+
+
+def extract_image_block(pdf: pd.DataFrame, dtype: str, pixels: int, label: str = "label") -> Block:
+    """One partition of an image split: the pixel matrix (float64), labels and row numbers."""
+    raw = b"".join(pdf["image"].to_numpy()) if len(pdf) else b""
+    x = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(len(pdf), pixels).astype("float64")
+    frame = pd.DataFrame({"_source": pdf["_source"].to_numpy(), "_row": pdf["_row"].to_numpy(), label: pdf[label]})
+    return {**extract_block(frame, [], label), "x": x}
+
+
+def _block_facts(block: Block) -> dict[str, Any]:
+    facts: dict[str, Any] = {"rows": len(block["x"])}
+    if "bad" in block:
+        facts["bad"] = [str(v) for v in block["bad"]]
+    if "y" in block:
+        levels = np.unique(block["y"])
+        facts["labels"] = levels.tolist() if len(levels) <= MAX_LEVELS else None
+    return facts
+
+
+@dataclass
+class Blocks:
+    """A model's input: row blocks (x, y, row) on an engine's workers, or in this process when engine is None."""
+
+    features: list[str]
+    label: str | None
+    engine: Engine | None = None
+    handle: Any = None
+    rows_per_block: list[int] = field(default_factory=list)
+    labels: list[float] = field(default_factory=list)
+
+    @property
+    def n_rows(self) -> int:
+        return sum(self.rows_per_block)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    def map(self, fn: Callable[[Block], R]) -> list[R]:
+        """Run fn on each block (on the workers) and return the results in block order."""
+        if self.engine is None:
+            return [fn(block) for block in self.handle]
+        return self.engine.map_blocks(self.handle, fn)
+
+    def release(self) -> None:
+        """Free the persisted blocks."""
+        if self.engine is not None and self.handle is not None:
+            self.engine.release_blocks(self.handle)
+        self.handle = None
+
+    def __enter__(self) -> Blocks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _check(self, what: str) -> Blocks:
+        facts = self.map(_block_facts)
+        self.rows_per_block = [f["rows"] for f in facts]
+        levels = [f.get("labels") for f in facts]
+        self.labels = [] if None in levels else sorted({v for part in levels for v in part or []})
+        bad = [f["bad"] for f in facts if "bad" in f]
+        if bad:
+            source, row, column, count = bad[0]
+            total = sum(int(b[3]) for b in bad)
+            raise DataError(
+                f"{what}: {total} non-finite value(s) reached the model; first at {source} row {row}, "
+                f"column {column!r} (ingest should have quarantined it: check the column's declared type)"
+            )
+        if self.n_rows == 0:
+            raise DataError(f"{what}: no rows to fit")
+        return self
+
+    @classmethod
+    def from_frame(
+        cls, engine: Engine, frame: Any, features: Sequence[str], label: str | None, what: str = "data"
+    ) -> Blocks:
+        """Persist an engine frame's feature/label columns as blocks on the workers."""
+        features = list(features)
+        handle = engine.to_blocks(frame, lambda pdf: extract_block(pdf, features, label))
+        return cls(features, label, engine, handle)._check(what)
+
+    @classmethod
+    def from_images(cls, engine: Engine, frame: Any, dtype: str, shape: Sequence[int], what: str = "images") -> Blocks:
+        """Persist an image split (flattened pixels as features, 'label' as label) as blocks."""
+        pixels = int(np.prod(shape))
+        handle = engine.to_blocks(frame, lambda pdf: extract_image_block(pdf, dtype, pixels))
+        return cls([f"px{i}" for i in range(pixels)], "label", engine, handle)._check(what)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        x: Any,
+        y: Any = None,
+        n_blocks: int = 1,
+        features: Sequence[str] | None = None,
+        label: str | None = None,
+    ) -> Blocks:
+        """Wrap in-memory arrays (NumPy or pandas) as local blocks."""
+        if isinstance(x, pd.DataFrame):
+            features = list(features or x.columns.astype(str))
+            x = x.to_numpy(dtype="float64")
+        x = np.asarray(x, dtype="float64")
+        if x.ndim != 2:
+            raise DataError(f"expected a 2-D feature matrix, got shape {x.shape}")
+        features = list(features or [f"x{i}" for i in range(x.shape[1])])
+        frame = pd.DataFrame(x, columns=features)
+        frame["_row"] = np.arange(len(x))
+        frame["_source"] = "<array>"
+        name = None
+        if y is not None:
+            name = label or (y.name if isinstance(y, pd.Series) and y.name else "y")
+            frame[name] = np.asarray(y, dtype="float64")
+        bounds = np.linspace(0, len(frame), max(1, n_blocks) + 1).astype(int)
+        handle = [extract_block(frame.iloc[a:b], features, name) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return cls(features, name, None, handle)._check("data")
+
+
+def as_blocks(x: Any, y: Any = None) -> tuple[Blocks, bool]:
+    """Accept Blocks or arrays; returns (blocks, whether we created them and must release them)."""
+    if isinstance(x, Blocks):
+        if y is not None:
+            raise DataError("pass labels inside Blocks (label column), not as y")
+        return x, False
+    return Blocks.from_arrays(x, y), True
+
+
+def gather(blocks: Blocks, fn: Callable[[Block], np.ndarray]) -> np.ndarray:
+    """Concatenate a per-block array result in row order (for predictions and scores)."""
+    parts = blocks.map(fn)
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def sample_rows(blocks: Blocks, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+    """A uniform random sample of about n rows (x, y) gathered to the driver."""
+    rate = min(1.0, n / max(1, blocks.n_rows))
+
+    def take(block: Block) -> tuple[np.ndarray, np.ndarray | None]:
+        keep = block_seed(block, seed, 7).random(len(block["x"])) < rate
+        return block["x"][keep], block["y"][keep] if "y" in block else None
+
+    parts = blocks.map(take)
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts]) if blocks.label is not None else None
+    return x, y

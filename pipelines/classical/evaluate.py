@@ -1,0 +1,119 @@
+"""Metrics of a fitted model on held-out blocks, with the plots that go with them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as skm
+
+from pipelines.classical import plots
+from pipelines.classical.data import Blocks, gather, sample_rows
+from pipelines.classical.decomposition import PCA, components_for_variance
+from pipelines.classical.kmeans import KMeans
+
+
+def _class_names(classes: np.ndarray) -> list[str]:
+    return [f"{c:g}" for c in classes]
+
+
+def classification(model: Any, test: Blocks, plot_dir: Path | None) -> dict[str, Any]:
+    """Accuracy, log loss, ROC AUC (one-vs-rest for several classes), confusion matrix."""
+    y = gather(test, lambda block: block["y"])
+    proba = model.predict_proba(test)
+    classes = model.classes_
+    pred = classes[np.argmax(proba, axis=1)]
+    names = _class_names(classes)
+    matrix = skm.confusion_matrix(y, pred, labels=classes)
+    out: dict[str, Any] = {
+        "test_rows": int(len(y)),
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "log_loss": float(skm.log_loss(y, np.clip(proba, 1e-15, 1.0), labels=classes)),
+        "confusion_matrix": {"labels": names, "counts": matrix.tolist()},
+    }
+    present = np.isin(classes, y)
+    curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
+    if len(classes) == 2 and present.all():
+        out["roc_auc"] = float(skm.roc_auc_score(y == classes[1], proba[:, 1]))
+        fpr, tpr, _ = skm.roc_curve(y == classes[1], proba[:, 1])
+        curves[names[1]] = (fpr, tpr, out["roc_auc"])
+    elif present.all():
+        out["roc_auc_ovr"] = float(skm.roc_auc_score(y, proba, multi_class="ovr", labels=classes))
+        for i, name in enumerate(names):
+            fpr, tpr, _ = skm.roc_curve(y == classes[i], proba[:, i])
+            curves[name] = (fpr, tpr, float(skm.auc(fpr, tpr)))
+    if plot_dir is not None:
+        out["plots"] = [plots.confusion(plot_dir / "confusion.png", matrix, names)]
+        if curves:
+            out["plots"].append(plots.roc(plot_dir / "roc.png", curves))
+    return out
+
+
+def regression(model: Any, test: Blocks, plot_dir: Path | None) -> dict[str, Any]:
+    """RMSE, MAE and R² on the test split."""
+    y = gather(test, lambda block: block["y"])
+    pred = model.predict(test)
+    out: dict[str, Any] = {
+        "test_rows": int(len(y)),
+        "rmse": float(np.sqrt(skm.mean_squared_error(y, pred))),
+        "mae": float(skm.mean_absolute_error(y, pred)),
+        "r2": float(skm.r2_score(y, pred)),
+    }
+    if plot_dir is not None:
+        keep = np.random.default_rng(0).permutation(len(y))[:5000]
+        out["plots"] = [plots.predicted_vs_actual(plot_dir / "predicted_vs_actual.png", y[keep], pred[keep])]
+    return out
+
+
+def clustering(
+    model: KMeans, train: Blocks, plot_dir: Path | None, sample: int, elbow_ks: list[int] | None
+) -> dict[str, Any]:
+    """Inertia, cluster sizes and centres, silhouette on a sample, an elbow curve over ks (one run per k)."""
+    x, y = sample_rows(train, sample, seed=model.random_state)
+    labels = model.predict(x)
+    out: dict[str, Any] = {
+        "inertia": float(model.inertia_),
+        "n_iter": int(model.n_iter_),
+        "cluster_sizes": model.cluster_sizes_.tolist(),
+        "cluster_centers": model.cluster_centers_.tolist(),
+        "silhouette_sample": float(skm.silhouette_score(x, labels)) if len(set(labels)) > 1 else float("nan"),
+        "silhouette_rows": int(len(x)),
+    }
+    if y is not None and len(np.unique(y)) > 1:
+        out["adjusted_rand_index_sample"] = float(skm.adjusted_rand_score(y, labels))
+    plot_list: list[str] = []
+    if elbow_ks:
+        params = {k: v for k, v in model.get_params().items() if k not in ("n_clusters", "n_init")}
+        curve = {k: KMeans(n_clusters=k, n_init=1, **params).fit(train).inertia_ for k in elbow_ks}
+        out["elbow"] = {str(k): v for k, v in curve.items()}
+        if plot_dir is not None:
+            plot_list.append(plots.elbow(plot_dir / "elbow.png", curve))
+    if plot_dir is not None and x.shape[1] >= 2:
+        scores = PCA(2).fit(x).transform(x)
+        plot_list.append(plots.scatter(plot_dir / "clusters_pca.png", scores, labels, "clusters on the first 2 PCs"))
+    if plot_list:
+        out["plots"] = plot_list
+    return out
+
+
+def decomposition(
+    model: Any, train: Blocks, plot_dir: Path | None, sample: int, targets: list[float]
+) -> dict[str, Any]:
+    """Explained variance (ratio), k for each variance target, scree plot and a labelled 2-D scatter."""
+    full = getattr(model, "all_explained_variance_ratio_", None)
+    ratio = full if full is not None else model.explained_energy_ratio_
+    ks = {f"{t:.0%}": components_for_variance(ratio, t) for t in targets}
+    out: dict[str, Any] = {
+        "n_components": int(len(model.components_)),
+        "explained_variance_ratio": [float(v) for v in ratio[: len(model.components_)]],
+        "components_for_variance": ks,
+    }
+    if hasattr(model, "explained_variance_"):
+        out["explained_variance"] = [float(v) for v in model.explained_variance_]
+    if plot_dir is not None:
+        out["plots"] = [plots.scree(plot_dir / "scree.png", ratio[: max(len(model.components_), *ks.values())], ks)]
+        if len(model.components_) >= 2:
+            x, y = sample_rows(train, sample, seed=0)
+            out["plots"].append(plots.scatter(plot_dir / "scatter_2d.png", model.transform(x)[:, :2], y, "first 2 PCs"))
+    return out

@@ -1,0 +1,214 @@
+"""Random forests grown in parallel: each block grows its share of trees on bootstrap samples of its rows."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from sklearn.ensemble import RandomForestClassifier as SkForestClassifier
+from sklearn.ensemble import RandomForestRegressor as SkForestRegressor
+
+from pipelines.classical.base import Estimator
+from pipelines.classical.data import Blocks, block_seed
+from pipelines.engines.base import Block
+from pipelines.errors import DataError
+
+
+def allocate_trees(n_trees: int, rows: list[int]) -> list[int]:
+    """Trees per block in proportion to its rows (largest remainders), every tree assigned exactly once."""
+    rows_arr = np.asarray(rows, dtype=float)
+    share = n_trees * rows_arr / rows_arr.sum()
+    counts = np.floor(share).astype(int)
+    for i in np.argsort(-(share - counts), kind="stable")[: n_trees - counts.sum()]:
+        counts[i] += 1
+    return counts.tolist()
+
+
+def block_key(block: Block) -> str:
+    """A block's identity (its first row), the same whichever engine holds it."""
+    return f"{block['source']}:{int(block['row'][0]) if len(block['row']) else -1}:{len(block['row'])}"
+
+
+class _Forest(Estimator):
+    """Shared machinery: grow per-block sub-forests, keep their trees, average their outputs."""
+
+    _classifier = True
+
+    def __init__(
+        self,
+        n_estimators: int = 100,
+        max_depth: int | None = None,
+        min_samples_leaf: int = 1,
+        max_features: str | float | int | None = "sqrt",
+        bootstrap: bool = True,
+        random_state: int = 0,
+        sampling: Literal["auto", "global", "local"] = "auto",
+        max_gather_mb: float = 256.0,
+    ) -> None:
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.min_samples_leaf = min_samples_leaf
+        self.max_features = max_features
+        self.bootstrap = bootstrap
+        self.random_state = random_state
+        self.sampling = sampling
+        self.max_gather_mb = max_gather_mb
+
+    def fit(self, x: Any, y: Any = None) -> _Forest:
+        """Grow the forest on Blocks (label column) or arrays (x, y)."""
+        blocks, owned = self._inputs(x, y, need_label=True)
+        try:
+            self._fit(blocks)
+        finally:
+            if owned:
+                blocks.release()
+        return self
+
+    def _fit(self, blocks: Blocks) -> None:
+        if self.n_estimators < 1:
+            raise DataError(f"random forest: n_estimators must be at least 1, got {self.n_estimators}")
+        if self._classifier:
+            if not blocks.labels or len(blocks.labels) < 2:
+                raise DataError("random forest classifier needs a label with 2 to 1000 distinct classes")
+            self.classes_ = np.asarray(blocks.labels, dtype=float)
+        params = {
+            "max_depth": self.max_depth,
+            "min_samples_leaf": self.min_samples_leaf,
+            "max_features": self.max_features,
+            "bootstrap": self.bootstrap,
+            "n_jobs": 1,
+        }
+        factory = SkForestClassifier if self._classifier else SkForestRegressor
+        size_mb = blocks.n_rows * (blocks.n_features + 1) * 8 / 2**20
+        mode = self.sampling if self.sampling != "auto" else ("global" if size_mb <= self.max_gather_mb else "local")
+        grown = (
+            self._grow_global(blocks, factory, params)
+            if mode == "global"
+            else self._grow_local(blocks, factory, params)
+        )
+        self.sampling_ = mode
+        self.trees_: list[Any] = []
+        self.tree_columns_: list[np.ndarray] = []
+        for estimators, classes in grown:
+            for tree in estimators:
+                self.trees_.append(tree.tree_)
+                if classes is not None:
+                    self.tree_columns_.append(np.searchsorted(self.classes_, classes))
+        self.n_features_in_ = blocks.n_features
+        self.feature_names_in_ = np.array(blocks.features, dtype=object)
+        self.feature_importances_ = _importances(self.trees_, blocks.n_features)
+
+    def _grow_local(self, blocks: Blocks, factory: Any, params: dict[str, Any]) -> list[tuple[list[Any], Any]]:
+        """Each block grows its share of trees on bootstrap samples of its own rows (no data moves)."""
+        keys = blocks.map(block_key)
+        trees = dict(zip(keys, allocate_trees(self.n_estimators, blocks.rows_per_block), strict=True))
+        seed = self.random_state
+
+        def grow(block: Block) -> tuple[list[Any], np.ndarray | None]:
+            count = trees[block_key(block)]
+            if count == 0 or len(block["x"]) == 0:
+                return [], None
+            state = int(block_seed(block, seed).integers(2**31 - 1))
+            sub = factory(n_estimators=count, random_state=state, **params).fit(block["x"], block["y"])
+            return sub.estimators_, getattr(sub, "classes_", None)
+
+        return blocks.map(grow)
+
+    def _grow_global(self, blocks: Blocks, factory: Any, params: dict[str, Any]) -> list[tuple[list[Any], Any]]:
+        """Tasks across the workers each grow a group of trees on bootstrap samples of all rows."""
+        parts = blocks.map(lambda block: (block["x"], block["y"]))
+        x = np.vstack([p[0] for p in parts])
+        y = np.concatenate([p[1] for p in parts])
+        workers = blocks.engine.parallelism if blocks.engine is not None else 1
+        counts = [c for c in allocate_trees(self.n_estimators, [1] * min(self.n_estimators, workers)) if c]
+        seed = self.random_state
+
+        def grow(group: tuple[int, int]) -> tuple[list[Any], np.ndarray | None]:
+            index, count = group
+            state = int(np.random.default_rng([seed, index]).integers(2**31 - 1))
+            sub = factory(n_estimators=count, random_state=state, **params).fit(x, y)
+            return sub.estimators_, getattr(sub, "classes_", None)
+
+        groups = list(enumerate(counts))
+        if blocks.engine is None:
+            return [grow(g) for g in groups]
+        return blocks.engine.run_tasks(grow, groups)
+
+    def _tree_outputs(self, x: Any) -> np.ndarray:
+        """Average of the trees' outputs: class probabilities (classifier) or values (regressor)."""
+        self._check_fitted("trees_")
+        trees, columns = self.trees_, self.tree_columns_
+        width = len(self.classes_) if self._classifier else 1
+
+        def average(block: Block) -> np.ndarray:
+            x32 = np.ascontiguousarray(block["x"], dtype=np.float32)
+            total = np.zeros((len(x32), width))
+            for i, tree in enumerate(trees):
+                value = tree.predict(x32).reshape(len(x32), -1)
+                if columns:
+                    value = value / np.maximum(value.sum(axis=1, keepdims=True), 1e-300)
+                    total[:, columns[i]] += value
+                else:
+                    total[:, 0] += value[:, 0]
+            return total / len(trees)
+
+        return self._per_block(x, average)
+
+
+def _importances(trees: list[Any], n_features: int) -> np.ndarray:
+    """Mean impurity-decrease importance over trees that split at least once (scikit-learn's rule)."""
+    used = [t.compute_feature_importances() for t in trees if t.node_count > 1]
+    if not used:
+        return np.zeros(n_features)
+    mean = np.mean(used, axis=0)
+    return mean / mean.sum() if mean.sum() > 0 else mean
+
+
+class RandomForestClassifier(_Forest):
+    """Classification forest; predict_proba averages the trees' class proportions."""
+
+    _classifier = True
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        """Class probabilities, columns in classes_ order."""
+        return self._tree_outputs(x)
+
+    def predict(self, x: Any) -> np.ndarray:
+        """The class with the highest mean probability."""
+        self._check_fitted("trees_")
+        return self.classes_[np.argmax(self.predict_proba(x), axis=1)]
+
+    def score(self, x: Any, y: Any = None) -> float:
+        """Accuracy."""
+        return float(np.mean(self.predict(x) == self._labels(x, y)))
+
+
+class RandomForestRegressor(_Forest):
+    """Regression forest; predict averages the trees."""
+
+    _classifier = False
+
+    def __init__(
+        self,
+        n_estimators: int = 100,
+        max_depth: int | None = None,
+        min_samples_leaf: int = 1,
+        max_features: str | float | int | None = 1.0,
+        bootstrap: bool = True,
+        random_state: int = 0,
+        sampling: Literal["auto", "global", "local"] = "auto",
+        max_gather_mb: float = 256.0,
+    ) -> None:
+        super().__init__(
+            n_estimators, max_depth, min_samples_leaf, max_features, bootstrap, random_state, sampling, max_gather_mb
+        )
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Mean of the trees' predictions."""
+        return self._tree_outputs(x)[:, 0]
+
+    def score(self, x: Any, y: Any = None) -> float:
+        """R²."""
+        from sklearn.metrics import r2_score
+
+        return float(r2_score(self._labels(x, y), self.predict(x)))

@@ -1,0 +1,196 @@
+"""K-means with scalable k-means|| initialisation (Bahmani et al. 2012) and distributed Lloyd iterations."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+
+from pipelines.classical.base import Estimator
+from pipelines.classical.data import Blocks, block_seed
+from pipelines.engines.base import Block
+from pipelines.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def _sq_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances, rows of x against centers (clipped at 0)."""
+    d = (x * x).sum(axis=1)[:, None] - 2.0 * x @ centers.T + (centers * centers).sum(axis=1)[None, :]
+    return np.maximum(d, 0.0)
+
+
+def _nearest(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of and squared distance to each row's nearest center."""
+    d = _sq_distances(x, centers)
+    idx = d.argmin(axis=1)
+    return idx, d[np.arange(len(x)), idx]
+
+
+def _weighted_kmeanspp(points: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """k-means++ seeding on weighted candidates followed by weighted Lloyd refinement (all local)."""
+    centers = [points[rng.choice(len(points), p=weights / weights.sum())]]
+    dist = _sq_distances(points, np.array(centers))[:, 0]
+    for _ in range(1, k):
+        prob = weights * dist
+        total = prob.sum()
+        i = rng.choice(len(points), p=prob / total) if total > 0 else rng.integers(len(points))
+        centers.append(points[i])
+        dist = np.minimum(dist, _sq_distances(points, points[i][None, :])[:, 0])
+    centers_arr = np.array(centers)
+    for _ in range(100):
+        idx, _ = _nearest(points, centers_arr)
+        new = centers_arr.copy()
+        for j in range(k):
+            w = weights[idx == j]
+            if w.sum() > 0:
+                new[j] = (points[idx == j] * w[:, None]).sum(axis=0) / w.sum()
+        if np.allclose(new, centers_arr, rtol=0, atol=1e-12):
+            break
+        centers_arr = new
+    return centers_arr
+
+
+class KMeans(Estimator):
+    """K-means (Lloyd) with k-means|| initialisation; best of n_init runs by inertia."""
+
+    def __init__(
+        self,
+        n_clusters: int = 8,
+        n_init: int = 3,
+        max_iter: int = 300,
+        tol: float = 1e-4,
+        init_steps: int = 2,
+        oversampling: float = 2.0,
+        random_state: int = 0,
+    ) -> None:
+        self.n_clusters = n_clusters
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.init_steps = init_steps
+        self.oversampling = oversampling
+        self.random_state = random_state
+
+    def fit(self, x: Any, y: Any = None) -> KMeans:
+        """Cluster the feature rows of Blocks or an array (labels, if any, are ignored)."""
+        blocks, owned = as_unlabelled(x)
+        try:
+            self._fit(blocks)
+        finally:
+            if owned:
+                blocks.release()
+        return self
+
+    def _fit(self, blocks: Blocks) -> None:
+        k = self.n_clusters
+        if k < 1:
+            raise DataError(f"k-means: n_clusters must be at least 1, got {k}")
+        if k > blocks.n_rows:
+            raise DataError(f"k-means: n_clusters={k} is larger than the number of rows ({blocks.n_rows})")
+        # tol is relative to the data's mean variance, as in scikit-learn
+        variances = blocks.map(lambda block: [len(block["x"]), block["x"].sum(0), (block["x"] ** 2).sum(0)])
+        n = sum(v[0] for v in variances)
+        mean = sum(v[1] for v in variances) / n
+        tol = self.tol * float(np.mean(sum(v[2] for v in variances) / n - mean**2))
+        best: tuple[float, np.ndarray, int] | None = None
+        for run in range(self.n_init):
+            seed = self.random_state * 1000 + run
+            centers = self._init_parallel(blocks, seed)
+            centers, inertia, iters = self._lloyd(blocks, centers, tol)
+            log.info("k-means run %d: inertia %.6g after %d iterations", run, inertia, iters)
+            if best is None or inertia < best[0]:
+                best = (inertia, centers, iters)
+        assert best is not None
+        self.inertia_, self.cluster_centers_, self.n_iter_ = best
+        sizes = blocks.map(lambda block: np.bincount(_nearest(block["x"], self.cluster_centers_)[0], minlength=k))
+        self.cluster_sizes_ = np.sum(sizes, axis=0)
+        self.n_features_in_ = blocks.n_features
+        self.feature_names_in_ = np.array(blocks.features, dtype=object)
+
+    def _init_parallel(self, blocks: Blocks, seed: int) -> np.ndarray:
+        """k-means||: oversample about oversampling*k points per round in proportion to their cost."""
+        rng = np.random.default_rng(seed)
+        sizes = np.array(blocks.rows_per_block)
+        first_block = rng.choice(len(sizes), p=sizes / sizes.sum())
+        offset = int(rng.integers(sizes[first_block]))
+        picks = blocks.map(lambda block: block["x"][offset] if offset < len(block["x"]) else None)
+        centers = np.array([picks[first_block]])
+        ell = self.oversampling * self.n_clusters
+        for step in range(self.init_steps):
+            cost = sum(blocks.map(lambda block: float(_nearest(block["x"], centers)[1].sum())))
+            if cost <= 0:
+                break
+
+            def sample(block: Block, step: int = step, cost: float = cost, c: np.ndarray = centers) -> np.ndarray:
+                d2 = _nearest(block["x"], c)[1]
+                keep = block_seed(block, seed, step).random(len(d2)) < ell * d2 / cost
+                return block["x"][keep]
+
+            new = np.vstack(blocks.map(sample))
+            centers = np.vstack([centers, new])
+        weights = np.sum(
+            blocks.map(lambda block: np.bincount(_nearest(block["x"], centers)[0], minlength=len(centers))), axis=0
+        ).astype(float)
+        unique, where = np.unique(centers, axis=0, return_index=True)
+        if len(unique) < self.n_clusters:
+            raise DataError(
+                f"k-means: only {len(unique)} distinct points were found for n_clusters={self.n_clusters}; "
+                "lower n_clusters"
+            )
+        return _weighted_kmeanspp(centers[where], weights[where], self.n_clusters, rng)
+
+    def _lloyd(self, blocks: Blocks, centers: np.ndarray, tol: float) -> tuple[np.ndarray, float, int]:
+        k = len(centers)
+        iterations = 0
+        while iterations < self.max_iter:
+            iterations += 1
+            c = centers
+
+            def step(block: Block, c: np.ndarray = c) -> tuple[np.ndarray, np.ndarray]:
+                idx, _ = _nearest(block["x"], c)
+                onehot = sparse.csr_matrix((np.ones(len(idx)), (idx, np.arange(len(idx)))), shape=(k, len(idx)))
+                return np.asarray(onehot @ block["x"]), np.bincount(idx, minlength=k)
+
+            parts = blocks.map(step)
+            sums = sum(p[0] for p in parts)
+            counts = sum(p[1] for p in parts)
+            new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centers)
+            shift = float(((new - centers) ** 2).sum())
+            centers = new
+            if shift <= tol:
+                break
+        final = sum(blocks.map(lambda block: float(_nearest(block["x"], centers)[1].sum())))
+        return centers, final, iterations
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Index of each row's nearest centre."""
+        self._check_fitted("cluster_centers_")
+        centers = self.cluster_centers_
+        return self._per_block(x, lambda block: _nearest(block["x"], centers)[0])
+
+    def transform(self, x: Any) -> np.ndarray:
+        """Distances from each row to every centre."""
+        self._check_fitted("cluster_centers_")
+        centers = self.cluster_centers_
+        return self._per_block(x, lambda block: np.sqrt(_sq_distances(block["x"], centers)))
+
+    def score(self, x: Any, y: Any = None) -> float:
+        """Negative inertia of x under the fitted centres (scikit-learn's convention)."""
+        self._check_fitted("cluster_centers_")
+        centers = self.cluster_centers_
+        return -float(self._per_block(x, lambda block: _nearest(block["x"], centers)[1]).sum())
+
+
+def as_unlabelled(x: Any) -> tuple[Blocks, bool]:
+    """Blocks for unsupervised fitting: arrays are wrapped, Blocks are used as they are."""
+    if isinstance(x, Blocks):
+        return x, False
+    return Blocks.from_arrays(x), True
+
+
+def elbow(blocks: Blocks | Any, ks: list[int], **params: Any) -> dict[int, float]:
+    """Inertia for each k (the elbow curve)."""
+    return {k: KMeans(n_clusters=k, **params).fit(blocks).inertia_ for k in ks}

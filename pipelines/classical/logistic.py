@@ -1,0 +1,222 @@
+"""Logistic regression (binomial and multinomial softmax, optional L2) by distributed Newton or L-BFGS."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import numpy as np
+from scipy import optimize
+from scipy.special import expit, log_softmax
+
+from pipelines.classical.base import Estimator
+from pipelines.classical.data import Blocks
+from pipelines.classical.linalg import with_intercept
+from pipelines.classical.summary import CoefficientTable, ModelSummary
+from pipelines.engines.base import Block
+from pipelines.errors import DataError
+
+log = logging.getLogger(__name__)
+
+NEWTON_MAX_DIM = 1500
+
+
+def _onehot(y_index: np.ndarray, k: int) -> np.ndarray:
+    out = np.zeros((len(y_index), k))
+    out[np.arange(len(y_index)), y_index] = 1.0
+    return out
+
+
+def _loss_terms(w: np.ndarray, a: np.ndarray, yi: np.ndarray, k: int, hessian: bool) -> tuple:
+    """Loss, gradient (and Hessian) of the unpenalized negative log-likelihood on one block."""
+    if k == 2:
+        z = a @ w
+        p = expit(z)
+        y = yi.astype(float)
+        loss = float(np.sum(np.logaddexp(0.0, z) - y * z))
+        grad = a.T @ (p - y)
+        hess = (a * (p * (1 - p))[:, None]).T @ a if hessian else None
+        return loss, grad, hess
+    wm = w.reshape(k, -1)
+    logp = log_softmax(a @ wm.T, axis=1)
+    p = np.exp(logp)
+    loss = float(-logp[np.arange(len(yi)), yi].sum())
+    grad = ((p - _onehot(yi, k)).T @ a).ravel()
+    hess = None
+    if hessian:
+        d = a.shape[1]
+        hess = np.zeros((k * d, k * d))
+        for i in range(k):
+            for j in range(i, k):
+                weight = p[:, i] * ((i == j) - p[:, j])
+                block = (a * weight[:, None]).T @ a
+                hess[i * d : (i + 1) * d, j * d : (j + 1) * d] = block
+                hess[j * d : (j + 1) * d, i * d : (i + 1) * d] = block.T
+    return loss, grad, hess
+
+
+class LogisticRegression(Estimator):
+    """Binomial or multinomial (softmax) logistic regression; C and penalty as in scikit-learn."""
+
+    def __init__(
+        self,
+        penalty: Literal["l2"] | None = "l2",
+        C: float = 1.0,
+        fit_intercept: bool = True,
+        max_iter: int = 100,
+        tol: float = 1e-8,
+        solver: Literal["auto", "newton", "lbfgs"] = "auto",
+    ) -> None:
+        self.penalty = penalty
+        self.C = C
+        self.fit_intercept = fit_intercept
+        self.max_iter = max_iter
+        self.tol = tol
+        self.solver = solver
+
+    def fit(self, x: Any, y: Any = None) -> LogisticRegression:
+        """Fit on Blocks (label column) or arrays (x, y)."""
+        blocks, owned = self._inputs(x, y, need_label=True)
+        try:
+            self._fit(blocks)
+        finally:
+            if owned:
+                blocks.release()
+        return self
+
+    def _design(self, x: np.ndarray) -> np.ndarray:
+        return with_intercept(x) if self.fit_intercept else x
+
+    def _penalty_mask(self, k: int, d: int) -> np.ndarray:
+        mask = np.ones((1 if k == 2 else k, d))
+        if self.fit_intercept:
+            mask[:, 0] = 0.0
+        return mask.ravel() if self.penalty == "l2" else np.zeros(mask.size)
+
+    def _fit(self, blocks: Blocks) -> None:
+        if self.penalty not in ("l2", None):
+            raise DataError(f"logistic regression: penalty must be 'l2' or None, got {self.penalty!r}")
+        classes = np.asarray(blocks.labels, dtype=float)
+        if len(classes) < 2:
+            raise DataError(f"logistic regression needs at least 2 classes in the label, found {len(classes)}")
+        if len(classes) > 1000 or not blocks.labels:
+            raise DataError("logistic regression: the label has too many distinct values for classification")
+        k = len(classes)
+        d = blocks.n_features + (1 if self.fit_intercept else 0)
+        dim = d if k == 2 else k * d
+        mask = self._penalty_mask(k, d) / self.C
+        design = self._design
+
+        def evaluate(w: np.ndarray, hessian: bool) -> tuple[float, np.ndarray, np.ndarray | None]:
+            def part(block: Block) -> tuple:
+                yi = np.searchsorted(classes, block["y"])
+                return _loss_terms(w, design(block["x"]), yi, k, hessian)
+
+            parts = blocks.map(part)
+            loss = sum(p[0] for p in parts) + 0.5 * float(np.sum(mask * w * w))
+            grad = sum(p[1] for p in parts) + mask * w
+            hess = sum(p[2] for p in parts) + np.diag(mask) if hessian else None
+            return loss, grad, hess
+
+        solver = self.solver if self.solver != "auto" else ("newton" if dim <= NEWTON_MAX_DIM else "lbfgs")
+        w0 = np.zeros(dim)
+        if solver == "newton":
+            w, loss, hess, iters, converged = self._newton(evaluate, w0, blocks.n_rows)
+        else:
+            w, loss, iters, converged = self._lbfgs(evaluate, w0)
+            hess = None
+        if self.penalty is None and loss / blocks.n_rows < 1e-6:
+            raise DataError(
+                "logistic regression: the classes are perfectly separated by the features, so the unpenalized "
+                "coefficients diverge; use penalty 'l2' (set C) or drop the separating feature"
+            )
+        if not converged:
+            log.warning("logistic regression did not converge in %d iterations", iters)
+        wm = w.reshape(1 if k == 2 else k, d)
+        if k > 2 and self.penalty is None:
+            wm = wm - wm.mean(axis=0)  # the minimum-norm (sum-to-zero) optimum, as scikit-learn's lbfgs finds
+        self.classes_ = classes
+        self.coef_ = wm[:, 1:] if self.fit_intercept else wm
+        self.intercept_ = wm[:, 0] if self.fit_intercept else np.zeros(len(wm))
+        self.n_iter_ = np.array([iters])
+        self.converged_ = converged
+        self.solver_ = solver
+        self.n_features_in_ = blocks.n_features
+        self.feature_names_in_ = np.array(blocks.features, dtype=object)
+        self.summary_ = self._summary(blocks, k, loss - 0.5 * float(np.sum(mask * w * w)), w, hess)
+
+    def _newton(self, evaluate: Any, w: np.ndarray, n: int) -> tuple:
+        loss, grad, hess = evaluate(w, True)
+        for it in range(1, self.max_iter + 1):
+            step = np.linalg.lstsq(hess, -grad, rcond=None)[0]
+            decrease = float(grad @ step)
+            if -decrease < self.tol * max(1.0, abs(loss)):
+                return w, loss, hess, it - 1, True
+            t = 1.0
+            while True:
+                candidate = w + t * step
+                new_loss, new_grad, new_hess = evaluate(candidate, True)
+                if new_loss <= loss + 1e-4 * t * decrease or t < 1e-10:
+                    break
+                t *= 0.5
+            w, loss, grad, hess = candidate, new_loss, new_grad, new_hess
+            if loss / n < 1e-9 and self.penalty is None:
+                return w, loss, hess, it, False
+        return w, loss, hess, self.max_iter, False
+
+    def _lbfgs(self, evaluate: Any, w0: np.ndarray) -> tuple:
+        def fun(w: np.ndarray) -> tuple[float, np.ndarray]:
+            loss, grad, _ = evaluate(w, False)
+            return loss, grad
+
+        res = optimize.minimize(
+            fun, w0, jac=True, method="L-BFGS-B", options={"maxiter": self.max_iter, "gtol": self.tol, "ftol": 1e-12}
+        )
+        return res.x, float(res.fun), int(res.nit), bool(res.success)
+
+    def _summary(self, blocks: Blocks, k: int, nll: float, w: np.ndarray, hess: np.ndarray | None) -> ModelSummary:
+        names = (["(Intercept)"] if self.fit_intercept else []) + blocks.features
+        stats: dict[str, float] = {"n": blocks.n_rows, "classes": k, "deviance": 2 * nll, "aic": 2 * nll + 2 * len(w)}
+        if k == 2:
+            se = np.full(len(w), np.nan)
+            if hess is not None and self.penalty is None:
+                se = np.sqrt(np.diag(np.linalg.inv(hess)))
+            table = CoefficientTable(names, w, se)
+            title = f"Logistic regression (binomial): {blocks.label} ~ {' + '.join(blocks.features)}"
+        else:
+            expanded = [f"{c:g}:{name}" for c in self.classes_ for name in names]
+            table = CoefficientTable(expanded, w, np.full(len(w), np.nan))
+            title = f"Logistic regression (multinomial, {k} classes): {blocks.label}"
+        footer = [f"Residual deviance: {2 * nll:.6g} on {blocks.n_rows - len(w)} degrees of freedom"]
+        if self.penalty is not None:
+            footer.append(f"L2 penalty with C = {self.C:g}: standard errors are not reported for penalized fits")
+        return ModelSummary(title, table, statistics=stats, footer=footer)
+
+    def summary(self) -> ModelSummary:
+        """Coefficient table (z tests for an unpenalized binomial fit, like R's glm) and deviance."""
+        self._check_fitted("summary_")
+        return self.summary_
+
+    def decision_function(self, x: Any) -> np.ndarray:
+        """Linear scores: (n,) for binomial, (n, classes) for multinomial."""
+        self._check_fitted("coef_")
+        coef, intercept = self.coef_, self.intercept_
+        scores = self._per_block(x, lambda block: block["x"] @ coef.T + intercept)
+        return scores.ravel() if len(self.classes_) == 2 else scores
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        """Class probabilities, columns in classes_ order."""
+        scores = self.decision_function(x)
+        if len(self.classes_) == 2:
+            p = expit(scores)
+            return np.column_stack([1 - p, p])
+        return np.exp(log_softmax(scores, axis=1))
+
+    def predict(self, x: Any) -> np.ndarray:
+        """The most probable class."""
+        self._check_fitted("coef_")
+        return self.classes_[np.argmax(self.predict_proba(x), axis=1)]
+
+    def score(self, x: Any, y: Any = None) -> float:
+        """Accuracy."""
+        return float(np.mean(self.predict(x) == self._labels(x, y)))

@@ -1,0 +1,97 @@
+"""Save and load fitted models as JSON plus an .npz of arrays: no pickle, so a model file cannot run code."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.tree._tree import Tree
+
+from pipelines.atomic import atomic_write_bytes, atomic_write_text
+from pipelines.errors import DataError
+
+FORMAT = "pipelines-model/1"
+
+
+def _registry() -> dict[str, type]:
+    from pipelines.classical import ESTIMATORS
+
+    return {cls.__name__: cls for cls in ESTIMATORS.values()}
+
+
+def _tree_arrays(index: int, tree: Tree) -> dict[str, np.ndarray]:
+    state = tree.__getstate__()
+    return {
+        f"tree{index}.nodes": state["nodes"],
+        f"tree{index}.values": state["values"],
+        f"tree{index}.shape": np.array([tree.n_features, int(tree.n_classes[0]), tree.n_outputs, state["max_depth"]]),
+    }
+
+
+def _tree_from(arrays: Any, index: int) -> Tree:
+    n_features, n_classes, n_outputs, max_depth = (int(v) for v in arrays[f"tree{index}.shape"])
+    tree = Tree(n_features, np.array([n_classes], dtype=np.intp), n_outputs)
+    nodes = arrays[f"tree{index}.nodes"]
+    tree.__setstate__(
+        {"max_depth": max_depth, "node_count": len(nodes), "nodes": nodes, "values": arrays[f"tree{index}.values"]}
+    )
+    return tree
+
+
+def save_model(model: Any, directory: str | Path) -> None:
+    """Write model.json (class, parameters, scalar attributes) and arrays.npz into an existing directory."""
+    directory = Path(directory)
+    meta: dict[str, Any] = {"format": FORMAT, "class": type(model).__name__, "params": model.get_params()}
+    arrays: dict[str, np.ndarray] = {}
+    scalars: dict[str, Any] = {}
+    for name, value in vars(model).items():
+        if not name.endswith("_") or name.startswith("_") or name == "summary_":
+            continue
+        if name == "trees_":
+            for i, tree in enumerate(value):
+                arrays.update(_tree_arrays(i, tree))
+            scalars["n_trees"] = len(value)
+        elif name == "tree_columns_":
+            for i, cols in enumerate(value):
+                arrays[f"tree{i}.columns"] = np.asarray(cols)
+        elif isinstance(value, np.ndarray):
+            arrays[name] = value.astype(str) if value.dtype == object else value
+        elif isinstance(value, (int, float, str, bool, np.integer, np.floating)):
+            scalars[name] = value.item() if isinstance(value, np.generic) else value
+    meta["attributes"] = scalars
+    if getattr(model, "summary_", None) is not None:
+        meta["summary"] = model.summary_.to_dict()
+        atomic_write_text(directory / "summary.txt", str(model.summary_) + "\n")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(directory / "arrays.npz", buf.getvalue())
+    atomic_write_text(directory / "model.json", json.dumps(meta, indent=2, default=float))
+
+
+def load_model(directory: str | Path) -> Any:
+    """Rebuild a saved model (arrays are read with allow_pickle=False)."""
+    directory = Path(directory)
+    try:
+        meta = json.loads((directory / "model.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{directory / 'model.json'}: cannot read model: {exc}") from exc
+    if meta.get("format") != FORMAT:
+        raise DataError(f"{directory}: not a {FORMAT} model (format {meta.get('format')!r})")
+    cls = _registry().get(meta["class"])
+    if cls is None:
+        raise DataError(f"{directory}: unknown model class {meta['class']!r}")
+    model = cls(**meta["params"])
+    with np.load(directory / "arrays.npz", allow_pickle=False) as arrays:
+        n_trees = meta["attributes"].pop("n_trees", None)
+        for name, value in meta["attributes"].items():
+            setattr(model, name, value)
+        for name in arrays.files:
+            if not name.startswith("tree"):
+                setattr(model, name, arrays[name])
+        if n_trees is not None:
+            model.trees_ = [_tree_from(arrays, i) for i in range(n_trees)]
+            model.tree_columns_ = [arrays[f"tree{i}.columns"] for i in range(n_trees) if f"tree{i}.columns" in arrays]
+    return model
