@@ -239,7 +239,12 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             raise ConfigError(f"override {dotted!r}: {'.'.join(keys[:i])} is a value, not a section")
 
 
+STAGE_TAGS = ("ingest", "model")
+
+
 def _format_loc(loc: tuple[Any, ...]) -> str:
+    if len(loc) > 2 and loc[0] == "stages" and isinstance(loc[1], int) and loc[2] in STAGE_TAGS:
+        loc = loc[:2] + loc[3:]  # drop the union's tag: stages[0].split, not stages[0].ingest.split
     out = ""
     for part in loc:
         if isinstance(part, int):

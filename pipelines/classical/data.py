@@ -18,11 +18,17 @@ R = TypeVar("R")
 MAX_LEVELS = 1000
 
 
+def block_key(block: Block) -> str:
+    """A block's identity: its source file and first row (the same on either engine), else its partition."""
+    if block.get("source"):
+        first = int(block["row"][0]) if len(block["row"]) else -1
+        return f"{block['source']}:{first}:{len(block['row'])}"
+    return f"part{block.get('part', 0)}:{len(block['row'])}"
+
+
 def block_seed(block: Block, seed: int, salt: int = 0) -> np.random.Generator:
-    """A generator seeded by the block's content identity (first row), so both engines draw alike."""
-    first = int(block["row"][0]) if len(block["row"]) else 0
-    key = zlib.crc32(f"{block.get('source', '')}:{first}:{len(block['row'])}".encode())
-    return np.random.default_rng([seed, salt, key])
+    """A generator seeded by the block's identity, so both engines draw alike for the same rows."""
+    return np.random.default_rng([seed, salt, zlib.crc32(block_key(block).encode())])
 
 
 def extract_block(pdf: pd.DataFrame, features: Sequence[str], label: str | None) -> Block:
@@ -159,7 +165,8 @@ class Blocks:
             name = label or (y.name if isinstance(y, pd.Series) and y.name else "y")
             frame[name] = np.asarray(y, dtype="float64")
         bounds = np.linspace(0, len(frame), max(1, n_blocks) + 1).astype(int)
-        handle = [extract_block(frame.iloc[a:b], features, name) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        pairs = zip(bounds[:-1], bounds[1:], strict=True)
+        handle = [{**extract_block(frame.iloc[a:b], features, name), "part": i} for i, (a, b) in enumerate(pairs)]
         return cls(features, name, None, handle)._check("data")
 
 

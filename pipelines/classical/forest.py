@@ -9,7 +9,7 @@ from sklearn.ensemble import RandomForestClassifier as SkForestClassifier
 from sklearn.ensemble import RandomForestRegressor as SkForestRegressor
 
 from pipelines.classical.base import Estimator
-from pipelines.classical.data import Blocks, block_seed
+from pipelines.classical.data import Blocks, block_key, block_seed
 from pipelines.engines.base import Block
 from pipelines.errors import DataError
 
@@ -22,11 +22,6 @@ def allocate_trees(n_trees: int, rows: list[int]) -> list[int]:
     for i in np.argsort(-(share - counts), kind="stable")[: n_trees - counts.sum()]:
         counts[i] += 1
     return counts.tolist()
-
-
-def block_key(block: Block) -> str:
-    """A block's identity (its first row), the same whichever engine holds it."""
-    return f"{block['source']}:{int(block['row'][0]) if len(block['row']) else -1}:{len(block['row'])}"
 
 
 class _Forest(Estimator):

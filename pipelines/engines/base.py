@@ -119,7 +119,10 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def to_blocks(self, frame: Any, fn: BlockFn) -> Any:
-        """Persist fn(partition) -> dict of NumPy arrays for each partition, kept on the workers."""
+        """Persist fn(partition) -> dict of NumPy arrays for each partition, kept on the workers.
+
+        Each block also gets "part", its partition index (blocks of empty partitions may be left out).
+        """
 
     @abc.abstractmethod
     def map_blocks(self, blocks: Any, fn: Callable[[Block], R]) -> list[R]:

@@ -33,6 +33,10 @@ def _reduce_one(fn: ReduceFn, part: pd.DataFrame) -> str:
     return encode_result(fn(part))
 
 
+def _with_part(fn: BlockFn, pdf: pd.DataFrame, index: int) -> Block:
+    return {**fn(pdf), "part": index}
+
+
 class DaskEngine(Engine):
     """Runs stages on a dask.distributed cluster."""
 
@@ -112,7 +116,7 @@ class DaskEngine(Engine):
         return self.client.persist(frame)
 
     def to_blocks(self, frame: Any, fn: BlockFn) -> Any:
-        parts = [dask.delayed(fn)(p) for p in frame.to_delayed()]
+        parts = [dask.delayed(_with_part)(fn, p, i) for i, p in enumerate(frame.to_delayed())]
         futures = self.client.compute(parts)
         self.client.gather(futures)  # materialize now so errors surface here
         return futures

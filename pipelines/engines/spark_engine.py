@@ -47,12 +47,13 @@ def _unpack_block(data: bytes) -> Block:
         return {key: npz[key] for key in npz.files}
 
 
-def _partition_block(rows: Iterator[Any]) -> list[Block]:
-    """Join the packed chunks of one partition into one block (none for an empty partition)."""
+def _partition_block(index: int, rows: Iterator[Any]) -> list[Block]:
+    """Join the packed chunks of partition `index` into one block (none for an empty partition)."""
     blocks = [_unpack_block(row[0]) for row in rows]
-    if len(blocks) <= 1:
-        return blocks
-    return [{key: np.concatenate([b[key] for b in blocks]) for key in blocks[0]}]
+    if not blocks:
+        return []
+    joined = blocks[0] if len(blocks) == 1 else {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+    return [{**joined, "part": index}]
 
 
 def under_spark_submit() -> bool:
@@ -193,7 +194,7 @@ class SparkEngine(Engine):
                     yield pa.RecordBatch.from_pylist([{"block": packed}], schema=_BLOCK_SCHEMA)
 
         packed = frame.mapInArrow(run, _spark_schema(_BLOCK_SCHEMA)).rdd
-        blocks = packed.mapPartitions(_partition_block).persist(StorageLevel.MEMORY_AND_DISK)
+        blocks = packed.mapPartitionsWithIndex(_partition_block).persist(StorageLevel.MEMORY_AND_DISK)
         blocks.count()
         return blocks
 
