@@ -126,3 +126,31 @@ def test_engines_give_the_same_deterministic_fits(dask_engine, spark_engine, tmp
     np.testing.assert_allclose(
         fits["dask"].summary_.robust.std_error, fits["spark"].summary_.robust.std_error, rtol=1e-10
     )
+
+
+def test_blocks_join_many_arrow_batches_and_name_a_late_nan(engine, tmp_path):
+    # 25,000 rows in 2 partitions: Spark hands each partition over in several Arrow batches of 10,000.
+    import pandas as pd
+
+    from pipelines.classical import Blocks
+    from pipelines.errors import DataError
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(25_000, 3)), columns=["a", "b", "y"])
+    frame["_source"] = "f.parquet"
+    frame["_row"] = np.arange(25_000)
+    (tmp_path / "data").mkdir()
+    for i, part in enumerate((frame.iloc[:12_500], frame.iloc[12_500:])):
+        part.to_parquet(tmp_path / "data" / f"part-{i}.parquet", index=False)
+    data = engine.read_parquet(str(tmp_path / "data"))
+    with Blocks.from_frame(engine, data, ["a", "b"], "y") as blocks:
+        assert blocks.n_rows == 25_000
+        rows = np.concatenate(blocks.map(lambda block: block["row"]))
+        assert sorted(rows.tolist()) == list(range(25_000))
+        x = np.vstack(blocks.map(lambda block: block["x"]))
+        np.testing.assert_array_equal(x[np.argsort(rows)], frame[["a", "b"]].to_numpy())
+    frame.loc[23_456, "b"] = np.nan
+    frame.iloc[12_500:].to_parquet(tmp_path / "data" / "part-1.parquet", index=False)
+    (tmp_path / "data" / "part-0.parquet").unlink()
+    with pytest.raises(DataError, match="first at f.parquet row 23456, column 'b'"):
+        Blocks.from_frame(engine, engine.read_parquet(str(tmp_path / "data")), ["a", "b"], "y")

@@ -108,3 +108,16 @@ def test_shipped_configs_validate():
 
     for path in sorted((ROOT / "conf").glob("*.yaml")):
         load_config(path)
+
+
+def test_model_stage_params_are_checked_against_the_estimator(tmp_path):
+    good = GOOD + "  - stage: model\n    model: kmeans\n    params: {n_clusters: 3}\n    elbow: [2, 3]\n"
+    cfg = load_config(_conf(tmp_path, good))
+    assert cfg.stages[1].model == "kmeans" and cfg.stages[1].output_name == "kmeans"
+    bad = GOOD + "  - stage: model\n    model: kmeans\n    params: {n_clusterz: 3}\n  - stage: modle\n"
+    with pytest.raises(ConfigError) as err:
+        load_config(_conf(tmp_path, bad))
+    assert "stages[1]" in str(err.value) and "n_clusterz" in str(err.value)
+    assert "stages[2]" in str(err.value) and "'modle'" in str(err.value)
+    with pytest.raises(ConfigError, match="stages\\[1\\].model"):
+        load_config(_conf(tmp_path, GOOD + "  - stage: model\n    model: svm\n"))

@@ -10,62 +10,20 @@ Prints rows/s, the ratio to pyarrow, and the peak RSS of the whole process tree 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import tempfile
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from benchmarks.common import measure
 from pipelines.config import DaskSettings, DatasetConfig, IngestStage, SparkSettings
 from pipelines.data.synthetic import generate
 from pipelines.engines.dask_engine import DaskEngine
 from pipelines.engines.spark_engine import SparkEngine
 from pipelines.ingest.stage import run_ingest
-
-
-class PeakRSS:
-    """Samples the summed RSS of this process and all its descendants while active."""
-
-    def __init__(self, interval: float = 0.05) -> None:
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-
-    def _sample(self) -> int:
-        me = psutil.Process()
-        total = 0
-        for p in [me, *me.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                total += p.memory_info().rss
-        return total
-
-    def __enter__(self) -> PeakRSS:
-        self.peak = self._sample()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
-        return self
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self._sample())
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def measure(fn: Callable[[], int]) -> tuple[float, int, int]:
-    """(seconds, rows, peak bytes) of one call."""
-    with PeakRSS() as mem:
-        t0 = time.perf_counter()
-        rows = fn()
-        seconds = time.perf_counter() - t0
-    return seconds, rows, mem.peak
 
 
 def main() -> None:

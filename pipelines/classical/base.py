@@ -15,6 +15,24 @@ from pipelines.errors import DataError
 class Estimator(BaseEstimator):
     """Base class: get_params/set_params from scikit-learn; fit takes Blocks or arrays."""
 
+    _supervised = True
+
+    def fit(self, x: Any, y: Any = None) -> Estimator:
+        """Fit on Blocks (with a label column when supervised) or on arrays (x, y)."""
+        if self._supervised:
+            blocks, owned = self._inputs(x, y, need_label=True)
+        else:
+            blocks, owned = (x, False) if isinstance(x, Blocks) else (Blocks.from_arrays(x), True)
+        try:
+            self._fit(blocks)
+        finally:
+            if owned:
+                blocks.release()
+        return self
+
+    def _fit(self, blocks: Blocks) -> None:
+        raise NotImplementedError
+
     def _inputs(self, x: Any, y: Any = None, need_label: bool = False) -> tuple[Blocks, bool]:
         blocks, owned = as_blocks(x, y)
         if need_label and blocks.label is None:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.classical.base import Estimator
-from pipelines.classical.kmeans import as_unlabelled
+from pipelines.classical.data import Blocks
 from pipelines.classical.linalg import column_moments, tall_skinny_svd
 from pipelines.errors import DataError
 
@@ -28,18 +28,14 @@ def _flip_signs(vt: np.ndarray) -> np.ndarray:
 class PCA(Estimator):
     """Principal components from the covariance of all rows; n_components an int, a variance share or None."""
 
+    _supervised = False
+
     def __init__(self, n_components: int | float | None = None, whiten: bool = False) -> None:
         self.n_components = n_components
         self.whiten = whiten
 
-    def fit(self, x: Any, y: Any = None) -> PCA:
-        """Fit on Blocks or an array (labels ignored)."""
-        blocks, owned = as_unlabelled(x)
-        try:
-            moments = column_moments(blocks)
-        finally:
-            if owned:
-                blocks.release()
+    def _fit(self, blocks: Blocks) -> None:
+        moments = column_moments(blocks)
         if moments.n < 2:
             raise DataError(f"PCA needs at least 2 rows, got {moments.n}")
         values, vectors = np.linalg.eigh(moments.covariance)
@@ -59,7 +55,6 @@ class PCA(Estimator):
         self.n_components_ = k
         self.n_features_in_ = blocks.n_features
         self.feature_names_in_ = np.array(blocks.features, dtype=object)
-        return self
 
     def _k(self, ratio: np.ndarray, n: int, p: int) -> int:
         nc = self.n_components
@@ -102,23 +97,18 @@ class PCA(Estimator):
 class TruncatedSVD(Estimator):
     """SVD of the (uncentred) feature matrix by TSQR: singular values and right vectors, one pass."""
 
+    _supervised = False
+
     def __init__(self, n_components: int | None = None) -> None:
         self.n_components = n_components
 
-    def fit(self, x: Any, y: Any = None) -> TruncatedSVD:
-        """Fit on Blocks or an array."""
-        blocks, owned = as_unlabelled(x)
-        try:
-            result = tall_skinny_svd(blocks, self.n_components)
-        finally:
-            if owned:
-                blocks.release()
+    def _fit(self, blocks: Blocks) -> None:
+        result = tall_skinny_svd(blocks, self.n_components)
         self.singular_values_ = result.s
         self.components_ = _flip_signs(result.vt)
         energy = result.s**2
         self.explained_energy_ratio_ = energy / energy.sum() if energy.sum() > 0 else energy
         self.n_features_in_ = blocks.n_features
-        return self
 
     def transform(self, x: Any) -> np.ndarray:
         """Projections on the right singular vectors (U S)."""

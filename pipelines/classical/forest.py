@@ -49,16 +49,6 @@ class _Forest(Estimator):
         self.sampling = sampling
         self.max_gather_mb = max_gather_mb
 
-    def fit(self, x: Any, y: Any = None) -> _Forest:
-        """Grow the forest on Blocks (label column) or arrays (x, y)."""
-        blocks, owned = self._inputs(x, y, need_label=True)
-        try:
-            self._fit(blocks)
-        finally:
-            if owned:
-                blocks.release()
-        return self
-
     def _fit(self, blocks: Blocks) -> None:
         if self.n_estimators < 1:
             raise DataError(f"random forest: n_estimators must be at least 1, got {self.n_estimators}")

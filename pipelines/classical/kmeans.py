@@ -56,6 +56,8 @@ def _weighted_kmeanspp(points: np.ndarray, weights: np.ndarray, k: int, rng: np.
 class KMeans(Estimator):
     """K-means (Lloyd) with k-means|| initialisation; best of n_init runs by inertia."""
 
+    _supervised = False
+
     def __init__(
         self,
         n_clusters: int = 8,
@@ -73,16 +75,6 @@ class KMeans(Estimator):
         self.init_steps = init_steps
         self.oversampling = oversampling
         self.random_state = random_state
-
-    def fit(self, x: Any, y: Any = None) -> KMeans:
-        """Cluster the feature rows of Blocks or an array (labels, if any, are ignored)."""
-        blocks, owned = as_unlabelled(x)
-        try:
-            self._fit(blocks)
-        finally:
-            if owned:
-                blocks.release()
-        return self
 
     def _fit(self, blocks: Blocks) -> None:
         k = self.n_clusters
@@ -182,13 +174,6 @@ class KMeans(Estimator):
         self._check_fitted("cluster_centers_")
         centers = self.cluster_centers_
         return -float(self._per_block(x, lambda block: _nearest(block["x"], centers)[1]).sum())
-
-
-def as_unlabelled(x: Any) -> tuple[Blocks, bool]:
-    """Blocks for unsupervised fitting: arrays are wrapped, Blocks are used as they are."""
-    if isinstance(x, Blocks):
-        return x, False
-    return Blocks.from_arrays(x), True
 
 
 def elbow(blocks: Blocks | Any, ks: list[int], **params: Any) -> dict[int, float]:

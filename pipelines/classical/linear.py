@@ -40,16 +40,6 @@ class LinearRegression(Estimator):
     def _design(self, x: np.ndarray) -> np.ndarray:
         return with_intercept(x) if self.fit_intercept else x
 
-    def fit(self, x: Any, y: Any = None) -> LinearRegression:
-        """Fit on Blocks (label column) or arrays (x, y)."""
-        blocks, owned = self._inputs(x, y, need_label=True)
-        try:
-            self._fit(blocks)
-        finally:
-            if owned:
-                blocks.release()
-        return self
-
     def _fit(self, blocks: Blocks) -> None:
         names = (["(Intercept)"] if self.fit_intercept else []) + blocks.features
         p = len(names)

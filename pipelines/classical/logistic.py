@@ -74,16 +74,6 @@ class LogisticRegression(Estimator):
         self.tol = tol
         self.solver = solver
 
-    def fit(self, x: Any, y: Any = None) -> LogisticRegression:
-        """Fit on Blocks (label column) or arrays (x, y)."""
-        blocks, owned = self._inputs(x, y, need_label=True)
-        try:
-            self._fit(blocks)
-        finally:
-            if owned:
-                blocks.release()
-        return self
-
     def _design(self, x: np.ndarray) -> np.ndarray:
         return with_intercept(x) if self.fit_intercept else x
 

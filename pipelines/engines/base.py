@@ -20,6 +20,7 @@ R = TypeVar("R")
 PartitionFn = Callable[[pd.DataFrame], pd.DataFrame]
 ReduceFn = Callable[[pd.DataFrame], dict[str, Any]]
 Block = dict[str, Any]
+ROW_KEYS = frozenset({"x", "y", "row"})  # block arrays with one entry per row; other keys are per-block facts
 BlockFn = Callable[[pd.DataFrame], Block]
 
 

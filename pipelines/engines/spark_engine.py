@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from pipelines.config import SparkSettings
 from pipelines.engines.base import (
+    ROW_KEYS,
     Block,
     BlockFn,
     Engine,
@@ -44,7 +45,7 @@ def _pack_block(block: Block) -> bytes:
 
 def _unpack_block(data: bytes) -> Block:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {key: npz[key] for key in npz.files}
+        return {key: npz[key].item() if npz[key].ndim == 0 else npz[key] for key in npz.files}
 
 
 def _partition_block(index: int, rows: Iterator[Any]) -> list[Block]:
@@ -52,7 +53,12 @@ def _partition_block(index: int, rows: Iterator[Any]) -> list[Block]:
     blocks = [_unpack_block(row[0]) for row in rows]
     if not blocks:
         return []
-    joined = blocks[0] if len(blocks) == 1 else {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+    joined: Block = {}
+    for block in blocks:
+        for key, value in block.items():
+            joined.setdefault(key, value)  # per-partition facts: the first chunk's
+    for key in ROW_KEYS & blocks[0].keys():
+        joined[key] = np.concatenate([b[key] for b in blocks])
     return [{**joined, "part": index}]
 
 
