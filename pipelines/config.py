@@ -20,6 +20,17 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class StageBase(StrictModel):
+    """What every stage config has: its kind (`stage`) and the name its outputs and metrics go under."""
+
+    stage: str
+
+    @property
+    def output_name(self) -> str:
+        """Name of this stage in the manifest, metrics.json and output directories."""
+        return self.stage
+
+
 class SparkSettings(StrictModel):
     """How to reach Spark; master None means the one spark-submit gave, else local[*]."""
 
@@ -105,7 +116,7 @@ class SplitConfig(StrictModel):
         return self
 
 
-class IngestStage(StrictModel):
+class IngestStage(StageBase):
     """Read, validate, split, encode and standardize; write partitioned Parquet."""
 
     stage: Literal["ingest"] = "ingest"
@@ -129,7 +140,7 @@ ModelKind = Literal[
 ]
 
 
-class ModelStage(StrictModel):
+class ModelStage(StageBase):
     """Fit a classical model on the ingested train split; evaluate on test; metrics, plots and model files."""
 
     stage: Literal["model"] = "model"
@@ -239,7 +250,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             raise ConfigError(f"override {dotted!r}: {'.'.join(keys[:i])} is a value, not a section")
 
 
-STAGE_TAGS = ("ingest", "model")
+STAGE_TAGS = tuple(cls.model_fields["stage"].default for cls in (IngestStage, ModelStage))
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

@@ -38,12 +38,10 @@ def run_pipeline(
         run.manifest["engine"].update(engine.describe())
         run.save()
         for stage in config.stages:
-            with run.stage(getattr(stage, "output_name", stage.stage)) as entry:
+            with run.stage(stage.output_name) as entry:
                 result = STAGES[stage.stage](engine, config, stage, run, state)
-                facts = result.summary() if hasattr(result, "summary") else {}
-                entry.update(facts)
-                section = getattr(result, "section", stage.stage)
-                run.add_metrics(section, getattr(result, "metrics", facts))
+                entry.update(result.summary())
+                run.add_metrics(stage.output_name, result.metrics)
     except BaseException as exc:
         run.finish("failed", f"{type(exc).__name__}: {exc}")
         raise

@@ -22,7 +22,7 @@ def _model(engine: Engine, config: PipelineConfig, stage: ModelStage, run: Run, 
     from pipelines.classical.stage import run_model
 
     result = run_model(engine, stage, run, state)
-    state.setdefault("models", {})[result.section] = result
+    state.setdefault("models", {})[stage.output_name] = result
     return result
 
 

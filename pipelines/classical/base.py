@@ -8,7 +8,6 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from pipelines.classical.data import Blocks, as_blocks, gather
-from pipelines.engines.base import Block
 from pipelines.errors import DataError
 
 
@@ -18,12 +17,11 @@ class Estimator(BaseEstimator):
     _supervised = True
 
     def fit(self, x: Any, y: Any = None) -> Estimator:
-        """Fit on Blocks (with a label column when supervised) or on arrays (x, y)."""
-        if self._supervised:
-            blocks, owned = self._inputs(x, y, need_label=True)
-        else:
-            blocks, owned = (x, False) if isinstance(x, Blocks) else (Blocks.from_arrays(x), True)
+        """Fit on Blocks (with a label column when supervised) or on arrays (x, y; y ignored if unsupervised)."""
+        blocks, owned = as_blocks(x, y if self._supervised else None)
         try:
+            if self._supervised and blocks.label is None:
+                raise DataError(f"{type(self).__name__}.fit needs labels (y, or a label column)")
             self._fit(blocks)
         finally:
             if owned:
@@ -33,11 +31,10 @@ class Estimator(BaseEstimator):
     def _fit(self, blocks: Blocks) -> None:
         raise NotImplementedError
 
-    def _inputs(self, x: Any, y: Any = None, need_label: bool = False) -> tuple[Blocks, bool]:
-        blocks, owned = as_blocks(x, y)
-        if need_label and blocks.label is None:
-            raise DataError(f"{type(self).__name__}.fit needs labels (y, or a label column)")
-        return blocks, owned
+    def summary(self) -> Any:
+        """The fit's R-style summary (models that have one)."""
+        self._check_fitted("summary_")
+        return self.summary_
 
     def _check_fitted(self, attr: str) -> None:
         if not hasattr(self, attr):
@@ -66,8 +63,3 @@ class Estimator(BaseEstimator):
         if y is None:
             raise DataError("score needs y (or Blocks with a label column)")
         return np.asarray(y, dtype="float64")
-
-
-def block_x(block: Block) -> np.ndarray:
-    """The feature matrix of a block."""
-    return block["x"]

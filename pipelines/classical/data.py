@@ -61,7 +61,7 @@ def extract_image_block(pdf: pd.DataFrame, dtype: str, pixels: int, label: str =
 
 
 def _block_facts(block: Block) -> dict[str, Any]:
-    facts: dict[str, Any] = {"rows": len(block["x"])}
+    facts: dict[str, Any] = {"rows": len(block["x"]), "key": block_key(block)}
     if "bad" in block:
         facts["bad"] = [str(v) for v in block["bad"]]
     if "y" in block:
@@ -72,13 +72,17 @@ def _block_facts(block: Block) -> dict[str, Any]:
 
 @dataclass
 class Blocks:
-    """A model's input: row blocks (x, y, row) on an engine's workers, or in this process when engine is None."""
+    """A model's input: row blocks (x, y, row) on an engine's workers, or in this process when engine is None.
+
+    rows_per_block, keys (block identities) and labels (distinct label values) are in block order.
+    """
 
     features: list[str]
     label: str | None
     engine: Engine | None = None
     handle: Any = None
     rows_per_block: list[int] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
     labels: list[float] = field(default_factory=list)
 
     @property
@@ -110,6 +114,7 @@ class Blocks:
     def _check(self, what: str) -> Blocks:
         facts = self.map(_block_facts)
         self.rows_per_block = [f["rows"] for f in facts]
+        self.keys = [f["key"] for f in facts]
         levels = [f.get("labels") for f in facts]
         self.labels = [] if None in levels else sorted({v for part in levels for v in part or []})
         bad = [f["bad"] for f in facts if "bad" in f]

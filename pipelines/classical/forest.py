@@ -74,9 +74,9 @@ class _Forest(Estimator):
         self.sampling_ = mode
         self.trees_: list[Any] = []
         self.tree_columns_: list[np.ndarray] = []
-        for estimators, classes in grown:
-            for tree in estimators:
-                self.trees_.append(tree.tree_)
+        for trees, classes in grown:
+            for tree in trees:
+                self.trees_.append(tree)
                 if classes is not None:
                     self.tree_columns_.append(np.searchsorted(self.classes_, classes))
         self.n_features_in_ = blocks.n_features
@@ -85,8 +85,7 @@ class _Forest(Estimator):
 
     def _grow_local(self, blocks: Blocks, factory: Any, params: dict[str, Any]) -> list[tuple[list[Any], Any]]:
         """Each block grows its share of trees on bootstrap samples of its own rows (no data moves)."""
-        keys = blocks.map(block_key)
-        trees = dict(zip(keys, allocate_trees(self.n_estimators, blocks.rows_per_block), strict=True))
+        trees = dict(zip(blocks.keys, allocate_trees(self.n_estimators, blocks.rows_per_block), strict=True))
         seed = self.random_state
 
         def grow(block: Block) -> tuple[list[Any], np.ndarray | None]:
@@ -94,8 +93,7 @@ class _Forest(Estimator):
             if count == 0 or len(block["x"]) == 0:
                 return [], None
             state = int(block_seed(block, seed).integers(2**31 - 1))
-            sub = factory(n_estimators=count, random_state=state, **params).fit(block["x"], block["y"])
-            return sub.estimators_, getattr(sub, "classes_", None)
+            return _grow(factory(n_estimators=count, random_state=state, **params), block["x"], block["y"])
 
         return blocks.map(grow)
 
@@ -111,8 +109,7 @@ class _Forest(Estimator):
         def grow(group: tuple[int, int]) -> tuple[list[Any], np.ndarray | None]:
             index, count = group
             state = int(np.random.default_rng([seed, index]).integers(2**31 - 1))
-            sub = factory(n_estimators=count, random_state=state, **params).fit(x, y)
-            return sub.estimators_, getattr(sub, "classes_", None)
+            return _grow(factory(n_estimators=count, random_state=state, **params), x, y)
 
         groups = list(enumerate(counts))
         if blocks.engine is None:
@@ -138,6 +135,12 @@ class _Forest(Estimator):
             return total / len(trees)
 
         return self._per_block(x, average)
+
+
+def _grow(forest: Any, x: np.ndarray, y: np.ndarray) -> tuple[list[Any], np.ndarray | None]:
+    """Fit a scikit-learn forest; keep only its trees' structures and its classes (what the driver needs)."""
+    forest.fit(x, y)
+    return [estimator.tree_ for estimator in forest.estimators_], getattr(forest, "classes_", None)
 
 
 def _importances(trees: list[Any], n_features: int) -> np.ndarray:

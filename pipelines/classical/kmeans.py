@@ -87,18 +87,16 @@ class KMeans(Estimator):
         n = sum(v[0] for v in variances)
         mean = sum(v[1] for v in variances) / n
         tol = self.tol * float(np.mean(sum(v[2] for v in variances) / n - mean**2))
-        best: tuple[float, np.ndarray, int] | None = None
+        best: tuple[float, np.ndarray, int, np.ndarray] | None = None
         for run in range(self.n_init):
             seed = self.random_state * 1000 + run
             centers = self._init_parallel(blocks, seed)
-            centers, inertia, iters = self._lloyd(blocks, centers, tol)
+            centers, inertia, iters, sizes = self._lloyd(blocks, centers, tol)
             log.info("k-means run %d: inertia %.6g after %d iterations", run, inertia, iters)
             if best is None or inertia < best[0]:
-                best = (inertia, centers, iters)
+                best = (inertia, centers, iters, sizes)
         assert best is not None
-        self.inertia_, self.cluster_centers_, self.n_iter_ = best
-        sizes = blocks.map(lambda block: np.bincount(_nearest(block["x"], self.cluster_centers_)[0], minlength=k))
-        self.cluster_sizes_ = np.sum(sizes, axis=0)
+        self.inertia_, self.cluster_centers_, self.n_iter_, self.cluster_sizes_ = best
         self.n_features_in_ = blocks.n_features
         self.feature_names_in_ = np.array(blocks.features, dtype=object)
 
@@ -134,7 +132,8 @@ class KMeans(Estimator):
             )
         return _weighted_kmeanspp(centers[where], weights[where], self.n_clusters, rng)
 
-    def _lloyd(self, blocks: Blocks, centers: np.ndarray, tol: float) -> tuple[np.ndarray, float, int]:
+    def _lloyd(self, blocks: Blocks, centers: np.ndarray, tol: float) -> tuple[np.ndarray, float, int, np.ndarray]:
+        """Lloyd passes until the centres move less than tol; then inertia and sizes under the final centres."""
         k = len(centers)
         iterations = 0
         while iterations < self.max_iter:
@@ -154,8 +153,13 @@ class KMeans(Estimator):
             centers = new
             if shift <= tol:
                 break
-        final = sum(blocks.map(lambda block: float(_nearest(block["x"], centers)[1].sum())))
-        return centers, final, iterations
+
+        def assign(block: Block) -> tuple[float, np.ndarray]:
+            idx, d2 = _nearest(block["x"], centers)
+            return float(d2.sum()), np.bincount(idx, minlength=k)
+
+        parts = blocks.map(assign)
+        return centers, sum(p[0] for p in parts), iterations, np.sum([p[1] for p in parts], axis=0)
 
     def predict(self, x: Any) -> np.ndarray:
         """Index of each row's nearest centre."""

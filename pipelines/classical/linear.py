@@ -104,11 +104,6 @@ class LinearRegression(Estimator):
             ],
         )
 
-    def summary(self) -> ModelSummary:
-        """The R-style summary of the fit."""
-        self._check_fitted("summary_")
-        return self.summary_
-
     def predict(self, x: Any) -> np.ndarray:
         """Fitted values for Blocks or arrays."""
         self._check_fitted("coef_")

@@ -182,11 +182,6 @@ class LogisticRegression(Estimator):
             footer.append(f"L2 penalty with C = {self.C:g}: standard errors are not reported for penalized fits")
         return ModelSummary(title, table, statistics=stats, footer=footer)
 
-    def summary(self) -> ModelSummary:
-        """Coefficient table (z tests for an unpenalized binomial fit, like R's glm) and deviance."""
-        self._check_fitted("summary_")
-        return self.summary_
-
     def decision_function(self, x: Any) -> np.ndarray:
         """Linear scores: (n,) for binomial, (n, classes) for multinomial."""
         self._check_fitted("coef_")

@@ -28,7 +28,6 @@ HEADLINE = ("accuracy", "roc_auc", "roc_auc_ovr", "log_loss", "r2", "rmse", "ine
 class ModelResult:
     """A fitted model and its metrics (all of them go to metrics.json; headline ones to the manifest)."""
 
-    section: str
     model: Any
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -105,7 +104,7 @@ def run_model(engine: Engine, stage: ModelStage, run: Any, state: dict[str, Any]
             with run.output(f"models/{stage.output_name}") as tmp:
                 tmp.mkdir()
                 save_model(model, tmp)
-    return ModelResult(stage.output_name, model, _plain(metrics))
+    return ModelResult(model, _plain(metrics))
 
 
 def _plain(value: Any) -> Any:

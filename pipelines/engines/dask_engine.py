@@ -10,6 +10,7 @@ import dask
 import dask.dataframe as dd
 import pandas as pd
 import pyarrow as pa
+from distributed import wait
 
 from pipelines.config import DaskSettings
 from pipelines.engines.base import (
@@ -118,7 +119,10 @@ class DaskEngine(Engine):
     def to_blocks(self, frame: Any, fn: BlockFn) -> Any:
         parts = [dask.delayed(_with_part)(fn, p, i) for i, p in enumerate(frame.to_delayed())]
         futures = self.client.compute(parts)
-        self.client.gather(futures)  # materialize now so errors surface here
+        wait(futures)  # materialized on the workers; nothing comes back to the driver
+        for future in futures:
+            if future.status == "error":
+                future.result()  # raises the worker's exception here
         return futures
 
     def map_blocks(self, blocks: Any, fn: Callable[[Block], R]) -> list[R]:

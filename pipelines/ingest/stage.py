@@ -26,6 +26,7 @@ from pipelines.ingest.transform import (
     image_output_schema,
     output_schema,
     partition_stats,
+    stored_image_dtype,
     transform_images,
     transform_table,
 )
@@ -145,6 +146,11 @@ class IngestResult:
         names = [name for name, dtype, _, _ in columns if not pa.types.is_string(dtype)]
         return names, self.schema.label.name if self.schema.label is not None else None
 
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """What metrics.json records for ingest: the same facts as the manifest."""
+        return self.summary()
+
     def summary(self) -> dict[str, Any]:
         """Facts for the manifest and metrics (no frames)."""
         return {
@@ -227,8 +233,7 @@ def run_ingest(
             encode=stage.encode,
         )
         if plan.table is None:
-            unit = stage.image_scale == "unit"
-            result.image_dtype = "float32" if unit else str(np.dtype(plan.files[0].dtype).newbyteorder("="))
+            result.image_dtype = stored_image_dtype(plan.files[0].dtype, stage.image_scale)
             result.image_shape = tuple(dataset.image.shape)
         if run is not None:
             quarantine = engine.to_pandas(engine.map_partitions(validated, _rejected_rows, QUARANTINE_SCHEMA))

@@ -149,6 +149,11 @@ def image_output_schema() -> pa.Schema:
     return pa.schema(KEEP_META + [pa.field("image", pa.binary()), pa.field("label", pa.int64())])
 
 
+def stored_image_dtype(dtype: str, scale: str) -> str:
+    """NumPy dtype of the pixel bytes transform_images writes: float32 when unit-scaled, else the file's own."""
+    return "float32" if scale == "unit" else np.dtype(dtype).str
+
+
 def transform_images(pdf: pd.DataFrame, split: int, dtype: str, scale: str) -> pd.DataFrame:
     """Accepted image rows of one split; 'unit' scaling stores float32 pixels in [0, 1]."""
     keep = pdf[pdf["_reason"].isna() & (pdf["_split"] == split)]
