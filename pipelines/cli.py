@@ -1,4 +1,4 @@
-"""Command line: `pipelines run|validate|demo|generate|check`."""
+"""Command line: `pipelines run|train|validate|demo|generate|check`."""
 
 from __future__ import annotations
 
@@ -115,8 +115,10 @@ def _run_many(configs: list[PipelineConfig], engines: list[str]) -> tuple[list[d
                             "run": os.path.relpath(run.dir),
                         }
                     )
-                for name, result in state.get("models", {}).items():
-                    files = os.path.relpath(run.dir / "models" / name)
+                fitted = [("models", n, r) for n, r in state.get("models", {}).items()]
+                fitted += [("deep", n, r) for n, r in state.get("deep", {}).items()]
+                for folder, name, result in fitted:
+                    files = os.path.relpath(run.dir / folder / name)
                     models.append(
                         {
                             "pipeline": config.name,
@@ -142,6 +144,52 @@ def cmd_run(args: argparse.Namespace) -> int:
         wide.print(summary_table(rows))
     if models:
         wide.print(model_table(models))
+    return 0
+
+
+def _set_ranks(config: PipelineConfig, ranks: int | None) -> PipelineConfig:
+    deep = [s for s in config.stages if s.stage == "deep"]
+    if not deep:
+        raise PipelineError(f"pipeline {config.name!r} has no deep stage to train")
+    for stage in deep:
+        if ranks:
+            stage.ranks = ranks  # type: ignore[union-attr]
+    return config
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume:
+        from pipelines.engines import make_engine
+        from pipelines.pipeline import run_pipeline
+        from pipelines.runs import Run
+
+        try:
+            run = Run.reopen(args.resume)
+        except FileNotFoundError as exc:
+            raise PipelineError(str(exc)) from None
+        config = _set_ranks(run.config, args.ranks)
+        with make_engine(config.engine) as engine:
+            run, state = run_pipeline(config, engine=engine, run=run)
+        console.print(f"[green]done[/] {config.name}: resumed {run.dir}")
+        rows = [
+            {
+                "pipeline": config.name,
+                "engine": engine.kind,
+                "stage": n,
+                "facts": r.summary(),
+                "files": str(run.dir / "deep" / n),
+            }
+            for n, r in state.get("deep", {}).items()
+        ]
+        Console(width=max(Console().width, 150)).print(model_table(rows))
+        return 0
+    if not args.config:
+        raise PipelineError("train: give a CONFIG, or --resume RUN_DIR")
+    args.config = [args.config]
+    configs = [_set_ranks(load_config(args.config[0], args.set), args.ranks)]
+    engines = args.engine.split(",") if args.engine else [configs[0].engine.kind]
+    rows, models = _run_many(configs, engines)
+    Console(width=max(Console().width, 150)).print(model_table(models))
     return 0
 
 
@@ -233,6 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", help="spark, dask or spark,dask (default: the config's engine.kind)")
     with_overrides(p)
     p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("train", help="run a pipeline whose deep stages train with N Horovod ranks; or resume one")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--np", type=int, dest="ranks", help="Horovod ranks for every deep stage (default: its 'ranks')")
+    p.add_argument("--engine", help="spark or dask for the ingest and hand-off")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run's unfinished deep stages from their checkpoints")
+    with_overrides(p)
+    p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("validate", help="check config(s) without running them")
     p.add_argument("config", nargs="+")

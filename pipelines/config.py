@@ -173,7 +173,79 @@ class ModelStage(StageBase):
         return self.name or self.model
 
 
-StageConfig = Annotated[IngestStage | ModelStage, Field(discriminator="stage")]
+DeepModelKind = Literal[
+    "softmax",
+    "mlp",
+    "mnist_cnn",
+    "lenet5",
+    "fashion_cnn",
+    "dense_autoencoder",
+    "deep_autoencoder",
+    "conv_autoencoder",
+    "denoising_autoencoder",
+    "transfer",
+]
+
+
+class TransferSpec(StrictModel):
+    """Where a transferred model comes from and how much of it trains."""
+
+    source: str = Field(description="'stage:<name>' of an earlier deep stage in this pipeline, or a .keras file")
+    mode: Literal["features", "finetune"] = "features"
+    trainable_layers: int = Field(default=2, ge=0, description="finetune: top layers of the base left trainable")
+    head: list[PositiveInt] = Field(default_factory=lambda: [128])
+
+
+class DeepStage(StageBase):
+    """Train a TensorFlow/Keras network data-parallel with Horovod on the ingested splits."""
+
+    stage: Literal["deep"] = "deep"
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    model: DeepModelKind
+    params: dict[str, Any] = Field(default_factory=dict)
+    transfer: TransferSpec | None = None
+    classes: list[int] | None = Field(default=None, min_length=2, description="keep only these labels (renumbered)")
+    ranks: PositiveInt = 2
+    launcher: Literal["horovodrun", "mpirun", "srun"] = "horovodrun"
+    hosts: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:,-]+$")
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = Field(default=64, description="per rank; the global batch is batch_size x ranks")
+    optimizer: Literal["adam", "sgd", "momentum", "rmsprop"] = "adam"
+    learning_rate: float = Field(default=1e-3, gt=0, description="per rank; scaled by ranks when scale_lr")
+    scale_lr: bool = True
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    weight_decay: float = Field(default=0.0, ge=0)
+    augment: bool = False
+    noise: float = Field(default=0.3, ge=0, description="denoising autoencoder: Gaussian noise on the inputs")
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    threads_per_rank: int | None = Field(default=None, ge=1)
+    mixed_precision: bool = False
+    keep_checkpoints: PositiveInt = 3
+    cache_mb: float = Field(default=2048, ge=0, description="each rank reads a split into memory below this size")
+    profile_steps: int = Field(default=0, ge=0, description="time this many steps with and without allreduce first")
+    timeout_s: PositiveInt = 24 * 3600
+    plots: bool = True
+
+    @model_validator(mode="after")
+    def _check_transfer(self) -> DeepStage:
+        if (self.model == "transfer") != (self.transfer is not None):
+            raise ValueError("model 'transfer' needs a 'transfer' section, and only it takes one")
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes must be distinct")
+        from pipelines.deep.models import check_params
+
+        check_params(self.model, self.params)
+        return self
+
+    @property
+    def output_name(self) -> str:
+        """Directory name of this stage's outputs (deep/<name>, plots/<name>)."""
+        return self.name or self.model
+
+
+StageConfig = Annotated[IngestStage | ModelStage | DeepStage, Field(discriminator="stage")]
 
 
 class PipelineConfig(StrictModel):
@@ -250,7 +322,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             raise ConfigError(f"override {dotted!r}: {'.'.join(keys[:i])} is a value, not a section")
 
 
-STAGE_TAGS = tuple(cls.model_fields["stage"].default for cls in (IngestStage, ModelStage))
+STAGE_TAGS = tuple(cls.model_fields["stage"].default for cls in (IngestStage, ModelStage, DeepStage))
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

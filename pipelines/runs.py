@@ -51,12 +51,43 @@ class Run:
             "outputs": {},
         }
         atomic_write_text(self.dir / "config.yaml", dump_config(config))
+        self._attach_log()
+        self.save()
+
+    def _attach_log(self) -> None:
         self._handler = logging.FileHandler(self.dir / "logs" / "run.log")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         log.addHandler(self._handler)
         if log.level == logging.NOTSET or log.level > logging.INFO:
             log.setLevel(logging.INFO)
-        self.save()
+
+    @classmethod
+    def reopen(cls, directory: str | os.PathLike[str]) -> Run:
+        """Continue an earlier run in its own directory (config and manifest as it recorded them)."""
+        import json
+
+        from pipelines.config import load_config
+
+        path = Path(directory).resolve()
+        if not (path / "manifest.json").exists():
+            raise FileNotFoundError(f"{path}: not a run directory (no manifest.json)")
+        run = cls.__new__(cls)
+        run.config = load_config(path / "config.yaml")
+        run.dir = path
+        run.id = path.name
+        run.manifest = json.loads((path / "manifest.json").read_text())
+        metrics = path / "metrics.json"
+        run.metrics = json.loads(metrics.read_text()) if metrics.exists() else {}
+        run.manifest.update(status="running", finished=None)
+        run.manifest.pop("error", None)
+        run.manifest.setdefault("resumed", []).append(_now())
+        run._attach_log()
+        run.save()
+        return run
+
+    def stage_succeeded(self, name: str) -> bool:
+        """Whether the manifest records a succeeded stage of this name."""
+        return any(s["name"] == name and s["status"] == "succeeded" for s in self.manifest["stages"])
 
     def save(self) -> None:
         """Write the manifest atomically."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.config import IngestStage, ModelStage, PipelineConfig
+from pipelines.config import DeepStage, IngestStage, ModelStage, PipelineConfig
 from pipelines.engines.base import Engine
 from pipelines.runs import Run
 
@@ -26,4 +26,12 @@ def _model(engine: Engine, config: PipelineConfig, stage: ModelStage, run: Run, 
     return result
 
 
-STAGES: dict[str, Callable[..., Any]] = {"ingest": _ingest, "model": _model}
+def _deep(engine: Engine, config: PipelineConfig, stage: DeepStage, run: Run, state: dict[str, Any]) -> Any:
+    from pipelines.deep.stage import run_deep
+
+    result = run_deep(engine, config, stage, run, state)
+    state.setdefault("deep", {})[stage.output_name] = result
+    return result
+
+
+STAGES: dict[str, Callable[..., Any]] = {"ingest": _ingest, "model": _model, "deep": _deep}

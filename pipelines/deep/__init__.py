@@ -1,1 +1,1 @@
-"""Horovod-coordinated TensorFlow training (issue 4: not implemented yet; Horovod is installed by setup)."""
+"""Deep stage: tensor shards from Spark/Dask partitions, Keras networks, Horovod data-parallel training."""

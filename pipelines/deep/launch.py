@@ -1,0 +1,73 @@
+"""Start the Horovod ranks of a deep stage: horovodrun with Gloo here, mpirun or srun on clusters."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from pipelines.config import DeepStage
+from pipelines.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+RANK_LINE = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$")
+
+
+def worker_command(spec: Path) -> list[str]:
+    """The command every rank runs."""
+    return [sys.executable, "-m", "pipelines.deep.worker", str(spec)]
+
+
+def launch_command(stage: DeepStage, spec: Path, ranks: int | None = None) -> list[str]:
+    """argv (never a shell string) that starts `ranks` ranks of the worker with the stage's launcher."""
+    n = str(ranks or stage.ranks)
+    if stage.launcher == "horovodrun":
+        exe = str(Path(sys.executable).parent / "horovodrun")
+        hosts = stage.hosts or f"localhost:{n}"
+        return [exe, "-np", n, "-H", hosts, "--gloo", *worker_command(spec)]
+    if stage.launcher == "mpirun":  # needs a Horovod built with MPI (docs/INSTALL.md)
+        hosts = ["-H", stage.hosts] if stage.hosts else []
+        return ["mpirun", "-np", n, *hosts, "-bind-to", "none", "-map-by", "slot", *worker_command(spec)]
+    return ["srun", f"--ntasks={n}", "--kill-on-bad-exit=1", *worker_command(spec)]  # inside an allocation
+
+
+def run_ranks(command: list[str], log_path: Path, timeout_s: int) -> None:
+    """Run the ranks, relay rank 0's lines to the log as they come, keep every line in log_path."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"), "PYTHONUNBUFFERED": "1"}
+    log.info("launching: %s", " ".join(command))
+    tail: list[str] = []
+    with open(log_path, "a", encoding="utf-8") as out:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        assert proc.stdout is not None
+        timer = threading.Timer(timeout_s, proc.kill)
+        timer.start()
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                out.flush()
+                match = RANK_LINE.match(line.rstrip("\n"))
+                text = match.group(3) if match else line.rstrip("\n")
+                tail = (tail + [line.rstrip("\n")])[-20:]
+                if (match is None or match.group(1) == "0") and _is_progress(text):
+                    log.info("%s", text.strip())
+            rc = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            timer.cancel()
+    if rc != 0:
+        if rc < 0 and not timer.is_alive():
+            log.error("training ranks stopped after timeout_s=%d", timeout_s)
+        shown = "\n".join(tail[-12:])
+        raise PipelineError(f"training ranks exited with code {rc} (full output: {log_path}); last lines:\n{shown}")
+
+
+def _is_progress(text: str) -> bool:
+    return text.lstrip().startswith(("epoch ", "early stop")) or ": starting;" in text or ": resuming" in text
