@@ -15,7 +15,7 @@ test: setup
 	$(PY) -m pytest -q -rs
 
 lint: setup
-	$(VENV)/bin/ruff check pipelines tests benchmarks
+	$(VENV)/bin/ruff check pipelines tests benchmarks cluster
 
 bench: setup
 	$(PY) -m benchmarks.ingest.bench_ingest

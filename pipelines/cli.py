@@ -1,4 +1,4 @@
-"""Command line: `pipelines run|train|validate|demo|generate|check`."""
+"""Command line: `pipelines run|train|submit|schedule|validate|demo|generate|check`."""
 
 from __future__ import annotations
 
@@ -89,10 +89,32 @@ def model_table(rows: list[dict[str, Any]]) -> Table:
     return table
 
 
-def _run_many(configs: list[PipelineConfig], engines: list[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _run_one(config: PipelineConfig, engine: Any, resume: str | bool, wait: bool) -> tuple[Any, dict[str, Any]]:
+    """One pipeline run under its lock: new, or resuming a given (or the newest unfinished) run directory."""
+    from pipelines.pipeline import run_pipeline
+    from pipelines.resume import find_resumable
+    from pipelines.runs import Run
+    from pipelines.schedule import pipeline_lock
+
+    with pipeline_lock(Path(config.runs_dir), config.name, wait=wait):
+        earlier = Path(resume) if isinstance(resume, str) else find_resumable(config.runs_dir, config.name)
+        if resume and earlier is not None:
+            try:
+                run = Run.reopen(earlier)
+            except FileNotFoundError as exc:
+                raise PipelineError(str(exc)) from None
+            console.print(f"resuming {run.dir}")
+            return run_pipeline(config, engine=engine, run=run)
+        if isinstance(resume, str):
+            raise PipelineError(f"--resume {resume}: no such run directory")
+        return run_pipeline(config, engine=engine)
+
+
+def _run_many(
+    configs: list[PipelineConfig], engines: list[str], resume: str | bool = False, wait: bool = False
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Run each config on each engine, reusing one started engine per kind."""
     from pipelines.engines import make_engine
-    from pipelines.pipeline import run_pipeline
 
     rows: list[dict[str, Any]] = []
     models: list[dict[str, Any]] = []
@@ -104,7 +126,7 @@ def _run_many(configs: list[PipelineConfig], engines: list[str]) -> tuple[list[d
                 config = config.model_copy(deep=True)
                 config.engine.kind = kind  # type: ignore[assignment]
                 t0 = time.perf_counter()
-                run, state = run_pipeline(config, engine=engine)
+                run, state = _run_one(config, engine, resume, wait)
                 ingest = state.get("ingest")
                 if ingest is not None:
                     rows.append(
@@ -132,64 +154,86 @@ def _run_many(configs: list[PipelineConfig], engines: list[str]) -> tuple[list[d
     return rows, models
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    configs = [load_config(path, args.set) for path in args.config]
-    engines = args.engine.split(",") if args.engine else [configs[0].engine.kind]
+def _engines(args: argparse.Namespace, config: PipelineConfig) -> list[str]:
+    engines = args.engine.split(",") if args.engine else [config.engine.kind]
     bad = [e for e in engines if e not in ("spark", "dask")]
     if bad:
         raise PipelineError(f"--engine: unknown engine(s) {bad}; use spark, dask or spark,dask")
-    rows, models = _run_many(configs, engines)
+    return engines
+
+
+def _print_tables(rows: list[dict[str, Any]], models: list[dict[str, Any]]) -> None:
     wide = Console(width=max(Console().width, 150))
     if rows:
         wide.print(summary_table(rows))
     if models:
         wide.print(model_table(models))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    configs = [load_config(path, args.set) for path in args.config]
+    _print_tables(*_run_many(configs, _engines(args, configs[0]), args.resume, args.wait))
     return 0
 
 
-def _set_ranks(config: PipelineConfig, ranks: int | None) -> PipelineConfig:
+def _set_ranks(config: PipelineConfig, ranks: int | None, hosts: str | None) -> PipelineConfig:
     deep = [s for s in config.stages if s.stage == "deep"]
     if not deep:
         raise PipelineError(f"pipeline {config.name!r} has no deep stage to train")
     for stage in deep:
         if ranks:
             stage.ranks = ranks  # type: ignore[union-attr]
-    return config
+        if hosts:
+            stage.hosts = hosts  # type: ignore[union-attr]
+    return PipelineConfig.model_validate(config.model_dump())  # re-check the changed values
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
-        from pipelines.engines import make_engine
-        from pipelines.pipeline import run_pipeline
-        from pipelines.runs import Run
+        from pipelines.config import load_config as load
 
-        try:
-            run = Run.reopen(args.resume)
-        except FileNotFoundError as exc:
-            raise PipelineError(str(exc)) from None
-        config = _set_ranks(run.config, args.ranks)
-        with make_engine(config.engine) as engine:
-            run, state = run_pipeline(config, engine=engine, run=run)
-        console.print(f"[green]done[/] {config.name}: resumed {run.dir}")
-        rows = [
-            {
-                "pipeline": config.name,
-                "engine": engine.kind,
-                "stage": n,
-                "facts": r.summary(),
-                "files": str(run.dir / "deep" / n),
-            }
-            for n, r in state.get("deep", {}).items()
-        ]
-        Console(width=max(Console().width, 150)).print(model_table(rows))
-        return 0
-    if not args.config:
+        config = _set_ranks(load(Path(args.resume) / "config.yaml"), args.ranks, args.hosts)
+        resume: str | bool = args.resume
+    elif args.config:
+        config = _set_ranks(load_config(args.config, args.set), args.ranks, args.hosts)
+        resume = False
+    else:
         raise PipelineError("train: give a CONFIG, or --resume RUN_DIR")
-    args.config = [args.config]
-    configs = [_set_ranks(load_config(args.config[0], args.set), args.ranks)]
-    engines = args.engine.split(",") if args.engine else [configs[0].engine.kind]
-    rows, models = _run_many(configs, engines)
-    Console(width=max(Console().width, 150)).print(model_table(models))
+    _print_tables(*_run_many([config], _engines(args, config), resume, args.wait))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    import json
+
+    from pipelines.batch import submit
+
+    config = load_config(args.config, args.set)
+    if args.mode:
+        config.batch.mode = args.mode
+    script, job, jobdir = submit(config, args.scheduler, args.dry_run)
+    if args.dry_run:
+        print(script)
+        return 0
+    print(json.dumps({"job_id": job, "job_dir": str(jobdir), "scheduler": args.scheduler}))
+    console.print(f"[green]submitted[/] job {job} ({args.scheduler}); script and config in {jobdir}")
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from pipelines.schedule import cron_line, install
+
+    config = load_config(args.config, args.set)
+    conf = Path(args.config).resolve()
+    log_file = Path(config.runs_dir).resolve() / config.name / "scheduled.log"
+    line = cron_line(args.cron, conf, Path.cwd(), log_file)
+    if args.dry_run:
+        print(line)
+        return 0
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    directives = [f"--time={config.batch.walltime}"] if args.scrontab else None
+    install(line, args.scrontab, directives)
+    console.print(f"[green]scheduled[/] {config.name}: {line}")
     return 0
 
 
@@ -279,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run pipeline config(s)")
     p.add_argument("config", nargs="+")
     p.add_argument("--engine", help="spark, dask or spark,dask (default: the config's engine.kind)")
+    p.add_argument("--resume", action="store_true", help="continue the newest unfinished run of the pipeline")
+    p.add_argument("--wait", action="store_true", help="wait for a running run of the same pipeline to end")
     with_overrides(p)
     p.set_defaults(fn=cmd_run)
 
@@ -286,9 +332,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?")
     p.add_argument("--np", type=int, dest="ranks", help="Horovod ranks for every deep stage (default: its 'ranks')")
     p.add_argument("--engine", help="spark or dask for the ingest and hand-off")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run's unfinished deep stages from their checkpoints")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run's unfinished stages (deep: from checkpoints)")
+    p.add_argument("--hosts", help="horovodrun host list for every deep stage, e.g. node1:4,node2:4")
+    p.add_argument("--wait", action="store_true", help="wait for a running run of the same pipeline to end")
     with_overrides(p)
     p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("submit", help="render a batch script from the config's `batch` section and submit it")
+    p.add_argument("config")
+    p.add_argument("--scheduler", choices=["slurm", "pbs"], default="slurm")
+    p.add_argument("--mode", choices=["spark", "dask", "horovod", "local"], help="override batch.mode")
+    p.add_argument("--dry-run", action="store_true", help="print the script instead of submitting it")
+    with_overrides(p)
+    p.set_defaults(fn=cmd_submit)
+
+    p = sub.add_parser("schedule", help="run a pipeline on a cron schedule (crontab or SLURM scrontab)")
+    p.add_argument("config")
+    p.add_argument("--cron", required=True, help="five cron fields, e.g. '0 2 * * *'")
+    p.add_argument("--scrontab", action="store_true", help="install in SLURM's scrontab instead of crontab")
+    p.add_argument("--dry-run", action="store_true", help="print the entry instead of installing it")
+    with_overrides(p)
+    p.set_defaults(fn=cmd_schedule)
 
     p = sub.add_parser("validate", help="check config(s) without running them")
     p.add_argument("config", nargs="+")
@@ -298,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the default job: bundled image and table data on Spark and Dask")
     p.add_argument("--engine", default="spark,dask")
     with_overrides(p)
-    p.set_defaults(fn=cmd_demo)
+    p.set_defaults(fn=cmd_demo, resume=False, wait=False)
 
     p = sub.add_parser("generate", help="write synthetic data as partitioned Parquet (or CSV)")
     p.add_argument("out")

@@ -39,10 +39,53 @@ class SparkSettings(StrictModel):
     conf: dict[str, str] = Field(default_factory=dict)
 
 
+SafeText = Annotated[str, Field(pattern=r"^[^\n\r\x00]*$")]  # one line: it may reach a job script (quoted)
+Directive = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.,:=/@%+-]+( [A-Za-z0-9_.,:=/@%+-]+)?$")]  # scheduler-parsed
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class AdaptiveSettings(StrictModel):
+    """Adaptive scaling bounds (in jobs); a worker is retired only after `wait_count` idle checks."""
+
+    minimum: int = Field(default=1, ge=0)
+    maximum: PositiveInt = 4
+    wait_count: PositiveInt = 10
+    interval: Directive = "2s"
+
+
+class JobqueueSettings(StrictModel):
+    """Dask workers as SLURM/PBS jobs through dask-jobqueue."""
+
+    scheduler: Literal["slurm", "pbs"] = "slurm"
+    cores: PositiveInt = 1
+    memory: Directive = "2GB"
+    memory_directive: bool = True
+    processes: PositiveInt = 1
+    walltime: Directive = "01:00:00"
+    queue: Directive | None = None
+    account: Directive | None = None
+    interface: Directive | None = Field(default=None, description="worker interface: a name, 'auto' or None")
+    scheduler_interface: Directive | None = None
+    job_extra_directives: list[Directive] = Field(default_factory=list)
+    env: dict[EnvName, SafeText] = Field(default_factory=dict)
+    python: SafeText | None = None
+    jobs: PositiveInt = 1
+    adaptive: AdaptiveSettings | None = None
+    lifetime: Directive | None = Field(default=None, description="'none', a walltime, or default 90 % of walltime")
+    lifetime_stagger: Directive | None = None
+    local_directory: SafeText | None = None
+    log_directory: SafeText | None = None
+    death_timeout: PositiveInt = 60
+    start_timeout: PositiveInt = 300
+
+
 class DaskSettings(StrictModel):
-    """How to reach Dask; scheduler None starts a LocalCluster."""
+    """How to reach Dask: a scheduler address or file, dask-jobqueue jobs, or (default) a LocalCluster."""
 
     scheduler: str | None = None
+    scheduler_file: str | None = None
+    wait_for_workers: int = Field(default=0, ge=0)
+    jobqueue: JobqueueSettings | None = None
     n_workers: PositiveInt = 2
     threads_per_worker: PositiveInt = 1
     memory_limit: str = "auto"
@@ -248,6 +291,35 @@ class DeepStage(StageBase):
 StageConfig = Annotated[IngestStage | ModelStage | DeepStage, Field(discriminator="stage")]
 
 
+class SparkBatchSettings(StrictModel):
+    """Spark standalone inside a batch job."""
+
+    master_port: int = Field(default=7077, ge=1024, le=65535)
+    webui_port: int = Field(default=8080, ge=0, le=65535)
+    worker_memory: Directive = "4g"
+    executor_memory: Directive = "2g"
+
+
+class BatchSettings(StrictModel):
+    """A batch job for `pipelines submit`: resources, environment, and what runs inside it."""
+
+    mode: Literal["spark", "dask", "horovod", "local"] = "local"
+    nodes: PositiveInt = 1
+    tasks_per_node: PositiveInt = 1
+    cpus_per_task: PositiveInt = 1
+    gpus_per_node: int = Field(default=0, ge=0)
+    memory: Directive | None = None
+    walltime: Directive = "01:00:00"
+    partition: Directive | None = None
+    account: Directive | None = None
+    extra_directives: list[Directive] = Field(default_factory=list)
+    modules: list[SafeText] = Field(default_factory=list)
+    env: dict[EnvName, SafeText] = Field(default_factory=dict)
+    spark: SparkBatchSettings = Field(default_factory=SparkBatchSettings)
+    dask_worker_memory: Directive = "2GB"
+    pbs_resources: Literal["select", "nodes"] = Field(default="select", description="PBS Pro select= or Torque nodes=")
+
+
 class PipelineConfig(StrictModel):
     """One pipeline: a dataset, an engine and the stages to run on it."""
 
@@ -256,6 +328,8 @@ class PipelineConfig(StrictModel):
     dataset: DatasetConfig
     stages: list[StageConfig] = Field(min_length=1)
     runs_dir: str = "runs"
+    keep_runs: PositiveInt | None = Field(default=None, description="after a successful run, keep the newest N")
+    batch: BatchSettings = Field(default_factory=BatchSettings)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -10,8 +10,9 @@ from typing import Any
 from pipelines.config import PipelineConfig
 from pipelines.engines import make_engine
 from pipelines.engines.base import Engine
-from pipelines.errors import PipelineError
+from pipelines.resume import corrupt_outputs, restore_ingest
 from pipelines.runs import Run
+from pipelines.schedule import prune_runs
 from pipelines.stages import STAGES
 
 log = logging.getLogger(__name__)
@@ -30,16 +31,17 @@ def run_pipeline(
 ) -> tuple[Run, dict[str, Any]]:
     """Run every stage of config; uses the given started engine or starts (and stops) its own.
 
-    With `run` (a reopened earlier run), stages the manifest records as succeeded are skipped; this is
-    allowed only when every stage left to run is a deep stage (they read the tensors already written).
+    With `run` (a reopened earlier run), stages the manifest records as succeeded are skipped when every
+    recorded output still matches its checksum (else all stages run again, replacing outputs atomically);
+    a skipped ingest is restored from its manifest facts and written splits.
     """
-    todo = [s for s in config.stages if run is None or not run.stage_succeeded(s.output_name)]
+    todo = list(config.stages)
     if run is not None:
-        blocked = [s.output_name for s in todo if s.stage != "deep"]
-        if blocked:
-            raise PipelineError(
-                f"{run.dir}: stages {blocked} did not finish; only deep stages resume, rerun the pipeline"
-            )
+        bad = corrupt_outputs(run.dir, run.manifest)
+        if bad:
+            log.warning("resume: outputs %s changed since they were written; running every stage again", bad)
+        else:
+            todo = [s for s in config.stages if not run.stage_succeeded(s.output_name)]
     run = run or Run(config, runs_root)
     state: dict[str, Any] = {}
     owned = engine is None
@@ -49,6 +51,10 @@ def run_pipeline(
             engine.start()
         run.manifest["engine"].update(engine.describe())
         run.save()
+        skipped = [s for s in config.stages if s not in todo]
+        for stage in skipped:
+            if stage.stage == "ingest" and todo:
+                state["ingest"] = restore_ingest(engine, config, stage, run)
         for stage in todo:
             with run.stage(stage.output_name) as entry:
                 result = STAGES[stage.stage](engine, config, stage, run, state)
@@ -62,4 +68,6 @@ def run_pipeline(
             engine.stop()
     run.finish("succeeded")
     _point_latest(run)
+    if config.keep_runs:
+        prune_runs(run.dir.parent.parent, config.name, config.keep_runs)
     return run, state

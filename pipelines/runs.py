@@ -50,6 +50,11 @@ class Run:
             "stages": [],
             "outputs": {},
         }
+        from pipelines.batch import job_facts
+
+        job = job_facts()
+        if job is not None:
+            self.manifest["job"] = job
         atomic_write_text(self.dir / "config.yaml", dump_config(config))
         self._attach_log()
         self.save()

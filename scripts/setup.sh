@@ -17,6 +17,10 @@ apt_install() {
   java_major=$( (java -version 2>&1 || true) | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
   if [ -z "$java_major" ] || [ "$java_major" -lt 17 ]; then want+=(openjdk-17-jre-headless); fi
   [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || want+=(dataset-fashion-mnist)
+  # A real single-node SLURM for the launch tests (cluster/local_slurm.py) and crontab for `pipelines schedule`.
+  for pkg in slurmctld slurmd slurm-client munge cron; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || want+=("$pkg")
+  done
   [ ${#want[@]} -eq 0 ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: apt-get install ${want[*]}"
@@ -24,7 +28,8 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
   else
     echo "setup: please install ${want[*]} (needs root; e.g. sudo apt-get install ${want[*]})." >&2
-    echo "       Without Fashion-MNIST the default job falls back to scikit-learn's digits." >&2
+    echo "       Without Fashion-MNIST the default job falls back to scikit-learn's digits;" >&2
+    echo "       without SLURM the tests that need a real scheduler are skipped (they say why)." >&2
   fi
 }
 

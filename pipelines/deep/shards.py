@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pipelines.atomic import atomic_write_json
+from pipelines.atomic import atomic_write_json, sha256_file
 from pipelines.engines.base import Engine
 from pipelines.errors import DataError
 
@@ -140,15 +140,6 @@ def write_shards(
         manifest["splits"][split] = {"rows": sum(s["rows"] for s in shards), "shards": shards}
     atomic_write_json(out / MANIFEST, manifest)
     return manifest
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -58,7 +58,24 @@ class DaskEngine(Engine):
             logging.getLogger(name).setLevel(logging.WARNING)
         if self.client is not None:
             return
-        if self.settings.scheduler:
+        wait = self.settings.wait_for_workers
+        if self.settings.jobqueue is not None:
+            from pipelines.engines.jobqueue import make_cluster, scale
+
+            jq = self.settings.jobqueue
+            self._cluster = make_cluster(jq)
+            self.client = Client(self._cluster)
+            wait = scale(self._cluster, jq)
+            log.info("waiting up to %ss for %d dask-jobqueue worker(s)", jq.start_timeout, wait)
+            try:
+                self.client.wait_for_workers(wait, timeout=jq.start_timeout)
+            except BaseException:
+                self.stop()  # cancel the jobs we submitted
+                raise
+            wait = 0
+        elif self.settings.scheduler_file:
+            self.client = Client(scheduler_file=self.settings.scheduler_file)
+        elif self.settings.scheduler:
             self.client = Client(self.settings.scheduler)
         else:
             self._cluster = LocalCluster(
@@ -70,9 +87,12 @@ class DaskEngine(Engine):
                 silence_logs=logging.WARNING,
             )
             self.client = Client(self._cluster)
+        if wait:
+            self.client.wait_for_workers(wait, timeout=600)
         log.info("dask client ready: %s", self.client.scheduler.address)
 
     def stop(self) -> None:
+        """Close the client; a cluster we started (local, or jobqueue jobs) is shut down, its jobs cancelled."""
         if self._owns_client and self.client is not None:
             self.client.close()
             self.client = None
@@ -91,6 +111,7 @@ class DaskEngine(Engine):
             "scheduler": self.client.scheduler.address,
             "workers": len(self.client.nthreads()),
             "threads": self.parallelism,
+            **({"jobqueue": self.settings.jobqueue.scheduler} if self.settings.jobqueue else {}),
         }
 
     def run_tasks(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:

@@ -1,0 +1,147 @@
+"""Dask workers as SLURM or PBS jobs through dask-jobqueue, with the HPC pains handled.
+
+- Network interface: `auto` picks a high-speed fabric (ib0, hsn0, ...) when the node has one, else the
+  interface carrying the host's address; a named interface that does not exist is an error listing the
+  ones that do (dask-jobqueue #207, #681). The scheduler (on the submitting node) and the workers (on
+  compute nodes) may use different interfaces.
+- Walltime: workers retire before their job's walltime (`--lifetime` with `--lifetime-stagger`), so
+  their data and tasks move to other workers instead of dying mid-task (dask-jobqueue #122); with
+  adaptive scaling new jobs replace them.
+- Adaptive scaling: a worker must be idle for `wait_count` checks before it is retired, so it is not
+  churned between pipeline steps (dask-jobqueue #701).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import sys
+from typing import Any
+
+import psutil
+
+from pipelines.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+FABRICS = ("ib0", "ib1", "hsn0", "ipogif0", "bond0", "eno1", "eth0")
+
+
+def interfaces() -> dict[str, str]:
+    """Up interfaces with an IPv4 address: name -> address."""
+    stats = psutil.net_if_stats()
+    out = {}
+    for name, addrs in psutil.net_if_addrs().items():
+        ipv4 = [a.address for a in addrs if a.family == socket.AF_INET]
+        if ipv4 and stats.get(name) is not None and stats[name].isup:
+            out[name] = ipv4[0]
+    return out
+
+
+def pick_interface(wanted: str | None) -> str | None:
+    """The interface to bind: a named one (checked), `auto` (fabric, then the host's own), or None (Dask's)."""
+    if wanted is None:
+        return None
+    found = interfaces()
+    if wanted != "auto":
+        if wanted not in found:
+            raise ConfigError(f"network interface {wanted!r} is not up on {socket.gethostname()}; have {sorted(found)}")
+        return wanted
+    for name in FABRICS:
+        if name in found:
+            return name
+    try:
+        own = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        own = ""
+    for name, addr in found.items():
+        if addr == own and not addr.startswith("127."):
+            return name
+    outside = [n for n, a in found.items() if not a.startswith("127.")]
+    return outside[0] if outside else next(iter(found), None)
+
+
+def seconds(walltime: str) -> int:
+    """SLURM/PBS walltime ([days-]hh:mm:ss, mm:ss or minutes) in seconds."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", walltime.strip())
+    if not match:
+        raise ConfigError(f"walltime {walltime!r}: expected [days-]hh:mm:ss")
+    days, a, b, c = (int(g) if g else None for g in match.groups())
+    if b is None:
+        total = a * 60  # plain minutes
+    elif c is None:
+        total = a * 60 + b  # mm:ss
+    else:
+        total = a * 3600 + b * 60 + c
+    return total + (days or 0) * 86400
+
+
+def lifetime(settings: Any) -> tuple[int, int] | None:
+    """(lifetime, stagger) in seconds: retire workers before walltime (configured, or 90 % / 5 % of it)."""
+    if settings.lifetime == "none":
+        return None
+    wall = seconds(settings.walltime)
+    life = seconds(settings.lifetime) if settings.lifetime else int(wall * 0.9)
+    stagger = seconds(settings.lifetime_stagger) if settings.lifetime_stagger else int(wall * 0.05)
+    if life + stagger >= wall:
+        raise ConfigError(f"lifetime {life}s + stagger {stagger}s must end before walltime {settings.walltime}")
+    return life, stagger
+
+
+def make_cluster(settings: Any) -> Any:
+    """A started dask-jobqueue SLURMCluster or PBSCluster from `engine.dask.jobqueue` settings."""
+    from dask_jobqueue import PBSCluster, SLURMCluster
+
+    cls = SLURMCluster if settings.scheduler == "slurm" else PBSCluster
+    extra = []
+    scheduler_interface = {}
+    if settings.scheduler_interface:
+        scheduler_interface = {"interface": pick_interface(settings.scheduler_interface)}
+    life = lifetime(settings)
+    if life is not None:
+        extra += ["--lifetime", f"{life[0]}s", "--lifetime-stagger", f"{life[1]}s"]
+    kwargs: dict[str, Any] = {
+        "cores": settings.cores,
+        "memory": settings.memory,
+        "processes": settings.processes,
+        "walltime": settings.walltime,
+        "queue": settings.queue,
+        "account": settings.account,
+        "python": settings.python or sys.executable,
+        "job_extra_directives": list(settings.job_extra_directives),
+        "job_script_prologue": [f"export {k}={_quote(v)}" for k, v in settings.env.items()],
+        "worker_extra_args": extra,
+        "interface": pick_interface(settings.interface),
+        "scheduler_options": {"dashboard_address": ":0", **scheduler_interface},
+        "local_directory": settings.local_directory,
+        "log_directory": settings.log_directory,
+        "death_timeout": settings.death_timeout,
+    }
+    if settings.scheduler == "slurm" and settings.memory_directive is False:
+        kwargs["job_directives_skip"] = ["--mem"]
+    cluster = cls(**{k: v for k, v in kwargs.items() if v is not None})
+    log.info(
+        "dask-jobqueue %s cluster at %s; job script:\n%s",
+        settings.scheduler,
+        cluster.scheduler_address,
+        cluster.job_script(),
+    )
+    return cluster
+
+
+def scale(cluster: Any, settings: Any) -> int:
+    """Fixed (`jobs`) or adaptive scaling; returns how many workers to wait for before starting."""
+    per_job = settings.processes
+    if settings.adaptive is not None:
+        a = settings.adaptive
+        cluster.adapt(minimum_jobs=a.minimum, maximum_jobs=a.maximum, wait_count=a.wait_count, interval=a.interval)
+        return max(1, a.minimum) * per_job
+    cluster.scale(jobs=settings.jobs)
+    return settings.jobs * per_job
+
+
+def _quote(value: str) -> str:
+    import shlex
+
+    return shlex.quote(value)

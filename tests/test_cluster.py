@@ -1,0 +1,340 @@
+"""Launch: spark-submit to a real standalone master, dask-jobqueue and sbatch jobs on a real SLURM, locks, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pipelines.batch import render
+from pipelines.config import load_config, parse_config
+from pipelines.errors import ConfigError
+from pipelines.pipeline import run_pipeline
+from pipelines.schedule import LockBusy, cron_line, pipeline_lock, prune_runs
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+PIPELINES = str(Path(PY).parent / "pipelines")
+sys.path.insert(0, str(ROOT / "cluster"))
+from local_slurm import LocalSlurm, missing  # noqa: E402
+
+HOSTILE = "$(touch /tmp/pipelines-pwned); echo 'single' \"double\" `id` ; exit 7"
+
+
+def fair(tmp_path: Path, **top) -> dict:
+    data = load_config(ROOT / "conf" / "fair.yaml").model_dump(mode="json")
+    return {**data, "runs_dir": str(tmp_path / "runs"), **top}
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    why = missing()
+    if why:
+        pytest.skip(f"real SLURM unavailable: {why}")
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm")).start()
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    yield cluster
+    cluster.stop()
+    os.environ.pop("SLURM_CONF", None)
+
+
+def _no_processes_mention(text: str) -> list[str]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if text in cmd:
+            found.append(f"{proc.pid}: {cmd[:160]}")
+    return found
+
+
+# --- without a scheduler ---------------------------------------------------------------------------------
+
+
+def test_batch_script_keeps_hostile_config_values_inert(tmp_path):
+    data = fair(tmp_path, batch={"mode": "spark", "env": {"X": HOSTILE}, "modules": [HOSTILE]})
+    config = parse_config(data)
+    for scheduler in ("slurm", "pbs"):
+        for mode in ("spark", "dask", "horovod", "local"):
+            config.batch.mode = mode
+            script = render(config, tmp_path / "conf; rm -rf ~.yaml", tmp_path / "job", scheduler, tmp_path)
+            assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0, (scheduler, mode)
+    prologue = script.split("\n\n")[1]  # set -e, module loads, exports, PATH, cd ...
+    stub = f'module() {{ printf "%s\\n" "$@" > {tmp_path}/module.txt; }}'  # no Lmod here: record the arguments
+    probe = f'{stub}\n{prologue}\nprintf "%s" "$X" > {tmp_path}/x.txt\n'
+    done = subprocess.run(["bash"], input=probe, text=True, capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "x.txt").read_text() == HOSTILE  # arrived as text
+    assert (tmp_path / "module.txt").read_text().splitlines() == ["load", HOSTILE]
+    assert not Path("/tmp/pipelines-pwned").exists()
+    for bad in ({"partition": "debug; rm -rf /"}, {"walltime": "$(id)"}, {"extra_directives": ["--qos=a\n#SBATCH x"]}):
+        with pytest.raises(ConfigError, match="batch"):
+            parse_config(fair(tmp_path, batch=bad))
+
+
+def test_a_second_run_of_the_same_pipeline_waits_or_stops_with_a_clear_message(tmp_path):
+    with pipeline_lock(tmp_path, "p"):
+        busy = pytest.raises(LockBusy, match=f"pipeline 'p' is in progress \\(pid {os.getpid()}")
+        with busy, pipeline_lock(tmp_path, "p"):
+            pass
+        released = threading.Event()
+
+        def later() -> None:
+            time.sleep(1.5)
+            released.set()
+
+        threading.Thread(target=later).start()
+        got = []
+
+        def waiter() -> None:
+            with pipeline_lock(tmp_path, "p", wait=True, timeout=30):
+                got.append(released.is_set())
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        released.wait()
+    t.join(30)
+    assert got == [True]  # the waiting run started only after the first released the lock
+
+
+def test_cli_run_refuses_to_overlap_and_retention_keeps_the_newest(tmp_path):
+    conf = tmp_path / "fair.json"
+    conf.write_text(json.dumps(fair(tmp_path, keep_runs=2)))
+    with pipeline_lock(tmp_path / "runs", "fair"):
+        busy = subprocess.run([PIPELINES, "run", str(conf)], capture_output=True, text=True, cwd=ROOT)
+    assert busy.returncode == 2 and "another run of pipeline 'fair' is in progress" in busy.stderr
+    for _ in range(3):
+        assert subprocess.run([PIPELINES, "run", str(conf)], capture_output=True, cwd=ROOT).returncode == 0
+    runs = sorted(p for p in (tmp_path / "runs" / "fair").iterdir() if p.is_dir() and not p.is_symlink())
+    assert len(runs) == 2 and (tmp_path / "runs" / "fair" / "latest").resolve() == runs[-1]
+    assert prune_runs(tmp_path / "runs", "fair", 1) == [runs[0]]
+
+
+def test_cron_line_is_quoted_and_validated(tmp_path):
+    odd = tmp_path / "it's a conf.yaml"
+    line = cron_line("0 2 * * 1-5", odd, tmp_path, tmp_path / "cron.log", PY)
+    command = line.split(" ", 5)[5].rsplit(" # pipelines:", 1)[0]
+    words = shlex.split(command)
+    assert line.startswith("0 2 * * 1-5 cd ") and str(odd) in words and words[-5:-3] == ["--wait", "--resume"]
+    assert "\\%" in cron_line("0 2 * * *", tmp_path / "100%.yaml", tmp_path, tmp_path / "log")  # cron's newline
+    with pytest.raises(ConfigError, match="five cron fields"):
+        cron_line("0 2 * * ; rm -rf /", odd, tmp_path, tmp_path / "cron.log")
+
+
+def test_resume_skips_finished_stages_and_reruns_the_failed_one(dask_engine, tmp_path, monkeypatch):
+    from pipelines import stages
+    from pipelines.runs import Run
+
+    config = parse_config(fair(tmp_path))
+    real = stages.STAGES["model"]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("node lost")
+
+    monkeypatch.setitem(stages.STAGES, "model", broken)
+    with pytest.raises(RuntimeError, match="node lost"):
+        run_pipeline(config, engine=dask_engine)
+    monkeypatch.setitem(stages.STAGES, "model", real)
+    failed = next((tmp_path / "runs" / "fair").glob("2*"))
+    run, state = run_pipeline(config, engine=dask_engine, run=Run.reopen(failed))
+    assert run.dir == failed and run.manifest["status"] == "succeeded"
+    assert [s["name"] for s in run.manifest["stages"]] == ["ingest", "lm", "lm"]  # ingest ran once
+    fresh, _ = run_pipeline(config, engine=dask_engine)
+    ours = json.loads((failed / "metrics.json").read_text())["lm"]["summary"]
+    again = json.loads((fresh.dir / "metrics.json").read_text())["lm"]["summary"]
+    assert ours == again
+
+
+def test_jobqueue_settings_pick_interfaces_and_retire_workers_before_walltime():
+    from pipelines.config import JobqueueSettings
+    from pipelines.engines.jobqueue import interfaces, lifetime, make_cluster, pick_interface
+
+    settings = JobqueueSettings(
+        walltime="01:00:00", interface="auto", account="abc123", job_extra_directives=["--qos=x"]
+    )
+    assert lifetime(settings) == (3240, 180)  # 90 % of walltime, staggered by 5 %
+    assert lifetime(settings.model_copy(update={"lifetime": "50:00", "lifetime_stagger": "2:00"})) == (3000, 120)
+    with pytest.raises(ConfigError, match="must end before walltime"):
+        lifetime(settings.model_copy(update={"lifetime": "59:00", "lifetime_stagger": "2:00"}))
+    assert pick_interface("auto") in interfaces()
+    with pytest.raises(ConfigError, match="'ib7' is not up .* have \\["):
+        pick_interface("ib7")
+    cluster = make_cluster(settings)  # no jobs are submitted until it is scaled
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH -A abc123" in script and "#SBATCH --qos=x" in script
+    assert "--lifetime 3240s --lifetime-stagger 180s" in script and f"--interface {pick_interface('auto')}" in script
+
+
+# --- spark-submit to a real standalone master -------------------------------------------------------------
+
+
+def test_spark_submit_to_a_standalone_master_runs_the_pipeline_with_its_master(tmp_path):
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    env = {**os.environ, "SPARK_HOME": str(home), "PYSPARK_PYTHON": PY, "SPARK_LOCAL_IP": "127.0.0.1"}
+    port = 7177
+    cls = [str(home / "bin" / "spark-class")]
+    master = subprocess.Popen(
+        [
+            *cls,
+            "org.apache.spark.deploy.master.Master",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--webui-port",
+            "0",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"spark://127.0.0.1:{port}"
+    worker = subprocess.Popen(
+        [*cls, "org.apache.spark.deploy.worker.Worker", "--cores", "2", "--memory", "2g", "--webui-port", "0", url],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        conf = tmp_path / "fair.json"
+        conf.write_text(json.dumps(fair(tmp_path)))
+        import pipelines.__main__ as entry
+
+        argv = [str(home / "bin" / "spark-submit"), "--master", url, "--total-executor-cores", "2"]
+        done = subprocess.run(
+            [*argv, entry.__file__, "run", str(conf), "--engine", "spark"], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        manifest = json.loads((tmp_path / "runs" / "fair" / "latest" / "manifest.json").read_text())
+        assert manifest["status"] == "succeeded" and manifest["engine"]["master"] == url
+    finally:
+        for proc in (worker, master):
+            proc.terminate()
+            proc.wait(30)
+
+
+# --- a real SLURM -----------------------------------------------------------------------------------------
+
+
+def test_dask_jobqueue_workers_are_slurm_jobs_and_leave_with_the_run(slurm, tmp_path):
+    jobqueue = {"jobs": 2, "cores": 1, "memory": "1GB", "walltime": "00:10:00", "queue": "debug", "interface": "auto"}
+    jobqueue["log_directory"] = str(tmp_path / "worker-logs")  # else slurm-%j.out lands in the cwd
+    data = fair(tmp_path)
+    data["engine"] = {"kind": "dask", "partitions": 2, "dask": {"jobqueue": jobqueue}}
+    run, _ = run_pipeline(parse_config(data))
+    assert run.manifest["status"] == "succeeded"
+    assert run.manifest["engine"]["workers"] == 2 and run.manifest["engine"]["jobqueue"] == "slurm"
+    deadline = time.time() + 30
+    while time.time() < deadline and slurm.run("squeue", "-h").stdout.strip():
+        time.sleep(0.5)
+    assert slurm.run("squeue", "-h").stdout.strip() == ""  # the worker jobs ended with the run
+
+
+def _submit(tmp_path: Path, data: dict) -> tuple[str, Path]:
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps(data))
+    out = subprocess.run(
+        [PIPELINES, "submit", str(conf), "--scheduler", "slurm"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr
+    job = json.loads(out.stdout)["job_id"]
+    return job, Path(json.loads(out.stdout)["job_dir"])
+
+
+def test_sbatch_spark_standalone_job_runs_the_default_pipeline(slurm, tmp_path):
+    data = fair(tmp_path, batch={"mode": "spark", "cpus_per_task": 2, "memory": "6G", "env": {"X": HOSTILE}})
+    data["batch"]["spark"] = {"master_port": 7277, "webui_port": 0, "worker_memory": "2g", "executor_memory": "1g"}
+    job, jobdir = _submit(tmp_path, data)
+    state = slurm.wait_job(job, 600)
+    log = next(jobdir.glob("slurm-*.out")).read_text()
+    assert state == "COMPLETED", log[-3000:]
+    manifest = json.loads((tmp_path / "runs" / "fair" / "latest" / "manifest.json").read_text())
+    assert manifest["status"] == "succeeded" and manifest["engine"]["master"].startswith("spark://")
+    assert manifest["job"] == {"scheduler": "slurm", "job_id": job, "nodes": slurm.host}
+    assert _no_processes_mention(str(jobdir)) == []  # master and worker were stopped with the job
+
+
+def test_sbatch_dask_job_runs_the_pipeline_on_its_own_scheduler_and_workers(slurm, tmp_path):
+    job, jobdir = _submit(tmp_path, fair(tmp_path, batch={"mode": "dask", "cpus_per_task": 2, "memory": "4G"}))
+    state = slurm.wait_job(job, 600)
+    assert state == "COMPLETED", next(jobdir.glob("slurm-*.out")).read_text()[-3000:]
+    manifest = json.loads((tmp_path / "runs" / "fair" / "latest" / "manifest.json").read_text())
+    assert manifest["status"] == "succeeded" and manifest["engine"]["workers"] == 2
+    assert manifest["engine"]["scheduler"] in (jobdir / "dask-scheduler.log").read_text()  # the job's own scheduler
+    assert _no_processes_mention(str(jobdir)) == []
+
+
+def _digits_deep(tmp_path: Path, epochs: int) -> dict:
+    data = load_config(ROOT / "conf" / "digits_deep.yaml").model_dump(mode="json")
+    deep = {"stage": "deep", "model": "mlp", "epochs": epochs, "batch_size": 16}
+    return {**data, "stages": [data["stages"][0], deep], "runs_dir": str(tmp_path / "runs")}
+
+
+def test_sbatch_horovod_job_trains_with_two_ranks(slurm, tmp_path):
+    job, jobdir = _submit(tmp_path, {**_digits_deep(tmp_path, 3), "batch": {"mode": "horovod", "tasks_per_node": 2}})
+    state = slurm.wait_job(job, 600)
+    assert state == "COMPLETED", next(jobdir.glob("slurm-*.out")).read_text()[-3000:]
+    res = json.loads((tmp_path / "runs" / "digits-deep" / "latest" / "deep" / "mlp" / "results.json").read_text())
+    assert res["ranks"] == 2 and res["epochs_run"] == 3 and res["rank_weight_max_abs_diff"] == 0.0
+
+
+def test_scancel_mid_training_leaves_no_orphans_and_resume_completes_the_run(slurm, tmp_path):
+    data = {**_digits_deep(tmp_path, 40), "batch": {"mode": "horovod", "tasks_per_node": 2}}
+    job, jobdir = _submit(tmp_path, data)
+    runs = tmp_path / "runs" / "digits-deep"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        ckpt = list(runs.glob("2*/checkpoints/mlp/epoch-*"))
+        if len(ckpt) >= 2:
+            break
+        time.sleep(0.2)
+    assert slurm.run("squeue", "-h", "-j", job).stdout.strip(), "the job ended before it could be cancelled"
+    slurm.run("scancel", job)
+    assert slurm.wait_job(job, 120) == "CANCELLED"
+    time.sleep(2)
+    run_dir = next(runs.glob("2*"))
+    assert _no_processes_mention(str(run_dir)) == []  # ranks and horovodrun (their argv names the run)
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] in ("running", "failed")
+    conf = jobdir / "config.yaml"
+    done = subprocess.run([PIPELINES, "run", str(conf), "--resume"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    res = json.loads((run_dir / "deep" / "mlp" / "results.json").read_text())
+    assert manifest["status"] == "succeeded" and res["resumed_from"] >= 2 and res["epochs_run"] == 40
+    assert [h["epoch"] for h in res["history"]] == list(range(1, 41))
+
+
+def test_schedule_installs_a_crontab_entry_once(tmp_path):
+    if shutil.which("crontab") is None:
+        pytest.skip("crontab is not installed (Debian package cron)")
+    before = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
+    conf = tmp_path / "fair.json"
+    conf.write_text(json.dumps(fair(tmp_path)))
+    argv = [PIPELINES, "schedule", str(conf), "--cron", "30 3 * * *"]
+    try:
+        for _ in range(2):  # installing again replaces the entry
+            out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+            assert out.returncode == 0, out.stderr
+        table = subprocess.run(["crontab", "-l"], capture_output=True, text=True).stdout.splitlines()
+        ours = [line for line in table if line.endswith("# pipelines:fair.json")]
+        assert len(ours) == 1 and ours[0].startswith("30 3 * * * cd ") and "--wait --resume" in ours[0]
+        assert shlex.split(ours[0].split(" ", 5)[5].split(" && ", 1)[1])[4] == str(conf)
+    finally:
+        if before.returncode == 0:
+            subprocess.run(["crontab", "-"], input=before.stdout, text=True, check=True)
+        else:
+            subprocess.run(["crontab", "-r"], capture_output=True)
