@@ -176,6 +176,8 @@ def render(
     """The batch script that runs `conf` (the resolved config copy) in the configured mode."""
     b = config.batch
     name = f"pipelines-{config.name}"
+    if any(c.isspace() for c in str(jobdir)):
+        raise PipelineError(f"{jobdir}: the job folder (runs_dir) must not contain spaces (#SBATCH lines cannot quote)")
     log = jobdir / ("slurm-%j.out" if scheduler == "slurm" else "pbs.out")
     header = _slurm_header(b, name, log) if scheduler == "slurm" else _pbs_header(b, name, log)
     extra = [f"-s {q(o)}" for o in overrides or []]

@@ -17,7 +17,8 @@ import numpy as np
 from pipelines.deep.shards import SplitShards
 from pipelines.errors import DataError
 
-CHUNK_BATCHES = 32  # batches gathered per read: sorted reads over the memory maps, then back in shuffled order
+CHUNK_BATCHES = 32  # batches gathered per read from the memory maps
+PREFETCH = 2  # batches read ahead; fixed, not AUTOTUNE: a rank owns few cores and tf.data threads would take them
 
 
 def steps_per_epoch(rows: int, batch: int, size: int) -> int:
@@ -59,7 +60,7 @@ def _dataset(split: SplitShards, plan: np.ndarray) -> Any:
     if split.resident:
         x, y = split.as_tensors()
         rows = tf.data.Dataset.from_tensor_slices(plan)
-        return rows.map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE)
+        return rows.map(lambda i: (tf.gather(x, i), tf.gather(y, i)))
 
     shape = split.x[0].shape[1:]
     signature = (
@@ -71,15 +72,13 @@ def _dataset(split: SplitShards, plan: np.ndarray) -> Any:
 
 def train_dataset(split: SplitShards, rank: int, size: int, batch: int, epoch: int, seed: int) -> Any:
     """tf.data for one epoch of this rank's training share: shuffled, batched, prefetched."""
-    import tensorflow as tf
 
     plan = train_rows(split.rows, rank, size, batch, epoch, seed)
-    return _dataset(split, plan).prefetch(tf.data.AUTOTUNE)
+    return _limit(_dataset(split, plan).prefetch(PREFETCH))
 
 
 def eval_dataset(split: SplitShards, rank: int, size: int, batch: int) -> Any:
     """tf.data over this rank's evaluation share (last batch may be short)."""
-    import tensorflow as tf
 
     start, stop = eval_range(split.rows, rank, size)
     if stop == start:
@@ -90,4 +89,14 @@ def eval_dataset(split: SplitShards, rank: int, size: int, batch: int) -> Any:
     if full < len(rows):
         parts.append(_dataset(split, rows[full:].reshape(1, -1)))
     data = parts[0].concatenate(parts[1]) if len(parts) == 2 else parts[0]
-    return data.prefetch(tf.data.AUTOTUNE)
+    return _limit(data.prefetch(PREFETCH))
+
+
+def _limit(data: Any) -> Any:
+    """One tf.data thread and no autotuning per rank, so input work never competes with the step's cores."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.threading.private_threadpool_size = 1
+    return data.with_options(options)
