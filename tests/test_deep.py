@@ -125,7 +125,7 @@ def _handoff(engine, tmp_path: Path, **stage) -> tuple[object, Path]:
 
     config = PipelineConfig.model_validate(digits_config(tmp_path, engine=engine.kind))
     run, state = run_pipeline(config, engine=engine)
-    return run, hand_off(engine, config, DeepStage(model="softmax", **stage), run, state)
+    return run, hand_off(engine, config, DeepStage(model="softmax", **stage), run, state).dir
 
 
 def test_shards_from_spark_and_dask_are_identical_and_hold_the_ingested_pixels(dask_engine, spark_engine, tmp_path):

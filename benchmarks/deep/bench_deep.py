@@ -138,10 +138,10 @@ def main() -> None:
 
     with make_engine(config.engine) as engine:
         run, state = run_pipeline(config, engine=engine)
-        seconds, tensors, peak = measure(lambda: hand_off(engine, config, DeepStage(model="softmax"), run, state))
+        seconds, shards, peak = measure(lambda: hand_off(engine, config, DeepStage(model="softmax"), run, state))
     rows = state["ingest"].splits["train"]
     print(f"hand-off: {rows:,} train images written as shards in {seconds:.2f}s (peak RSS {peak / 1e6:,.0f} MB)")
-    h = handoff_throughput(tensors, 64)
+    h = handoff_throughput(shards.dir, 64)
     print(
         f"feed (rank 0 of 1, batch 64, shuffled, tf.data): {h['ours_mb_s']:,.0f} MB/s = "
         f"{h['ours_mb_s'] * 1e6 / 3144:,.0f} images/s vs raw memmap read "

@@ -62,9 +62,9 @@ def partition_tensors(
     else:
         x = pdf[list(features)].to_numpy(dtype="float32") if len(pdf) else np.empty((0, len(features)), "float32")
     if classes is not None:
-        lookup = {c: i for i, c in enumerate(classes)}
         keep = np.isin(y, list(classes))
-        x, y = x[keep], np.array([lookup[int(v)] for v in y[keep]], dtype="int64")
+        order = np.argsort(classes)
+        x, y = x[keep], order[np.searchsorted(np.asarray(classes)[order], y[keep])].astype("int64")
     return x, y
 
 
@@ -87,7 +87,7 @@ def write_partition(part: str, directory: str, **how: Any) -> dict[str, Any]:
     for key, array in (("x", x), ("y", y)):
         name = f"{stem}.{key}.npy"
         facts["files"][key] = {"file": name, "sha256": _write(Path(directory) / name, _npy_bytes(array))}
-    facts["classes_seen"] = sorted({int(v) for v in np.unique(y)})
+    facts["label_range"] = [int(y.min()), int(y.max())]
     return facts
 
 
@@ -100,13 +100,14 @@ def write_shards(
     features: Sequence[str],
     label: str,
     classes: Sequence[int] | None,
-    n_classes: int,
+    n_classes: int | None,
     source: dict[str, Any],
 ) -> dict[str, Any]:
     """Write every split's part files (one per ingest partition) as shards under out/<split>/, and the manifest.
 
     The tasks run on the engine's workers, one per part file, so shards are the same whichever engine wrote
-    the splits (Spark's reader would otherwise merge small files into fewer partitions).
+    the splits (Spark's reader would otherwise merge small files into fewer partitions). Without n_classes
+    (tabular labels) the class count is the largest label + 1, from the workers' label ranges.
     """
     how = {"image": image, "features": list(features), "label": label, "classes": list(classes) if classes else None}
     manifest: dict[str, Any] = {
@@ -119,11 +120,12 @@ def write_shards(
         "source": source,
         "splits": {},
     }
-    for split, source in splits.items():
+    low, high = 0, -1
+    for split, folder in splits.items():
         directory = out / split
         directory.mkdir(parents=True)
         target = str(directory)
-        files = [str(f) for f in part_files(source)]
+        files = [str(f) for f in part_files(folder)]
         parts = engine.run_tasks(lambda part, d=target: write_partition(part, d, **how), files)
         shards = []
         for facts in parts:
@@ -137,7 +139,12 @@ def write_shards(
                 entry[key] = {"file": f"{split}/{final}", "sha256": f["sha256"]}
             shards.append(entry)
             manifest["sample_shape"] = facts["shape"]
+            low, high = min(low, facts["label_range"][0]), max(high, facts["label_range"][1])
         manifest["splits"][split] = {"rows": sum(s["rows"] for s in shards), "shards": shards}
+    if low < 0:
+        raise DataError(f"{out}: labels must be class numbers 0..K-1, found {low}")
+    if not manifest["classes"]:
+        manifest["classes"] = high + 1
     atomic_write_json(out / MANIFEST, manifest)
     return manifest
 

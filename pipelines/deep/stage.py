@@ -45,13 +45,16 @@ def tensors_key(stage: DeepStage) -> str:
     return "all" if stage.classes is None else "classes-" + "-".join(str(c) for c in stage.classes)
 
 
-def hand_off(engine: Engine, config: PipelineConfig, stage: DeepStage, run: Any, state: dict[str, Any]) -> Path:
-    """Write (once per run and class filter) the ingested splits as tensor shards; returns their folder."""
+def hand_off(engine: Engine, config: PipelineConfig, stage: DeepStage, run: Any, state: dict[str, Any]) -> TensorShards:
+    """Write (once per run and class filter) the ingested splits as tensor shards.
+
+    Shards written earlier (an earlier stage, or a resumed run) are verified against their checksums here,
+    once, before any rank starts; fresh shards were hashed as they were written.
+    """
     key = tensors_key(stage)
     target = run.dir / "tensors" / key
     if (target / MANIFEST).exists():
-        TensorShards(target, verify=True)
-        return target
+        return TensorShards(target, verify=True)
     ingest = state.get("ingest")
     if ingest is None or "train" not in ingest.outputs:
         raise ConfigError(f"deep stage {stage.output_name!r} needs an ingest stage with write: true before it")
@@ -78,12 +81,9 @@ def hand_off(engine: Engine, config: PipelineConfig, stage: DeepStage, run: Any,
             features=features,
             label=label,
             classes=stage.classes,
-            n_classes=len(stage.classes) if stage.classes else (total or 0),
+            n_classes=len(stage.classes) if stage.classes else total,
             source={"engine": engine.kind, "dataset": ingest.dataset, "run": run.id},
         )
-        if not manifest["classes"]:
-            manifest["classes"] = _classes_from_shards(tmp, manifest)
-            atomic_write_json(tmp / MANIFEST, manifest)
         if manifest["splits"].get("train", {}).get("rows", 0) == 0:
             raise DataError(f"deep stage {stage.output_name!r}: no training rows left after the class filter")
     log.info(
@@ -91,22 +91,7 @@ def hand_off(engine: Engine, config: PipelineConfig, stage: DeepStage, run: Any,
         key,
         ", ".join(f"{s} {v['rows']:,} rows in {len(v['shards'])} shards" for s, v in manifest["splits"].items()),
     )
-    return target
-
-
-def _classes_from_shards(directory: Path, manifest: dict[str, Any]) -> int:
-    import numpy as np
-
-    top = -1
-    for split in manifest["splits"].values():
-        for shard in split["shards"]:
-            y = np.load(directory / shard["y"]["file"], allow_pickle=False)
-            if len(y) and y.min() < 0:
-                raise DataError(
-                    f"{directory / shard['y']['file']}: labels must be class numbers 0..K-1, found {y.min()}"
-                )
-            top = max(top, int(y.max()) if len(y) else -1)
-    return top + 1
+    return TensorShards(target, verify=False)
 
 
 def _transfer_model(stage: DeepStage, run: Any) -> str | None:
@@ -124,14 +109,14 @@ def run_deep(
     engine: Engine, config: PipelineConfig, stage: DeepStage, run: Any, state: dict[str, Any], ranks: int | None = None
 ) -> DeepResult:
     """Hand off the data, train with Horovod ranks, write deep/<name>/ (model, history, plots, results)."""
-    tensors = hand_off(engine, config, stage, run, state)
+    shards = hand_off(engine, config, stage, run, state)
     name = stage.output_name
     checkpoints = run.dir / "checkpoints" / name
     checkpoints.mkdir(parents=True, exist_ok=True)
-    classes = stage.classes or list(range(TensorShards(tensors, verify=False).classes))
+    classes = stage.classes or list(range(shards.classes))
     spec = {
         "stage": stage.model_dump(mode="json"),
-        "tensors": str(tensors),
+        "tensors": str(shards.dir),
         "checkpoints": str(checkpoints),
         "transfer_model": _transfer_model(stage, run),
         "class_names": [str(c) for c in classes],

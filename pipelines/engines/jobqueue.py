@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 import socket
 import sys
 from typing import Any
@@ -110,7 +111,7 @@ def make_cluster(settings: Any) -> Any:
         "account": settings.account,
         "python": settings.python or sys.executable,
         "job_extra_directives": list(settings.job_extra_directives),
-        "job_script_prologue": [f"export {k}={_quote(v)}" for k, v in settings.env.items()],
+        "job_script_prologue": [f"export {k}={shlex.quote(v)}" for k, v in settings.env.items()],
         "worker_extra_args": extra,
         "interface": pick_interface(settings.interface),
         "scheduler_options": {"dashboard_address": ":0", **scheduler_interface},
@@ -139,9 +140,3 @@ def scale(cluster: Any, settings: Any) -> int:
         return max(1, a.minimum) * per_job
     cluster.scale(jobs=settings.jobs)
     return settings.jobs * per_job
-
-
-def _quote(value: str) -> str:
-    import shlex
-
-    return shlex.quote(value)
