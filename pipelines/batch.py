@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.atomic import atomic_write_json, atomic_write_text
-from pipelines.config import BatchSettings, PipelineConfig, dump_config
+from pipelines.config import PipelineConfig, dump_config
 from pipelines.errors import PipelineError
+from pipelines.launch.config import BatchSettings
 
 q = shlex.quote
 

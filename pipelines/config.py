@@ -7,17 +7,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import Field, PositiveInt, ValidationError, model_validator
 
+from pipelines.engines.config import EngineConfig
 from pipelines.errors import ConfigError
-
-ColumnType = Literal["float", "int", "str", "category", "bool"]
-
-
-class StrictModel(BaseModel):
-    """Base for config sections: unknown keys are errors."""
-
-    model_config = ConfigDict(extra="forbid")
+from pipelines.ingest.config import DatasetConfig, SplitConfig
+from pipelines.launch.config import BatchSettings
+from pipelines.settings import StrictModel
 
 
 class StageBase(StrictModel):
@@ -29,134 +25,6 @@ class StageBase(StrictModel):
     def output_name(self) -> str:
         """Name of this stage in the manifest, metrics.json and output directories."""
         return self.stage
-
-
-class SparkSettings(StrictModel):
-    """How to reach Spark; master None means the one spark-submit gave, else local[*]."""
-
-    master: str | None = None
-    app_name: str | None = None
-    conf: dict[str, str] = Field(default_factory=dict)
-
-
-SafeText = Annotated[str, Field(pattern=r"^[^\n\r\x00]*$")]  # one line: it may reach a job script (quoted)
-Directive = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.,:=/@%+-]+( [A-Za-z0-9_.,:=/@%+-]+)?$")]  # scheduler-parsed
-EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-
-
-class AdaptiveSettings(StrictModel):
-    """Adaptive scaling bounds (in jobs); a worker is retired only after `wait_count` idle checks."""
-
-    minimum: int = Field(default=1, ge=0)
-    maximum: PositiveInt = 4
-    wait_count: PositiveInt = 10
-    interval: Directive = "2s"
-
-
-class JobqueueSettings(StrictModel):
-    """Dask workers as SLURM/PBS jobs through dask-jobqueue."""
-
-    scheduler: Literal["slurm", "pbs"] = "slurm"
-    cores: PositiveInt = 1
-    memory: Directive = "2GB"
-    memory_directive: bool = True
-    processes: PositiveInt = 1
-    walltime: Directive = "01:00:00"
-    queue: Directive | None = None
-    account: Directive | None = None
-    interface: Directive | None = Field(default=None, description="worker interface: a name, 'auto' or None")
-    scheduler_interface: Directive | None = None
-    job_extra_directives: list[Directive] = Field(default_factory=list)
-    env: dict[EnvName, SafeText] = Field(default_factory=dict)
-    python: SafeText | None = None
-    jobs: PositiveInt = 1
-    adaptive: AdaptiveSettings | None = None
-    lifetime: Directive | None = Field(default=None, description="'none', a walltime, or default 90 % of walltime")
-    lifetime_stagger: Directive | None = None
-    local_directory: SafeText | None = None
-    log_directory: SafeText | None = None
-    death_timeout: PositiveInt = 60
-    start_timeout: PositiveInt = 300
-
-
-class DaskSettings(StrictModel):
-    """How to reach Dask: a scheduler address or file, dask-jobqueue jobs, or (default) a LocalCluster."""
-
-    scheduler: str | None = None
-    scheduler_file: str | None = None
-    wait_for_workers: int = Field(default=0, ge=0)
-    jobqueue: JobqueueSettings | None = None
-    n_workers: PositiveInt = 2
-    threads_per_worker: PositiveInt = 1
-    memory_limit: str = "auto"
-
-
-class EngineConfig(StrictModel):
-    """Which engine runs the data stages, and how finely data is partitioned."""
-
-    kind: Literal["spark", "dask"] = "dask"
-    partitions: PositiveInt = 4
-    spark: SparkSettings = Field(default_factory=SparkSettings)
-    dask: DaskSettings = Field(default_factory=DaskSettings)
-
-
-class ImageSpec(StrictModel):
-    """Declared shape of one image record and the number of label classes."""
-
-    shape: list[PositiveInt] = Field(min_length=1, max_length=3)
-    classes: PositiveInt | None = None
-
-
-class NpzKeys(StrictModel):
-    """Array names inside an .npz archive."""
-
-    images: str = "x"
-    labels: str = "y"
-
-
-class DatasetConfig(StrictModel):
-    """Where the data is and what it must look like."""
-
-    name: str
-    format: Literal["csv", "parquet", "idx", "npz"]
-    path: str | list[str]
-    labels_path: str | None = None
-    features: list[str] | None = None
-    label: str | None = None
-    types: dict[str, ColumnType] = Field(default_factory=dict)
-    categories: dict[str, list[str]] = Field(default_factory=dict)
-    formula: str | None = None
-    image: ImageSpec | None = None
-    npz_keys: NpzKeys = Field(default_factory=NpzKeys)
-    delimiter: str = Field(default=",", min_length=1, max_length=1)
-
-    @model_validator(mode="after")
-    def _check_shape(self) -> DatasetConfig:
-        tabular = self.format in ("csv", "parquet")
-        if tabular and self.image is None:
-            if self.formula and (self.features or self.label):
-                raise ValueError("give either 'formula' or 'features'/'label', not both")
-            if not self.formula and not self.features:
-                raise ValueError("tabular data needs 'formula' or 'features' (and usually 'label')")
-        if not tabular and self.image is None:
-            raise ValueError(f"format {self.format!r} needs an 'image' section (shape, classes)")
-        if self.format == "idx" and not self.labels_path:
-            raise ValueError("format 'idx' needs 'labels_path' (the labels IDX file)")
-        return self
-
-
-class SplitConfig(StrictModel):
-    """Seeded hash split: membership depends only on (file, row, seed)."""
-
-    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
-    val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _check_total(self) -> SplitConfig:
-        if self.test_fraction + self.val_fraction >= 1.0:
-            raise ValueError("test_fraction + val_fraction must be below 1")
-        return self
 
 
 class IngestStage(StageBase):
@@ -289,35 +157,6 @@ class DeepStage(StageBase):
 
 
 StageConfig = Annotated[IngestStage | ModelStage | DeepStage, Field(discriminator="stage")]
-
-
-class SparkBatchSettings(StrictModel):
-    """Spark standalone inside a batch job."""
-
-    master_port: int = Field(default=7077, ge=1024, le=65535)
-    webui_port: int = Field(default=8080, ge=0, le=65535)
-    worker_memory: Directive = "4g"
-    executor_memory: Directive = "2g"
-
-
-class BatchSettings(StrictModel):
-    """A batch job for `pipelines submit`: resources, environment, and what runs inside it."""
-
-    mode: Literal["spark", "dask", "horovod", "local"] = "local"
-    nodes: PositiveInt = 1
-    tasks_per_node: PositiveInt = 1
-    cpus_per_task: PositiveInt = 1
-    gpus_per_node: int = Field(default=0, ge=0)
-    memory: Directive | None = None
-    walltime: Directive = "01:00:00"
-    partition: Directive | None = None
-    account: Directive | None = None
-    extra_directives: list[Directive] = Field(default_factory=list)
-    modules: list[SafeText] = Field(default_factory=list)
-    env: dict[EnvName, SafeText] = Field(default_factory=dict)
-    spark: SparkBatchSettings = Field(default_factory=SparkBatchSettings)
-    dask_worker_memory: Directive = "2GB"
-    pbs_resources: Literal["select", "nodes"] = Field(default="select", description="PBS Pro select= or Torque nodes=")
 
 
 class PipelineConfig(StrictModel):

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def dask_engine():
-    from pipelines.config import DaskSettings
+    from pipelines.engines.config import DaskSettings
     from pipelines.engines.dask_engine import DaskEngine
 
     engine = DaskEngine(DaskSettings(n_workers=2, threads_per_worker=1, memory_limit="3GB"))
@@ -26,7 +26,7 @@ def dask_engine():
 
 @pytest.fixture(scope="session")
 def spark_engine():
-    from pipelines.config import SparkSettings
+    from pipelines.engines.config import SparkSettings
     from pipelines.engines.spark_engine import SparkEngine
 
     engine = SparkEngine(SparkSettings(master="local[2]"), partitions=4)

@@ -17,9 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import DatasetConfig, IngestStage, PipelineConfig
+from pipelines.config import IngestStage, PipelineConfig
 from pipelines.data.bundled import idx_bytes
 from pipelines.errors import DataError
+from pipelines.ingest.config import DatasetConfig
 from pipelines.ingest.stage import run_ingest
 from pipelines.runs import Run
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.config import DatasetConfig
 from pipelines.errors import ConfigError, DataError
+from pipelines.ingest.config import DatasetConfig
 from pipelines.ingest.schema import parse_formula, resolve_table_schema
 
 

@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import DatasetConfig, IngestStage
+from pipelines.config import IngestStage
 from pipelines.data.bundled import idx_bytes
 from pipelines.data.synthetic import generate
 from pipelines.ingest import sources
+from pipelines.ingest.config import DatasetConfig
 from pipelines.ingest.stage import plan_ingest, read_part
 
 

@@ -30,8 +30,8 @@ from sklearn import linear_model as sklin
 
 from benchmarks.common import measure
 from pipelines.classical import PCA, Blocks, KMeans, LinearRegression, LogisticRegression, RandomForestClassifier
-from pipelines.config import DaskSettings, SparkSettings
 from pipelines.data.synthetic import generate
+from pipelines.engines.config import DaskSettings, SparkSettings
 from pipelines.engines.dask_engine import DaskEngine
 from pipelines.engines.spark_engine import SparkEngine
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pipelines.config import EngineConfig
 from pipelines.engines.base import Engine
+from pipelines.engines.config import EngineConfig
 
 
 def make_engine(config: EngineConfig) -> Engine:

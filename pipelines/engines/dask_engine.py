@@ -12,7 +12,6 @@ import pandas as pd
 import pyarrow as pa
 from distributed import wait
 
-from pipelines.config import DaskSettings
 from pipelines.engines.base import (
     Block,
     BlockFn,
@@ -26,6 +25,7 @@ from pipelines.engines.base import (
     empty_frame,
     encode_result,
 )
+from pipelines.engines.config import DaskSettings
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipelines.config import SparkSettings
 from pipelines.engines.base import (
     ROW_KEYS,
     Block,
@@ -28,6 +27,7 @@ from pipelines.engines.base import (
     encode_result,
     to_arrow,
 )
+from pipelines.engines.config import SparkSettings
 from pipelines.javacheck import require_java
 
 log = logging.getLogger(__name__)

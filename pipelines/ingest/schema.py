@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from pipelines.config import ColumnType, DatasetConfig
 from pipelines.errors import ConfigError, DataError
+from pipelines.ingest.config import ColumnType, DatasetConfig
 
 ARROW_TYPES: dict[str, pa.DataType] = {
     "float": pa.float64(),

@@ -6,7 +6,7 @@ import zlib
 
 import numpy as np
 
-from pipelines.config import SplitConfig
+from pipelines.ingest.config import SplitConfig
 
 TRAIN, VAL, TEST = 0, 1, 2
 SPLIT_NAMES = {TRAIN: "train", VAL: "val", TEST: "test"}

@@ -13,11 +13,12 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.atomic import atomic_write_bytes
-from pipelines.config import DatasetConfig, IngestStage, SplitConfig
+from pipelines.config import IngestStage
 from pipelines.data.bundled import resolve_path
 from pipelines.engines.base import Engine
 from pipelines.errors import DataError
 from pipelines.ingest import readers, sources
+from pipelines.ingest.config import DatasetConfig, SplitConfig
 from pipelines.ingest.schema import TableSchema, resolve_table_schema
 from pipelines.ingest.split import SPLIT_NAMES, assign_split
 from pipelines.ingest.transform import (

@@ -1,0 +1,39 @@
+"""Config section of the engine seam: which engine, how to reach it, how finely data is partitioned."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveInt
+
+from pipelines.launch.config import JobqueueSettings
+from pipelines.settings import StrictModel
+
+
+class SparkSettings(StrictModel):
+    """How to reach Spark; master None means the one spark-submit gave, else local[*]."""
+
+    master: str | None = None
+    app_name: str | None = None
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class DaskSettings(StrictModel):
+    """How to reach Dask: a scheduler address or file, dask-jobqueue jobs, or (default) a LocalCluster."""
+
+    scheduler: str | None = None
+    scheduler_file: str | None = None
+    wait_for_workers: int = Field(default=0, ge=0)
+    jobqueue: JobqueueSettings | None = None
+    n_workers: PositiveInt = 2
+    threads_per_worker: PositiveInt = 1
+    memory_limit: str = "auto"
+
+
+class EngineConfig(StrictModel):
+    """Which engine runs the data stages, and how finely data is partitioned."""
+
+    kind: Literal["spark", "dask"] = "dask"
+    partitions: PositiveInt = 4
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    dask: DaskSettings = Field(default_factory=DaskSettings)

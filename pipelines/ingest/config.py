@@ -1,0 +1,70 @@
+"""Config sections of the ingest family: the dataset (files, schema, images) and the split."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, PositiveInt, model_validator
+
+from pipelines.settings import StrictModel
+
+ColumnType = Literal["float", "int", "str", "category", "bool"]
+
+
+class ImageSpec(StrictModel):
+    """Declared shape of one image record and the number of label classes."""
+
+    shape: list[PositiveInt] = Field(min_length=1, max_length=3)
+    classes: PositiveInt | None = None
+
+
+class NpzKeys(StrictModel):
+    """Array names inside an .npz archive."""
+
+    images: str = "x"
+    labels: str = "y"
+
+
+class DatasetConfig(StrictModel):
+    """Where the data is and what it must look like."""
+
+    name: str
+    format: Literal["csv", "parquet", "idx", "npz"]
+    path: str | list[str]
+    labels_path: str | None = None
+    features: list[str] | None = None
+    label: str | None = None
+    types: dict[str, ColumnType] = Field(default_factory=dict)
+    categories: dict[str, list[str]] = Field(default_factory=dict)
+    formula: str | None = None
+    image: ImageSpec | None = None
+    npz_keys: NpzKeys = Field(default_factory=NpzKeys)
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+
+    @model_validator(mode="after")
+    def _check_shape(self) -> DatasetConfig:
+        tabular = self.format in ("csv", "parquet")
+        if tabular and self.image is None:
+            if self.formula and (self.features or self.label):
+                raise ValueError("give either 'formula' or 'features'/'label', not both")
+            if not self.formula and not self.features:
+                raise ValueError("tabular data needs 'formula' or 'features' (and usually 'label')")
+        if not tabular and self.image is None:
+            raise ValueError(f"format {self.format!r} needs an 'image' section (shape, classes)")
+        if self.format == "idx" and not self.labels_path:
+            raise ValueError("format 'idx' needs 'labels_path' (the labels IDX file)")
+        return self
+
+
+class SplitConfig(StrictModel):
+    """Seeded hash split: membership depends only on (file, row, seed)."""
+
+    test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_total(self) -> SplitConfig:
+        if self.test_fraction + self.val_fraction >= 1.0:
+            raise ValueError("test_fraction + val_fraction must be below 1")
+        return self
