@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import statsmodels.api as sm
@@ -69,9 +70,11 @@ def test_linear_regression_stage_matches_statsmodels(engine, tmp_path):
     )
     assert abs(metrics["forest"]["r2"] - ref_r2) <= 0.01
     assert (run.dir / "plots" / "forest" / "importances.png").stat().st_size > 1000
-    # a saved model reloads and predicts the same
+    # a saved model reloads and predicts the same, and keeps its summary
     again = load_model(run.dir / "models" / "lm")
-    np.testing.assert_allclose(again.predict(xt), model.predict(xt), rtol=1e-12)
+    named = pd.DataFrame(xt, columns=features)
+    np.testing.assert_allclose(again.predict(named), model.predict(named), rtol=1e-12)
+    assert str(again.summary()) == str(model.summary())
 
 
 def test_binomial_glm_stage_matches_statsmodels(engine, tmp_path):
@@ -128,10 +131,9 @@ def test_engines_give_the_same_deterministic_fits(dask_engine, spark_engine, tmp
     )
 
 
-def test_blocks_join_many_arrow_batches_and_name_a_late_nan(engine, tmp_path):
-    # 25,000 rows in 2 partitions: Spark hands each partition over in several Arrow batches of 10,000.
-    import pandas as pd
-
+def test_blocks_hold_whole_partitions_and_name_a_late_nan(engine, tmp_path):
+    # 25,000 rows in 2 partitions: Spark hands each partition over in several Arrow batches of 10,000,
+    # and the engine calls the block function once on the whole partition (it knows nothing of block keys).
     from pipelines.classical import Blocks
     from pipelines.errors import DataError
 
@@ -143,8 +145,17 @@ def test_blocks_join_many_arrow_batches_and_name_a_late_nan(engine, tmp_path):
     for i, part in enumerate((frame.iloc[:12_500], frame.iloc[12_500:])):
         part.to_parquet(tmp_path / "data" / f"part-{i}.parquet", index=False)
     data = engine.read_parquet(str(tmp_path / "data"))
+    sizes = [n for n in engine.partition_sizes(data) if n]
+    handle = engine.to_blocks(data, lambda pdf: {"seen": np.array(len(pdf))})
+    try:
+        seen = engine.map_blocks(handle, lambda block: (int(block["part"]), int(block["seen"])))
+    finally:
+        engine.release_blocks(handle)
+    assert [n for _, n in seen if n] == sizes and len(sizes) >= 2  # one call per partition, on all its rows
+    assert len({part for part, _ in seen}) == len(seen)
     with Blocks.from_frame(engine, data, ["a", "b"], "y") as blocks:
         assert blocks.n_rows == 25_000
+        assert [n for n in blocks.rows_per_block if n] == sizes
         rows = np.concatenate(blocks.map(lambda block: block["row"]))
         assert sorted(rows.tolist()) == list(range(25_000))
         x = np.vstack(blocks.map(lambda block: block["x"]))

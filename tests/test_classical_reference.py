@@ -16,6 +16,7 @@ from sklearn import linear_model as sklin
 from sklearn.base import clone
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.decomposition import PCA as SkPCA
+from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
@@ -253,5 +254,5 @@ def test_estimators_follow_the_sklearn_parameter_protocol():
     model = LogisticRegression(C=2.0).set_params(max_iter=7)
     assert model.get_params()["C"] == 2.0 and model.get_params()["max_iter"] == 7
     assert "C=2.0" in repr(model)
-    with pytest.raises(DataError, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         LogisticRegression().predict(np.ones((2, 2)))

@@ -1,6 +1,6 @@
 """Classical models on row blocks, one implementation for both engines, scikit-learn-shaped."""
 
-from pipelines.classical.data import Blocks
+from pipelines.classical.data import Blocks, ModelInputError
 from pipelines.classical.decomposition import PCA, TruncatedSVD
 from pipelines.classical.forest import RandomForestClassifier, RandomForestRegressor
 from pipelines.classical.kmeans import KMeans, elbow
@@ -25,6 +25,7 @@ __all__ = [
     "KMeans",
     "LinearRegression",
     "LogisticRegression",
+    "ModelInputError",
     "RandomForestClassifier",
     "RandomForestRegressor",
     "TruncatedSVD",

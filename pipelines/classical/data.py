@@ -18,6 +18,10 @@ R = TypeVar("R")
 MAX_LEVELS = 1000
 
 
+class ModelInputError(DataError, ValueError):
+    """Input a model cannot fit: a DataError for the CLI, and the ValueError scikit-learn's API promises."""
+
+
 def block_key(block: Block) -> str:
     """A block's identity: its source file and first row (the same on either engine), else its partition."""
     if block.get("source"):
@@ -41,6 +45,7 @@ def extract_block(pdf: pd.DataFrame, features: Sequence[str], label: str | None)
     }
     if label is not None:
         block["y"] = pdf[label].to_numpy(dtype="float64", na_value=np.nan)
+        block["y_int"] = np.array(pd.api.types.is_integer_dtype(pdf[label].dtype))
     bad = ~np.isfinite(x)
     if label is not None:
         bad = np.column_stack([bad, ~np.isfinite(block["y"])])
@@ -67,6 +72,7 @@ def _block_facts(block: Block) -> dict[str, Any]:
     if "y" in block:
         levels = np.unique(block["y"])
         facts["labels"] = levels.tolist() if len(levels) <= MAX_LEVELS else None
+        facts["integer_labels"] = bool(block.get("y_int", False))
     return facts
 
 
@@ -74,7 +80,9 @@ def _block_facts(block: Block) -> dict[str, Any]:
 class Blocks:
     """A model's input: row blocks (x, y, row) on an engine's workers, or in this process when engine is None.
 
-    rows_per_block, keys (block identities) and labels (distinct label values) are in block order.
+    rows_per_block and keys (block identities) are in block order; labels are the distinct label values
+    (empty above MAX_LEVELS), integer_labels whether the label column has an integer type; named is False
+    when the feature names were made up (x0, x1, ...) for an array without column names.
     """
 
     features: list[str]
@@ -84,6 +92,8 @@ class Blocks:
     rows_per_block: list[int] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
     labels: list[float] = field(default_factory=list)
+    integer_labels: bool = False
+    named: bool = True
 
     @property
     def n_rows(self) -> int:
@@ -117,16 +127,19 @@ class Blocks:
         self.keys = [f["key"] for f in facts]
         levels = [f.get("labels") for f in facts]
         self.labels = [] if None in levels else sorted({v for part in levels for v in part or []})
+        self.integer_labels = any("integer_labels" in f for f in facts) and all(
+            f["integer_labels"] for f in facts if "integer_labels" in f
+        )
         bad = [f["bad"] for f in facts if "bad" in f]
         if bad:
             source, row, column, count = bad[0]
             total = sum(int(b[3]) for b in bad)
-            raise DataError(
-                f"{what}: {total} non-finite value(s) reached the model; first at {source} row {row}, "
+            raise ModelInputError(
+                f"{what}: {total} non-finite value(s) (NaN or inf) reached the model; first at {source} row {row}, "
                 f"column {column!r} (ingest should have quarantined it: check the column's declared type)"
             )
         if self.n_rows == 0:
-            raise DataError(f"{what}: no rows to fit")
+            raise ModelInputError(f"{what}: no rows to fit")
         return self
 
     @classmethod
@@ -148,40 +161,33 @@ class Blocks:
     @classmethod
     def from_arrays(
         cls,
-        x: Any,
+        X: Any,
         y: Any = None,
         n_blocks: int = 1,
         features: Sequence[str] | None = None,
         label: str | None = None,
     ) -> Blocks:
-        """Wrap in-memory arrays (NumPy or pandas) as local blocks."""
-        if isinstance(x, pd.DataFrame):
-            features = list(features or x.columns.astype(str))
-            x = x.to_numpy(dtype="float64")
-        x = np.asarray(x, dtype="float64")
-        if x.ndim != 2:
-            raise DataError(f"expected a 2-D feature matrix, got shape {x.shape}")
-        features = list(features or [f"x{i}" for i in range(x.shape[1])])
-        frame = pd.DataFrame(x, columns=features)
-        frame["_row"] = np.arange(len(x))
+        """Wrap in-memory numeric arrays (NumPy or pandas) as local blocks."""
+        named = features is not None or isinstance(X, pd.DataFrame)
+        if isinstance(X, pd.DataFrame):
+            features = list(features or X.columns.astype(str))
+            X = X.to_numpy(dtype="float64")
+        X = np.asarray(X, dtype="float64")
+        if X.ndim != 2:
+            raise ModelInputError(f"expected a 2-D feature matrix, got shape {X.shape}")
+        features = list(features or [f"x{i}" for i in range(X.shape[1])])
+        frame = pd.DataFrame(X, columns=features)
+        frame["_row"] = np.arange(len(X))
         frame["_source"] = "<array>"
         name = None
         if y is not None:
             name = label or (y.name if isinstance(y, pd.Series) and y.name else "y")
-            frame[name] = np.asarray(y, dtype="float64")
+            labels = np.asarray(y)
+            frame[name] = labels if labels.dtype.kind in "iu" else labels.astype("float64")
         bounds = np.linspace(0, len(frame), max(1, n_blocks) + 1).astype(int)
         pairs = zip(bounds[:-1], bounds[1:], strict=True)
         handle = [{**extract_block(frame.iloc[a:b], features, name), "part": i} for i, (a, b) in enumerate(pairs)]
-        return cls(features, name, None, handle)._check("data")
-
-
-def as_blocks(x: Any, y: Any = None) -> tuple[Blocks, bool]:
-    """Accept Blocks or arrays; returns (blocks, whether we created them and must release them)."""
-    if isinstance(x, Blocks):
-        if y is not None:
-            raise DataError("pass labels inside Blocks (label column), not as y")
-        return x, False
-    return Blocks.from_arrays(x, y), True
+        return cls(features, name, None, handle, named=named)._check("data")
 
 
 def gather(blocks: Blocks, fn: Callable[[Block], np.ndarray]) -> np.ndarray:

@@ -6,16 +6,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn import metrics as skm
 
 from pipelines.classical import plots
+from pipelines.classical.base import seed_of
 from pipelines.classical.data import Blocks, gather, sample_rows
 from pipelines.classical.decomposition import PCA, components_for_variance
 from pipelines.classical.kmeans import KMeans
+from pipelines.classical.summary import label_text
 
 
 def _class_names(classes: np.ndarray) -> list[str]:
-    return [f"{c:g}" for c in classes]
+    return [label_text(c) for c in classes]
+
+
+def _named(model: Any, x: np.ndarray) -> Any:
+    """Sampled rows with the feature names the model was fitted with (no feature-name warning)."""
+    names = getattr(model, "feature_names_in_", None)
+    return pd.DataFrame(x, columns=list(names)) if names is not None else x
 
 
 def classification(model: Any, test: Blocks, plot_dir: Path | None) -> dict[str, Any]:
@@ -70,8 +79,8 @@ def clustering(
     model: KMeans, train: Blocks, plot_dir: Path | None, sample: int, elbow_ks: list[int] | None
 ) -> dict[str, Any]:
     """Inertia, cluster sizes and centres, silhouette on a sample, an elbow curve over ks (one run per k)."""
-    x, y = sample_rows(train, sample, seed=model.random_state)
-    labels = model.predict(x)
+    x, y = sample_rows(train, sample, seed=seed_of(model.random_state))
+    labels = model.predict(_named(model, x))
     out: dict[str, Any] = {
         "inertia": float(model.inertia_),
         "n_iter": int(model.n_iter_),
@@ -101,19 +110,18 @@ def decomposition(
     model: Any, train: Blocks, plot_dir: Path | None, sample: int, targets: list[float]
 ) -> dict[str, Any]:
     """Explained variance (ratio), k for each variance target, scree plot and a labelled 2-D scatter."""
-    full = getattr(model, "all_explained_variance_ratio_", None)
-    ratio = full if full is not None else model.explained_energy_ratio_
+    ratio = model.all_explained_variance_ratio_
     ks = {f"{t:.0%}": components_for_variance(ratio, t) for t in targets}
     out: dict[str, Any] = {
-        "n_components": int(len(model.components_)),
-        "explained_variance_ratio": [float(v) for v in ratio[: len(model.components_)]],
+        "n_components": int(model.n_components_),
+        "explained_variance_ratio": [float(v) for v in model.explained_variance_ratio_],
+        "explained_variance": [float(v) for v in model.explained_variance_],
         "components_for_variance": ks,
     }
-    if hasattr(model, "explained_variance_"):
-        out["explained_variance"] = [float(v) for v in model.explained_variance_]
     if plot_dir is not None:
-        out["plots"] = [plots.scree(plot_dir / "scree.png", ratio[: max(len(model.components_), *ks.values())], ks)]
-        if len(model.components_) >= 2:
+        out["plots"] = [plots.scree(plot_dir / "scree.png", ratio[: max(model.n_components_, *ks.values())], ks)]
+        if model.n_components_ >= 2:
             x, y = sample_rows(train, sample, seed=0)
-            out["plots"].append(plots.scatter(plot_dir / "scatter_2d.png", model.transform(x)[:, :2], y, "first 2 PCs"))
+            scores = np.asarray(model.transform(_named(model, x)))[:, :2]
+            out["plots"].append(plots.scatter(plot_dir / "scatter_2d.png", scores, y, "first 2 PCs"))
     return out

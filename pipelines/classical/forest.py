@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from numbers import Integral, Real
 from typing import Any, Literal
 
 import numpy as np
+from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.ensemble import RandomForestClassifier as SkForestClassifier
 from sklearn.ensemble import RandomForestRegressor as SkForestRegressor
+from sklearn.utils._param_validation import Interval, RealNotInt, StrOptions
+from sklearn.utils.validation import check_is_fitted
 
-from pipelines.classical.base import Estimator
+from pipelines.classical.base import Estimator, seed_of
 from pipelines.classical.data import Blocks, block_key, block_seed
 from pipelines.engines.base import Block
-from pipelines.errors import DataError
 
 
 def allocate_trees(n_trees: int, rows: list[int]) -> list[int]:
@@ -28,15 +31,33 @@ class _Forest(Estimator):
     """Shared machinery: grow per-block sub-forests, keep their trees, average their outputs."""
 
     _classifier = True
+    _parameter_constraints: dict[str, list[Any]] = {
+        "n_estimators": [Interval(Integral, 1, None, closed="left")],
+        "max_depth": [Interval(Integral, 1, None, closed="left"), None],
+        "min_samples_leaf": [
+            Interval(Integral, 1, None, closed="left"),
+            Interval(RealNotInt, 0.0, 1.0, closed="neither"),
+        ],
+        "max_features": [
+            Interval(Integral, 1, None, closed="left"),
+            Interval(RealNotInt, 0.0, 1.0, closed="right"),
+            StrOptions({"sqrt", "log2"}),
+            None,
+        ],
+        "bootstrap": ["boolean"],
+        "random_state": ["random_state"],
+        "sampling": [StrOptions({"auto", "global", "local"})],
+        "max_gather_mb": [Interval(Real, 0, None, closed="left")],
+    }
 
     def __init__(
         self,
         n_estimators: int = 100,
         max_depth: int | None = None,
-        min_samples_leaf: int = 1,
+        min_samples_leaf: int | float = 1,
         max_features: str | float | int | None = "sqrt",
         bootstrap: bool = True,
-        random_state: int = 0,
+        random_state: int | np.random.RandomState | None = 0,
         sampling: Literal["auto", "global", "local"] = "auto",
         max_gather_mb: float = 256.0,
     ) -> None:
@@ -50,12 +71,7 @@ class _Forest(Estimator):
         self.max_gather_mb = max_gather_mb
 
     def _fit(self, blocks: Blocks) -> None:
-        if self.n_estimators < 1:
-            raise DataError(f"random forest: n_estimators must be at least 1, got {self.n_estimators}")
-        if self._classifier:
-            if not blocks.labels or len(blocks.labels) < 2:
-                raise DataError("random forest classifier needs a label with 2 to 1000 distinct classes")
-            self.classes_ = np.asarray(blocks.labels, dtype=float)
+        labels = np.asarray(blocks.labels, dtype=float)  # the label values the blocks hold, in classes_ order
         params = {
             "max_depth": self.max_depth,
             "min_samples_leaf": self.min_samples_leaf,
@@ -66,10 +82,11 @@ class _Forest(Estimator):
         factory = SkForestClassifier if self._classifier else SkForestRegressor
         size_mb = blocks.n_rows * (blocks.n_features + 1) * 8 / 2**20
         mode = self.sampling if self.sampling != "auto" else ("global" if size_mb <= self.max_gather_mb else "local")
+        seed = seed_of(self.random_state)
         grown = (
-            self._grow_global(blocks, factory, params)
+            self._grow_global(blocks, factory, params, seed)
             if mode == "global"
-            else self._grow_local(blocks, factory, params)
+            else self._grow_local(blocks, factory, params, seed)
         )
         self.sampling_ = mode
         self.trees_: list[Any] = []
@@ -78,15 +95,14 @@ class _Forest(Estimator):
             for tree in trees:
                 self.trees_.append(tree)
                 if classes is not None:
-                    self.tree_columns_.append(np.searchsorted(self.classes_, classes))
-        self.n_features_in_ = blocks.n_features
-        self.feature_names_in_ = np.array(blocks.features, dtype=object)
+                    self.tree_columns_.append(np.searchsorted(labels, classes))
         self.feature_importances_ = _importances(self.trees_, blocks.n_features)
 
-    def _grow_local(self, blocks: Blocks, factory: Any, params: dict[str, Any]) -> list[tuple[list[Any], Any]]:
+    def _grow_local(
+        self, blocks: Blocks, factory: Any, params: dict[str, Any], seed: int
+    ) -> list[tuple[list[Any], Any]]:
         """Each block grows its share of trees on bootstrap samples of its own rows (no data moves)."""
         trees = dict(zip(blocks.keys, allocate_trees(self.n_estimators, blocks.rows_per_block), strict=True))
-        seed = self.random_state
 
         def grow(block: Block) -> tuple[list[Any], np.ndarray | None]:
             count = trees[block_key(block)]
@@ -97,14 +113,15 @@ class _Forest(Estimator):
 
         return blocks.map(grow)
 
-    def _grow_global(self, blocks: Blocks, factory: Any, params: dict[str, Any]) -> list[tuple[list[Any], Any]]:
+    def _grow_global(
+        self, blocks: Blocks, factory: Any, params: dict[str, Any], seed: int
+    ) -> list[tuple[list[Any], Any]]:
         """Tasks across the workers each grow a group of trees on bootstrap samples of all rows."""
         parts = blocks.map(lambda block: (block["x"], block["y"]))
         x = np.vstack([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts])
         workers = blocks.engine.parallelism if blocks.engine is not None else 1
         counts = [c for c in allocate_trees(self.n_estimators, [1] * min(self.n_estimators, workers)) if c]
-        seed = self.random_state
 
         def grow(group: tuple[int, int]) -> tuple[list[Any], np.ndarray | None]:
             index, count = group
@@ -116,9 +133,9 @@ class _Forest(Estimator):
             return [grow(g) for g in groups]
         return blocks.engine.run_tasks(grow, groups)
 
-    def _tree_outputs(self, x: Any) -> np.ndarray:
+    def _tree_outputs(self, X: Any) -> np.ndarray:
         """Average of the trees' outputs: class probabilities (classifier) or values (regressor)."""
-        self._check_fitted("trees_")
+        check_is_fitted(self)
         trees, columns = self.trees_, self.tree_columns_
         width = len(self.classes_) if self._classifier else 1
 
@@ -134,7 +151,7 @@ class _Forest(Estimator):
                     total[:, 0] += value[:, 0]
             return total / len(trees)
 
-        return self._per_block(x, average)
+        return self._per_block(X, average)
 
 
 def _grow(forest: Any, x: np.ndarray, y: np.ndarray) -> tuple[list[Any], np.ndarray | None]:
@@ -152,51 +169,61 @@ def _importances(trees: list[Any], n_features: int) -> np.ndarray:
     return mean / mean.sum() if mean.sum() > 0 else mean
 
 
-class RandomForestClassifier(_Forest):
+class RandomForestClassifier(ClassifierMixin, _Forest):
     """Classification forest; predict_proba averages the trees' class proportions."""
 
+    _what = "random forest classifier"
     _classifier = True
 
-    def predict_proba(self, x: Any) -> np.ndarray:
+    def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, columns in classes_ order."""
-        return self._tree_outputs(x)
+        return self._tree_outputs(X)
 
-    def predict(self, x: Any) -> np.ndarray:
-        """The class with the highest mean probability."""
-        self._check_fitted("trees_")
-        return self.classes_[np.argmax(self.predict_proba(x), axis=1)]
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """Log class probabilities (-inf where no tree votes for a class)."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
 
-    def score(self, x: Any, y: Any = None) -> float:
-        """Accuracy."""
-        return float(np.mean(self.predict(x) == self._labels(x, y)))
+    def predict(self, X: Any) -> np.ndarray:
+        """The class with the highest mean probability, a value of classes_."""
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Accuracy (Blocks: against their label column)."""
+        return super().score(X, self._target(X, y), sample_weight=sample_weight)
 
 
-class RandomForestRegressor(_Forest):
+class RandomForestRegressor(RegressorMixin, _Forest):
     """Regression forest; predict averages the trees."""
 
+    _what = "random forest regressor"
     _classifier = False
 
     def __init__(
         self,
         n_estimators: int = 100,
         max_depth: int | None = None,
-        min_samples_leaf: int = 1,
+        min_samples_leaf: int | float = 1,
         max_features: str | float | int | None = 1.0,
         bootstrap: bool = True,
-        random_state: int = 0,
+        random_state: int | np.random.RandomState | None = 0,
         sampling: Literal["auto", "global", "local"] = "auto",
         max_gather_mb: float = 256.0,
     ) -> None:
-        super().__init__(
-            n_estimators, max_depth, min_samples_leaf, max_features, bootstrap, random_state, sampling, max_gather_mb
-        )
+        self.n_estimators = n_estimators
+        self.max_depth = max_depth
+        self.min_samples_leaf = min_samples_leaf
+        self.max_features = max_features
+        self.bootstrap = bootstrap
+        self.random_state = random_state
+        self.sampling = sampling
+        self.max_gather_mb = max_gather_mb
 
-    def predict(self, x: Any) -> np.ndarray:
+    def predict(self, X: Any) -> np.ndarray:
         """Mean of the trees' predictions."""
-        return self._tree_outputs(x)[:, 0]
+        return self._tree_outputs(X)[:, 0]
 
-    def score(self, x: Any, y: Any = None) -> float:
-        """R²."""
-        from sklearn.metrics import r2_score
-
-        return float(r2_score(self._labels(x, y), self.predict(x)))
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """R² (Blocks: against their label column)."""
+        return super().score(X, self._target(X, y), sample_weight=sample_weight)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 from scipy import sparse
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
+from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
 
-from pipelines.classical.base import Estimator
-from pipelines.classical.data import Blocks, block_seed
+from pipelines.classical.base import Estimator, seed_of
+from pipelines.classical.data import Blocks, ModelInputError, block_seed, gather
 from pipelines.engines.base import Block
-from pipelines.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +56,23 @@ def _weighted_kmeanspp(points: np.ndarray, weights: np.ndarray, k: int, rng: np.
     return centers_arr
 
 
-class KMeans(Estimator):
-    """K-means (Lloyd) with k-means|| initialisation; best of n_init runs by inertia."""
+class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Estimator):
+    """K-means (Lloyd) with k-means|| initialisation; best of n_init runs by inertia.
 
-    _supervised = False
+    labels_ is set when the input is in this process (arrays, or local Blocks); for blocks on an engine,
+    predict(blocks) gives the labels where the rows live.
+    """
+
+    _what = "k-means"
+    _parameter_constraints: dict[str, list[Any]] = {
+        "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "init_steps": [Interval(Integral, 1, None, closed="left")],
+        "oversampling": [Interval(Real, 0, None, closed="neither")],
+        "random_state": ["random_state"],
+    }
 
     def __init__(
         self,
@@ -66,7 +82,7 @@ class KMeans(Estimator):
         tol: float = 1e-4,
         init_steps: int = 2,
         oversampling: float = 2.0,
-        random_state: int = 0,
+        random_state: int | np.random.RandomState | None = 0,
     ) -> None:
         self.n_clusters = n_clusters
         self.n_init = n_init
@@ -78,10 +94,9 @@ class KMeans(Estimator):
 
     def _fit(self, blocks: Blocks) -> None:
         k = self.n_clusters
-        if k < 1:
-            raise DataError(f"k-means: n_clusters must be at least 1, got {k}")
         if k > blocks.n_rows:
-            raise DataError(f"k-means: n_clusters={k} is larger than the number of rows ({blocks.n_rows})")
+            raise ModelInputError(f"k-means: n_clusters={k} is larger than the number of rows ({blocks.n_rows})")
+        random_state = seed_of(self.random_state)
         # tol is relative to the data's mean variance, as in scikit-learn
         variances = blocks.map(lambda block: [len(block["x"]), block["x"].sum(0), (block["x"] ** 2).sum(0)])
         n = sum(v[0] for v in variances)
@@ -89,7 +104,7 @@ class KMeans(Estimator):
         tol = self.tol * float(np.mean(sum(v[2] for v in variances) / n - mean**2))
         best: tuple[float, np.ndarray, int, np.ndarray] | None = None
         for run in range(self.n_init):
-            seed = self.random_state * 1000 + run
+            seed = random_state * 1000 + run
             centers = self._init_parallel(blocks, seed)
             centers, inertia, iters, sizes = self._lloyd(blocks, centers, tol)
             log.info("k-means run %d: inertia %.6g after %d iterations", run, inertia, iters)
@@ -97,11 +112,20 @@ class KMeans(Estimator):
                 best = (inertia, centers, iters, sizes)
         assert best is not None
         self.inertia_, self.cluster_centers_, self.n_iter_, self.cluster_sizes_ = best
-        self.n_features_in_ = blocks.n_features
-        self.feature_names_in_ = np.array(blocks.features, dtype=object)
+        if blocks.engine is None:
+            centers = self.cluster_centers_
+            self.labels_ = gather(blocks, lambda block: _nearest(block["x"], centers)[0])
+        else:
+            vars(self).pop("labels_", None)  # a fit on an engine does not gather one label per row
+
+    @property
+    def _n_features_out(self) -> int:
+        """Number of transformed output features (distances to each centre)."""
+        return self.cluster_centers_.shape[0]
 
     def _init_parallel(self, blocks: Blocks, seed: int) -> np.ndarray:
         """k-means||: oversample about oversampling*k points per round in proportion to their cost."""
+        k = self.n_clusters
         rng = np.random.default_rng(seed)
         sizes = np.array(blocks.rows_per_block)
         first_block = rng.choice(len(sizes), p=sizes / sizes.sum())
@@ -109,7 +133,9 @@ class KMeans(Estimator):
         picks = blocks.map(lambda block: block["x"][offset] if offset < len(block["x"]) else None)
         centers = np.array([picks[first_block]])
         ell = self.oversampling * self.n_clusters
-        for step in range(self.init_steps):
+        step = 0
+        # init_steps rounds, and more (up to 10 in all) while there are fewer distinct candidates than clusters
+        while step < self.init_steps or (step < max(10, self.init_steps) and len(np.unique(centers, axis=0)) < k):
             cost = sum(blocks.map(lambda block: float(_nearest(block["x"], centers)[1].sum())))
             if cost <= 0:
                 break
@@ -121,12 +147,13 @@ class KMeans(Estimator):
 
             new = np.vstack(blocks.map(sample))
             centers = np.vstack([centers, new])
+            step += 1
         weights = np.sum(
             blocks.map(lambda block: np.bincount(_nearest(block["x"], centers)[0], minlength=len(centers))), axis=0
         ).astype(float)
         unique, where = np.unique(centers, axis=0, return_index=True)
-        if len(unique) < self.n_clusters:
-            raise DataError(
+        if len(unique) < k:
+            raise ModelInputError(
                 f"k-means: only {len(unique)} distinct points were found for n_clusters={self.n_clusters}; "
                 "lower n_clusters"
             )
@@ -161,25 +188,30 @@ class KMeans(Estimator):
         parts = blocks.map(assign)
         return centers, sum(p[0] for p in parts), iterations, np.sum([p[1] for p in parts], axis=0)
 
-    def predict(self, x: Any) -> np.ndarray:
+    def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
+        """Fit, then the index of each row's nearest centre."""
+        self.fit(X)
+        return self.labels_ if hasattr(self, "labels_") else self.predict(X)
+
+    def predict(self, X: Any) -> np.ndarray:
         """Index of each row's nearest centre."""
-        self._check_fitted("cluster_centers_")
+        check_is_fitted(self)
         centers = self.cluster_centers_
-        return self._per_block(x, lambda block: _nearest(block["x"], centers)[0])
+        return self._per_block(X, lambda block: _nearest(block["x"], centers)[0])
 
-    def transform(self, x: Any) -> np.ndarray:
+    def transform(self, X: Any) -> np.ndarray:
         """Distances from each row to every centre."""
-        self._check_fitted("cluster_centers_")
+        check_is_fitted(self)
         centers = self.cluster_centers_
-        return self._per_block(x, lambda block: np.sqrt(_sq_distances(block["x"], centers)))
+        return self._per_block(X, lambda block: np.sqrt(_sq_distances(block["x"], centers)))
 
-    def score(self, x: Any, y: Any = None) -> float:
-        """Negative inertia of x under the fitted centres (scikit-learn's convention)."""
-        self._check_fitted("cluster_centers_")
+    def score(self, X: Any, y: Any = None) -> float:
+        """Negative inertia of X under the fitted centres (scikit-learn's convention)."""
+        check_is_fitted(self)
         centers = self.cluster_centers_
-        return -float(self._per_block(x, lambda block: _nearest(block["x"], centers)[1]).sum())
+        return -float(self._per_block(X, lambda block: _nearest(block["x"], centers)[1]).sum())
 
 
-def elbow(blocks: Blocks | Any, ks: list[int], **params: Any) -> dict[int, float]:
+def elbow(X: Blocks | Any, ks: list[int], **params: Any) -> dict[int, float]:
     """Inertia for each k (the elbow curve)."""
-    return {k: KMeans(n_clusters=k, **params).fit(blocks).inertia_ for k in ks}
+    return {k: KMeans(n_clusters=k, **params).fit(X).inertia_ for k in ks}

@@ -6,33 +6,37 @@ from typing import Any
 
 import numpy as np
 from scipy import linalg, stats
+from sklearn.base import RegressorMixin
+from sklearn.utils.validation import check_is_fitted
 
 from pipelines.classical.base import Estimator
-from pipelines.classical.data import Blocks
+from pipelines.classical.data import Blocks, ModelInputError
 from pipelines.classical.linalg import tsqr_r, with_intercept
-from pipelines.classical.summary import CoefficientTable, ModelSummary
+from pipelines.classical.summary import CoefficientTable, ModelSummary, SummaryMixin
 from pipelines.engines.base import Block
-from pipelines.errors import DataError
 from pipelines.ingest.transform import combine_moments
 
 RANK_TOL = 1e-10
 
 
 def check_rank(r: np.ndarray, names: list[str], what: str) -> None:
-    """Raise a DataError naming the first column that is (nearly) a combination of the earlier ones."""
+    """Raise a ModelInputError naming the first column that is (nearly) a combination of the earlier ones."""
     diag = np.abs(np.diag(r))
     scale = np.abs(r).max(axis=0)
     for j, (d, s) in enumerate(zip(diag, scale, strict=True)):
         if s == 0 or d <= RANK_TOL * max(s, 1e-300) * max(1, len(diag)):
             hint = " (a constant column is collinear with the intercept)" if names and names[0] == "(Intercept)" else ""
-            raise DataError(
+            raise ModelInputError(
                 f"{what}: column {names[j]!r} is constant or a linear combination of earlier columns{hint}; "
                 "drop it from the features or formula"
             )
 
 
-class LinearRegression(Estimator):
+class LinearRegression(SummaryMixin, RegressorMixin, Estimator):
     """OLS with an R-style summary (classical and HC1 standard errors, t, p, R², adjusted R², F)."""
+
+    _what = "linear regression"
+    _parameter_constraints: dict[str, list[Any]] = {"fit_intercept": ["boolean"]}
 
     def __init__(self, fit_intercept: bool = True) -> None:
         self.fit_intercept = fit_intercept
@@ -45,7 +49,7 @@ class LinearRegression(Estimator):
         p = len(names)
         n = blocks.n_rows
         if n <= p:
-            raise DataError(f"linear regression: {n} rows for {p} coefficients; need more rows than coefficients")
+            raise ModelInputError(f"linear regression: {n} rows for {p} coefficients; need more rows than coefficients")
         design = self._design
         r = tsqr_r(blocks, lambda block: np.column_stack([design(block["x"]), block["y"]]))
         check_rank(r[:p, :p], names, "linear regression")
@@ -63,22 +67,22 @@ class LinearRegression(Estimator):
         parts = blocks.map(residual_stats)
         meat = sum(m for m, _ in parts)
         _, y_mean, y_std = combine_moments([mom for _, mom in parts])
-        rss = float(r[p, p] ** 2)
+        rss = np.float64(r[p, p] ** 2)
         df_resid = n - p
         sigma2 = rss / df_resid
-        tss = y_std**2 * n if self.fit_intercept else float(r[: p + 1, p] @ r[: p + 1, p])
+        tss = np.float64(y_std**2 * n if self.fit_intercept else r[: p + 1, p] @ r[: p + 1, p])
         se = np.sqrt(np.diag(xtx_inv) * sigma2)
         hc1 = np.sqrt(np.diag(xtx_inv @ meat @ xtx_inv) * n / df_resid)
-        r2 = 1.0 - rss / tss if tss > 0 else float("nan")
         df_model = p - (1 if self.fit_intercept else 0)
-        adj = 1.0 - (1.0 - r2) * (n - (1 if self.fit_intercept else 0)) / df_resid
-        f_stat = ((tss - rss) / df_model) / sigma2 if df_model else float("nan")
+        with np.errstate(divide="ignore", invalid="ignore"):  # an exact fit: infinite F, p-value 0
+            r2 = 1.0 - rss / tss if tss > 0 else np.nan
+            adj = 1.0 - (1.0 - r2) * (n - (1 if self.fit_intercept else 0)) / df_resid
+            f_stat = ((tss - rss) / df_model) / sigma2 if df_model else np.nan
         f_p = float(stats.f.sf(f_stat, df_model, df_resid)) if df_model else float("nan")
+        rss, r2, adj, f_stat = float(rss), float(r2), float(adj), float(f_stat)
 
         self.coef_ = beta[1:] if self.fit_intercept else beta
         self.intercept_ = float(beta[0]) if self.fit_intercept else 0.0
-        self.n_features_in_ = blocks.n_features
-        self.feature_names_in_ = np.array(blocks.features, dtype=object)
         self.cov_params_ = xtx_inv * sigma2
         label = blocks.label or "y"
         self.summary_ = ModelSummary(
@@ -104,14 +108,12 @@ class LinearRegression(Estimator):
             ],
         )
 
-    def predict(self, x: Any) -> np.ndarray:
+    def predict(self, X: Any) -> np.ndarray:
         """Fitted values for Blocks or arrays."""
-        self._check_fitted("coef_")
+        check_is_fitted(self)
         coef, intercept = self.coef_, self.intercept_
-        return self._per_block(x, lambda block: block["x"] @ coef + intercept)
+        return self._per_block(X, lambda block: block["x"] @ coef + intercept)
 
-    def score(self, x: Any, y: Any = None) -> float:
-        """R² of the predictions (scikit-learn's definition)."""
-        from sklearn.metrics import r2_score
-
-        return float(r2_score(self._labels(x, y), self.predict(x)))
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """R² of the predictions (Blocks: against their label column)."""
+        return super().score(X, self._target(X, y), sample_weight=sample_weight)

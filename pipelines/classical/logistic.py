@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+from numbers import Integral, Real
 from typing import Any, Literal
 
 import numpy as np
 from scipy import optimize
-from scipy.special import expit, log_softmax
+from scipy.special import expit, log_expit, log_softmax
+from sklearn.base import ClassifierMixin
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
 
 from pipelines.classical.base import Estimator
-from pipelines.classical.data import Blocks
+from pipelines.classical.data import MAX_LEVELS, Blocks, ModelInputError
 from pipelines.classical.linalg import with_intercept
-from pipelines.classical.summary import CoefficientTable, ModelSummary
+from pipelines.classical.summary import CoefficientTable, ModelSummary, SummaryMixin, label_text
 from pipelines.engines.base import Block
-from pipelines.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +58,18 @@ def _loss_terms(w: np.ndarray, a: np.ndarray, yi: np.ndarray, k: int, hessian: b
     return loss, grad, hess
 
 
-class LogisticRegression(Estimator):
+class LogisticRegression(SummaryMixin, ClassifierMixin, Estimator):
     """Binomial or multinomial (softmax) logistic regression; C and penalty as in scikit-learn."""
+
+    _what = "logistic regression"
+    _parameter_constraints: dict[str, list[Any]] = {
+        "penalty": [StrOptions({"l2"}), None],
+        "C": [Interval(Real, 0, None, closed="neither")],
+        "fit_intercept": ["boolean"],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "solver": [StrOptions({"auto", "newton", "lbfgs"})],
+    }
 
     def __init__(
         self,
@@ -84,14 +97,10 @@ class LogisticRegression(Estimator):
         return mask.ravel() if self.penalty == "l2" else np.zeros(mask.size)
 
     def _fit(self, blocks: Blocks) -> None:
-        if self.penalty not in ("l2", None):
-            raise DataError(f"logistic regression: penalty must be 'l2' or None, got {self.penalty!r}")
-        classes = np.asarray(blocks.labels, dtype=float)
-        if len(classes) < 2:
-            raise DataError(f"logistic regression needs at least 2 classes in the label, found {len(classes)}")
-        if len(classes) > 1000 or not blocks.labels:
-            raise DataError("logistic regression: the label has too many distinct values for classification")
+        classes = np.asarray(blocks.labels, dtype=float)  # the label values the blocks hold, in classes_ order
         k = len(classes)
+        if k > MAX_LEVELS:
+            raise ModelInputError(f"logistic regression: {k} classes; at most {MAX_LEVELS} are supported")
         d = blocks.n_features + (1 if self.fit_intercept else 0)
         dim = d if k == 2 else k * d
         mask = self._penalty_mask(k, d) / self.C
@@ -116,7 +125,7 @@ class LogisticRegression(Estimator):
             w, loss, iters, converged = self._lbfgs(evaluate, w0)
             hess = None
         if self.penalty is None and loss / blocks.n_rows < 1e-6:
-            raise DataError(
+            raise ModelInputError(
                 "logistic regression: the classes are perfectly separated by the features, so the unpenalized "
                 "coefficients diverge; use penalty 'l2' (set C) or drop the separating feature"
             )
@@ -125,14 +134,11 @@ class LogisticRegression(Estimator):
         wm = w.reshape(1 if k == 2 else k, d)
         if k > 2 and self.penalty is None:
             wm = wm - wm.mean(axis=0)  # the minimum-norm (sum-to-zero) optimum, as scikit-learn's lbfgs finds
-        self.classes_ = classes
         self.coef_ = wm[:, 1:] if self.fit_intercept else wm
         self.intercept_ = wm[:, 0] if self.fit_intercept else np.zeros(len(wm))
         self.n_iter_ = np.array([iters])
         self.converged_ = converged
         self.solver_ = solver
-        self.n_features_in_ = blocks.n_features
-        self.feature_names_in_ = np.array(blocks.features, dtype=object)
         self.summary_ = self._summary(blocks, k, loss - 0.5 * float(np.sum(mask * w * w)), w, hess)
 
     def _newton(self, evaluate: Any, w: np.ndarray, n: int) -> tuple:
@@ -174,7 +180,7 @@ class LogisticRegression(Estimator):
             table = CoefficientTable(names, w, se)
             title = f"Logistic regression (binomial): {blocks.label} ~ {' + '.join(blocks.features)}"
         else:
-            expanded = [f"{c:g}:{name}" for c in self.classes_ for name in names]
+            expanded = [f"{label_text(c)}:{name}" for c in self.classes_ for name in names]
             table = CoefficientTable(expanded, w, np.full(len(w), np.nan))
             title = f"Logistic regression (multinomial, {k} classes): {blocks.label}"
         footer = [f"Residual deviance: {2 * nll:.6g} on {blocks.n_rows - len(w)} degrees of freedom"]
@@ -182,26 +188,33 @@ class LogisticRegression(Estimator):
             footer.append(f"L2 penalty with C = {self.C:g}: standard errors are not reported for penalized fits")
         return ModelSummary(title, table, statistics=stats, footer=footer)
 
-    def decision_function(self, x: Any) -> np.ndarray:
-        """Linear scores: (n,) for binomial, (n, classes) for multinomial."""
-        self._check_fitted("coef_")
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Linear scores: (n,) for binomial (positive favours classes_[1]), (n, classes) for multinomial."""
+        check_is_fitted(self)
         coef, intercept = self.coef_, self.intercept_
-        scores = self._per_block(x, lambda block: block["x"] @ coef.T + intercept)
+        scores = self._per_block(X, lambda block: block["x"] @ coef.T + intercept)
         return scores.ravel() if len(self.classes_) == 2 else scores
 
-    def predict_proba(self, x: Any) -> np.ndarray:
-        """Class probabilities, columns in classes_ order."""
-        scores = self.decision_function(x)
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """Log class probabilities, columns in classes_ order."""
+        scores = self.decision_function(X)
         if len(self.classes_) == 2:
-            p = expit(scores)
-            return np.column_stack([1 - p, p])
+            return np.column_stack([log_expit(-scores), log_expit(scores)])
+        return log_softmax(scores, axis=1)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, columns in classes_ order."""
+        scores = self.decision_function(X)
+        if len(self.classes_) == 2:
+            return np.column_stack([expit(-scores), expit(scores)])
         return np.exp(log_softmax(scores, axis=1))
 
-    def predict(self, x: Any) -> np.ndarray:
-        """The most probable class."""
-        self._check_fitted("coef_")
-        return self.classes_[np.argmax(self.predict_proba(x), axis=1)]
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class, a value of classes_."""
+        scores = self.decision_function(X)
+        best = (scores > 0).astype(int) if len(self.classes_) == 2 else np.argmax(scores, axis=1)
+        return self.classes_[best]
 
-    def score(self, x: Any, y: Any = None) -> float:
-        """Accuracy."""
-        return float(np.mean(self.predict(x) == self._labels(x, y)))
+    def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
+        """Accuracy (Blocks: against their label column)."""
+        return super().score(X, self._target(X, y), sample_weight=sample_weight)

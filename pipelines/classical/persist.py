@@ -11,6 +11,7 @@ import numpy as np
 from sklearn.tree._tree import Tree
 
 from pipelines.atomic import atomic_write_bytes, atomic_write_text
+from pipelines.classical.summary import ModelSummary
 from pipelines.errors import DataError
 
 FORMAT = "pipelines-model/1"
@@ -42,11 +43,12 @@ def _tree_from(arrays: Any, index: int) -> Tree:
 
 
 def save_model(model: Any, directory: str | Path) -> None:
-    """Write model.json (class, parameters, scalar attributes) and arrays.npz into an existing directory."""
+    """Write model.json (class, parameters, scalar attributes, summary) and arrays.npz into an existing directory."""
     directory = Path(directory)
     meta: dict[str, Any] = {"format": FORMAT, "class": type(model).__name__, "params": model.get_params()}
     arrays: dict[str, np.ndarray] = {}
     scalars: dict[str, Any] = {}
+    objects: list[str] = []  # object arrays (feature names, string labels) are stored as text, restored as object
     for name, value in vars(model).items():
         if not name.endswith("_") or name.startswith("_") or name == "summary_":
             continue
@@ -58,12 +60,15 @@ def save_model(model: Any, directory: str | Path) -> None:
             for i, cols in enumerate(value):
                 arrays[f"tree{i}.columns"] = np.asarray(cols)
         elif isinstance(value, np.ndarray):
+            if value.dtype == object:
+                objects.append(name)
             arrays[name] = value.astype(str) if value.dtype == object else value
         elif isinstance(value, (int, float, str, bool, np.integer, np.floating)):
             scalars[name] = value.item() if isinstance(value, np.generic) else value
     meta["attributes"] = scalars
+    meta["object_arrays"] = objects
     if getattr(model, "summary_", None) is not None:
-        meta["summary"] = model.summary_.to_dict()
+        meta["summary"] = model.summary_.to_state()
         atomic_write_text(directory / "summary.txt", str(model.summary_) + "\n")
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
@@ -88,10 +93,13 @@ def load_model(directory: str | Path) -> Any:
         n_trees = meta["attributes"].pop("n_trees", None)
         for name, value in meta["attributes"].items():
             setattr(model, name, value)
+        objects = set(meta.get("object_arrays", ["feature_names_in_"]))
         for name in arrays.files:
             if not name.startswith("tree"):
-                setattr(model, name, arrays[name])
+                setattr(model, name, arrays[name].astype(object) if name in objects else arrays[name])
         if n_trees is not None:
             model.trees_ = [_tree_from(arrays, i) for i in range(n_trees)]
             model.tree_columns_ = [arrays[f"tree{i}.columns"] for i in range(n_trees) if f"tree{i}.columns" in arrays]
+    if "title" in meta.get("summary", {}):  # files from before summaries were kept whole have no title
+        model.summary_ = ModelSummary.from_state(meta["summary"])
     return model

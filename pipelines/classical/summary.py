@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy import stats
+from sklearn.utils.validation import check_is_fitted
+
+
+def label_text(value: object) -> str:
+    """A class label as text: numbers compactly (1.0 -> '1'), anything else as str."""
+    return f"{value:g}" if isinstance(value, (int, float, np.integer, np.floating)) else str(value)
 
 
 def _stars(p: float) -> str:
@@ -50,6 +56,11 @@ class CoefficientTable:
             "p_value": [float(v) for v in self.p_value],
         }
 
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> CoefficientTable:
+        """Inverse of dataclasses.asdict (lists back to arrays)."""
+        return cls(list(state["names"]), np.asarray(state["estimate"]), np.asarray(state["std_error"]), state["df"])
+
     def format(self, title: str = "Coefficients:") -> str:
         """The table as R prints it, with significance stars."""
         stat = "t value" if self.df is not None else "z value"
@@ -80,9 +91,38 @@ class ModelSummary:
             out["coefficients_hc1"] = self.robust.to_dict()
         return out
 
+    def to_state(self) -> dict[str, Any]:
+        """Everything needed to rebuild the summary (JSON-able), for saved models."""
+        state = asdict(self)
+        for table in ("coefficients", "robust"):
+            if state[table] is not None:
+                state[table] = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in state[table].items()}
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ModelSummary:
+        """Inverse of to_state."""
+        robust = state.get("robust")
+        return cls(
+            state["title"],
+            CoefficientTable.from_state(state["coefficients"]),
+            CoefficientTable.from_state(robust) if robust is not None else None,
+            dict(state.get("statistics", {})),
+            list(state.get("footer", [])),
+        )
+
     def __str__(self) -> str:
         parts = [self.title, "", self.coefficients.format()]
         if self.robust is not None:
             parts += ["", self.robust.format("Heteroskedasticity-robust (HC1) standard errors:")]
         parts += ["", *self.footer]
         return "\n".join(parts)
+
+
+class SummaryMixin:
+    """summary() for models whose fit leaves an R-style summary_ (linear and logistic regression)."""
+
+    def summary(self) -> ModelSummary:
+        """The fit's R-style summary: coefficient table(s), fit statistics."""
+        check_is_fitted(self, "summary_")
+        return self.summary_

@@ -20,7 +20,6 @@ R = TypeVar("R")
 PartitionFn = Callable[[pd.DataFrame], pd.DataFrame]
 ReduceFn = Callable[[pd.DataFrame], dict[str, Any]]
 Block = dict[str, Any]
-ROW_KEYS = frozenset({"x", "y", "row"})  # block arrays with one entry per row; other keys are per-block facts
 BlockFn = Callable[[pd.DataFrame], Block]
 
 
@@ -122,7 +121,8 @@ class Engine(abc.ABC):
     def to_blocks(self, frame: Any, fn: BlockFn) -> Any:
         """Persist fn(partition) -> dict of NumPy arrays for each partition, kept on the workers.
 
-        Each block also gets "part", its partition index (blocks of empty partitions may be left out).
+        fn is called once per partition, on the whole partition. Each block also gets "part", its partition
+        index (blocks of empty partitions may be left out).
         """
 
     @abc.abstractmethod

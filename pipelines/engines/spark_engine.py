@@ -15,7 +15,6 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.engines.base import (
-    ROW_KEYS,
     Block,
     BlockFn,
     Engine,
@@ -49,17 +48,8 @@ def _unpack_block(data: bytes) -> Block:
 
 
 def _partition_block(index: int, rows: Iterator[Any]) -> list[Block]:
-    """Join the packed chunks of partition `index` into one block (none for an empty partition)."""
-    blocks = [_unpack_block(row[0]) for row in rows]
-    if not blocks:
-        return []
-    joined: Block = {}
-    for block in blocks:
-        for key, value in block.items():
-            joined.setdefault(key, value)  # per-partition facts: the first chunk's
-    for key in ROW_KEYS & blocks[0].keys():
-        joined[key] = np.concatenate([b[key] for b in blocks])
-    return [{**joined, "part": index}]
+    """Unpack partition `index`'s one packed block, adding its "part" (none for an empty partition)."""
+    return [{**_unpack_block(row[0]), "part": index} for row in rows]
 
 
 def under_spark_submit() -> bool:
@@ -194,10 +184,9 @@ class SparkEngine(Engine):
         from pyspark import StorageLevel
 
         def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            for batch in batches:
-                if batch.num_rows:
-                    packed = _pack_block(fn(pa.Table.from_batches([batch]).to_pandas()))
-                    yield pa.RecordBatch.from_pylist([{"block": packed}], schema=_BLOCK_SCHEMA)
+            pdf = _batches_to_pandas(batches)  # the whole partition: fn sees it once
+            if pdf is not None and len(pdf):
+                yield pa.RecordBatch.from_pylist([{"block": _pack_block(fn(pdf))}], schema=_BLOCK_SCHEMA)
 
         packed = frame.mapInArrow(run, _spark_schema(_BLOCK_SCHEMA)).rdd
         blocks = packed.mapPartitionsWithIndex(_partition_block).persist(StorageLevel.MEMORY_AND_DISK)
