@@ -206,12 +206,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     import json
 
-    from pipelines.batch import submit
+    from pipelines.config import dump_config
+    from pipelines.launch.batch import submit
 
     config = load_config(args.config, args.set)
     if args.mode:
         config.batch.mode = args.mode
-    script, job, jobdir = submit(config, args.scheduler, args.dry_run)
+    config.runs_dir = str(Path.cwd().resolve() / config.runs_dir)  # the job may start elsewhere: pin its runs
+    script, job, jobdir = submit(
+        config.batch, config.name, config.runs_dir, dump_config(config), args.scheduler, args.dry_run
+    )
     if args.dry_run:
         print(script)
         return 0
@@ -221,7 +225,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from pipelines.schedule import cron_line, install
+    from pipelines.launch.cron import cron_line, install
 
     config = load_config(args.config, args.set)
     conf = Path(args.config).resolve()
@@ -232,8 +236,10 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         return 0
     log_file.parent.mkdir(parents=True, exist_ok=True)
     directives = [f"--time={config.batch.walltime}"] if args.scrontab else None
-    install(line, args.scrontab, directives)
-    console.print(f"[green]scheduled[/] {config.name}: {line}")
+    crontab_file = Path(args.crontab_file) if args.crontab_file else None
+    install(line, args.scrontab, directives, crontab_file)
+    where = crontab_file or ("scrontab" if args.scrontab else "crontab")
+    console.print(f"[green]scheduled[/] {config.name} in {where}: {line}")
     return 0
 
 
@@ -350,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--cron", required=True, help="five cron fields, e.g. '0 2 * * *'")
     p.add_argument("--scrontab", action="store_true", help="install in SLURM's scrontab instead of crontab")
+    p.add_argument(
+        "--crontab-file", metavar="FILE", help="write the entry into this file instead (one line per pipeline)"
+    )
     p.add_argument("--dry-run", action="store_true", help="print the entry instead of installing it")
     with_overrides(p)
     p.set_defaults(fn=cmd_schedule)

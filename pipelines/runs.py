@@ -50,7 +50,7 @@ class Run:
             "stages": [],
             "outputs": {},
         }
-        from pipelines.batch import job_facts
+        from pipelines.launch.batch import job_facts
 
         job = job_facts()
         if job is not None:

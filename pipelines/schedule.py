@@ -1,4 +1,4 @@
-"""Scheduled runs: cron/scrontab entries, one run of a pipeline at a time, retention of old runs."""
+"""Runs of a pipeline: one at a time (the run lock), retention of old runs. Cron lines: pipelines/launch/cron.py."""
 
 from __future__ import annotations
 
@@ -9,22 +9,15 @@ import fcntl
 import json
 import logging
 import os
-import re
-import shlex
 import shutil
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipelines.errors import ConfigError, PipelineError
+from pipelines.errors import PipelineError
 
 log = logging.getLogger(__name__)
-
-CRON_FIELD = re.compile(r"^[0-9*/,\-A-Za-z]+$")
-MARK = "# pipelines:"
 
 
 class LockBusy(PipelineError):
@@ -80,32 +73,3 @@ def prune_runs(runs_dir: Path, pipeline: str, keep: int) -> list[Path]:
         shutil.rmtree(run)
         log.info("retention: removed %s", run)
     return removed
-
-
-def cron_line(schedule: str, config: Path, workdir: Path, log_file: Path, python: str | None = None) -> str:
-    """One crontab line running the pipeline (quoted), waiting for an earlier run, resuming a failed one."""
-    fields = schedule.split()
-    if len(fields) != 5 or not all(CRON_FIELD.match(f) for f in fields):
-        raise ConfigError(f"schedule {schedule!r}: expected five cron fields such as '0 2 * * *'")
-    py = shlex.quote(python or sys.executable)
-    cmd = (
-        f"cd {shlex.quote(str(workdir))} && {py} -m pipelines run {shlex.quote(str(config))} --wait --resume "
-        f">> {shlex.quote(str(log_file))} 2>&1"
-    )
-    cmd = cmd.replace("%", "\\%")  # cron turns a bare % into a newline
-    return f"{' '.join(fields)} {cmd} {MARK}{config.name}"
-
-
-def install(line: str, scrontab: bool, directives: list[str] | None = None) -> str:
-    """Add (or replace) this pipeline's line in the user's crontab or SLURM scrontab; returns the new table."""
-    tool = "scrontab" if scrontab else "crontab"
-    if shutil.which(tool) is None:
-        raise PipelineError(f"{tool} not found; print the entry with --dry-run and install it by hand")
-    current = subprocess.run([tool, "-l"], capture_output=True, text=True)
-    lines = current.stdout.splitlines() if current.returncode == 0 else []
-    tag = line.rsplit(MARK, 1)[1]
-    kept = [entry for entry in lines if not entry.endswith(MARK + tag)]
-    block = [f"#SCRON {d}" for d in directives or []] if scrontab else []
-    table = "\n".join([*kept, *block, line]) + "\n"
-    subprocess.run([tool, "-"] if not scrontab else [tool, "/dev/stdin"], input=table, text=True, check=True)
-    return table

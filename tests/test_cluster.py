@@ -14,18 +14,20 @@ from pathlib import Path
 
 import psutil
 import pytest
+from slurm import LocalSlurm, missing
 
-from pipelines.batch import render
 from pipelines.config import load_config, parse_config
 from pipelines.errors import ConfigError
+from pipelines.launch import batch
+from pipelines.launch.batch import render
+from pipelines.launch.config import BatchSettings
+from pipelines.launch.cron import cron_line, merge
 from pipelines.pipeline import run_pipeline
-from pipelines.schedule import LockBusy, cron_line, pipeline_lock, prune_runs
+from pipelines.schedule import LockBusy, pipeline_lock, prune_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 PIPELINES = str(Path(PY).parent / "pipelines")
-sys.path.insert(0, str(ROOT / "cluster"))
-from local_slurm import LocalSlurm, missing  # noqa: E402
 
 HOSTILE = "$(touch /tmp/pipelines-pwned); echo 'single' \"double\" `id` ; exit 7"
 
@@ -65,7 +67,9 @@ def test_batch_script_keeps_hostile_config_values_inert(tmp_path):
     for scheduler in ("slurm", "pbs"):
         for mode in ("spark", "dask", "horovod", "local"):
             config.batch.mode = mode
-            script = render(config, tmp_path / "conf; rm -rf ~.yaml", tmp_path / "job", scheduler, tmp_path)
+            script = render(
+                config.batch, config.name, tmp_path / "conf; rm -rf ~.yaml", tmp_path / "job", scheduler, tmp_path
+            )
             assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0, (scheduler, mode)
     prologue = script.split("\n\n")[1]  # set -e, module loads, exports, PATH, cd ...
     stub = f'module() {{ printf "%s\\n" "$@" > {tmp_path}/module.txt; }}'  # no Lmod here: record the arguments
@@ -78,6 +82,95 @@ def test_batch_script_keeps_hostile_config_values_inert(tmp_path):
     for bad in ({"partition": "debug; rm -rf /"}, {"walltime": "$(id)"}, {"extra_directives": ["--qos=a\n#SBATCH x"]}):
         with pytest.raises(ConfigError, match="batch"):
             parse_config(fair(tmp_path, batch=bad))
+
+
+FULL_BATCH = {
+    "nodes": 2,
+    "tasks_per_node": 2,
+    "cpus_per_task": 4,
+    "gpus_per_node": 2,
+    "memory": "8G",
+    "partition": "gpu",
+    "account": "abc123",
+    "extra_directives": ["--qos=normal", "-l place=scatter"],
+    "modules": ["cuda/12.2", "python3/3.11"],
+    "env": {"OMP_NUM_THREADS": "1"},
+}
+
+
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs"])
+@pytest.mark.parametrize("mode", ["spark", "dask", "horovod", "local"])
+def test_every_template_renders_a_valid_script(scheduler, mode, tmp_path):
+    prefix = "#SBATCH " if scheduler == "slurm" else "#PBS "
+    for extra in ({}, FULL_BATCH, {**FULL_BATCH, "pbs_resources": "nodes"}):
+        settings = BatchSettings(mode=mode, **extra)
+        overrides = ["engine.partitions=8", HOSTILE]
+        script = render(
+            settings, "fair", tmp_path / "it's conf.yaml", tmp_path / "job", scheduler, tmp_path, PY, overrides
+        )
+        checked = subprocess.run(["bash", "-n"], input=script, text=True, capture_output=True)
+        assert checked.returncode == 0, (extra, checked.stderr, script)
+        header, prologue, body = script.split("\n\n")
+        assert header.startswith("#!/bin/bash\n") and all(d.startswith(prefix) for d in header.splitlines()[1:])
+        assert (f"{prefix}-N " if scheduler == "pbs" else f"{prefix}--job-name=") + "pipelines-fair\n" in header
+        assert prologue.startswith("set -euo pipefail\n") and "trap cleanup EXIT" in prologue
+        assert body.endswith("\n") and "\n\n" not in body and "{{" not in script and "{%" not in script
+        words = shlex.split(body.splitlines()[-1])  # the pipelines command: config and overrides arrive as words
+        assert str(tmp_path / "it's conf.yaml") in words and words[-4:] == ["-s", overrides[0], "-s", HOSTILE]
+        if mode in ("spark", "dask"):  # a daemon on every node of the job
+            assert ("srun --overlap" if scheduler == "slurm" else "pbsdsh -h") in body
+    assert "select=2:ncpus=8:mpiprocs=2:mem=8gb:ngpus=2" in render(
+        BatchSettings(**FULL_BATCH), "fair", tmp_path / "c.yaml", tmp_path / "job", "pbs", tmp_path
+    )
+    changed = BatchSettings()
+    changed.partition = "debug\nrm -rf ~"  # set after validation: render checks again
+    with pytest.raises(ConfigError, match="batch"):
+        render(changed, "fair", tmp_path / "c.yaml", tmp_path / "job", scheduler, tmp_path)
+
+
+def _template_lines(text: str) -> list[tuple[str, int]]:
+    """(line, number) of a template with its {% ... %} and {# ... #} tags taken out."""
+    import re
+
+    text = re.sub(r"\{#.*?#\}", lambda m: "\n" * m.group().count("\n"), text, flags=re.S)
+    return [(re.sub(r"\{%.*?%\}", "", line), n) for n, line in enumerate(text.splitlines(), 1)]
+
+
+def test_every_value_in_a_script_body_goes_through_the_quoting_filter():
+    import re
+
+    from jinja2 import nodes
+
+    env = batch.environment()
+    folder = Path(batch.__file__).parent / "templates"
+    headers = {"slurm_header.j2", "pbs_header.j2"}  # directives: values restricted by the config types instead
+    names = set(env.list_templates())
+    assert names == {p.name for p in folder.glob("*.j2")} and headers < names
+    assert {f"{m}.sh.j2" for m in batch.MODES} | {"job.sh.j2", "shell.j2"} <= names
+    macros = {m.name for m in env.parse((folder / "shell.j2").read_text()).find_all(nodes.Macro)}
+    checked = 0
+    for name in sorted(names - headers):
+        source = (folder / name).read_text()
+        for output in env.parse(source).find_all(nodes.Output):
+            for node in output.nodes:
+                if isinstance(node, nodes.TemplateData):
+                    continue
+                quoted = isinstance(node, nodes.Filter) and node.name == "q"
+                # a macro's text (and a call block's, `caller()`) is template text, checked here like the rest
+                call = isinstance(node, nodes.Call) and (
+                    (isinstance(node.node, nodes.Name) and node.node.name == "caller")
+                    or (isinstance(node.node, nodes.Getattr) and node.node.attr in macros)
+                )
+                assert quoted or call, f"{name}:{node.lineno}: an expression without `| q`"
+                checked += quoted
+        for line, number in _template_lines(source):  # a quoted word must not sit inside shell quotes
+            for expr in re.finditer(r"\{\{.*?\}\}", line):
+                before = re.sub(r"\{\{.*?\}\}", "", line[: expr.start()]).replace('\\"', "")
+                assert before.count('"') % 2 == 0 and before.count("'") % 2 == 0, f"{name}:{number}: {line}"
+    assert checked >= 20
+    for name in headers:  # every line a directive line
+        for line, number in _template_lines((folder / name).read_text()):
+            assert not line.strip() or line.lstrip().startswith(("#SBATCH ", "#PBS ", ":")), f"{name}:{number}"
 
 
 def test_a_second_run_of_the_same_pipeline_waits_or_stops_with_a_clear_message(tmp_path):
@@ -154,8 +247,8 @@ def test_resume_skips_finished_stages_and_reruns_the_failed_one(dask_engine, tmp
 
 
 def test_jobqueue_settings_pick_interfaces_and_retire_workers_before_walltime():
-    from pipelines.engines.jobqueue import interfaces, lifetime, make_cluster, pick_interface
     from pipelines.launch.config import JobqueueSettings
+    from pipelines.launch.jobqueue import interfaces, lifetime, make_cluster, pick_interface
 
     settings = JobqueueSettings(
         walltime="01:00:00", interface="auto", account="abc123", job_extra_directives=["--qos=x"]
@@ -318,23 +411,32 @@ def test_scancel_mid_training_leaves_no_orphans_and_resume_completes_the_run(slu
     assert [h["epoch"] for h in res["history"]] == list(range(1, 41))
 
 
-def test_schedule_installs_a_crontab_entry_once(tmp_path):
-    if shutil.which("crontab") is None:
-        pytest.skip("crontab is not installed (Debian package cron)")
-    before = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
-    conf = tmp_path / "fair.json"
+def test_schedule_keeps_one_line_per_pipeline_in_a_crontab_file(tmp_path):
+    table = tmp_path / "crontab"  # a file: the test never touches the user's crontab
+    other = "0 * * * * /bin/true # pipelines:other.yaml"
+    table.write_text(f"MAILTO=ops\n{other}\n")
+    conf = tmp_path / "100% fair.json"  # a space for the shell, a % for cron
     conf.write_text(json.dumps(fair(tmp_path)))
-    argv = [PIPELINES, "schedule", str(conf), "--cron", "30 3 * * *"]
-    try:
-        for _ in range(2):  # installing again replaces the entry
-            out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
-            assert out.returncode == 0, out.stderr
-        table = subprocess.run(["crontab", "-l"], capture_output=True, text=True).stdout.splitlines()
-        ours = [line for line in table if line.endswith("# pipelines:fair.json")]
-        assert len(ours) == 1 and ours[0].startswith("30 3 * * * cd ") and "--wait --resume" in ours[0]
-        assert shlex.split(ours[0].split(" ", 5)[5].split(" && ", 1)[1])[4] == str(conf)
-    finally:
-        if before.returncode == 0:
-            subprocess.run(["crontab", "-"], input=before.stdout, text=True, check=True)
-        else:
-            subprocess.run(["crontab", "-r"], capture_output=True)
+    argv = [PIPELINES, "schedule", str(conf), "--cron", "30 3 * * 1-5", "--crontab-file", str(table)]
+    for _ in range(2):  # installing again replaces the pipeline's line
+        out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+    lines = table.read_text().splitlines()
+    assert lines[:2] == ["MAILTO=ops", other] and len(lines) == 3  # the other entries are kept
+    fields, command = lines[2].split(" ", 5)[:5], lines[2].split(" ", 5)[5]
+    assert fields == ["30", "3", "*", "*", "1-5"]
+    assert "%" not in command.replace("\\%", "")  # cron would cut the command at a bare %
+    shell = command.replace("\\%", "%")  # what cron hands to /bin/sh
+    assert subprocess.run(["sh", "-n", "-c", shell]).returncode == 0
+    cd, run = shell.split(" && ", 1)
+    words = shlex.split(run, comments=True)
+    assert shlex.split(cd) == ["cd", str(ROOT)] and words[:4] == [PY, "-m", "pipelines", "run"]
+    log = str(tmp_path / "runs" / "fair" / "scheduled.log")
+    assert words[4:] == [str(conf), "--wait", "--resume", ">>", log, "2>&1"]
+    usage = subprocess.run(["crontab", "-h"], capture_output=True, text=True) if shutil.which("crontab") else None
+    if usage is not None and "dry run" in usage.stderr + usage.stdout:  # Debian's -n: check only, install nothing
+        checked = subprocess.run(["crontab", "-n", str(table)], capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stderr
+    line = lines[2]
+    scron = merge(merge(f"{other}\n", line, ["--time=01:00:00"]), line, ["--time=02:00:00"])
+    assert scron.splitlines() == [other, "#SCRON --time=02:00:00", line]  # the earlier #SCRON lines went too

@@ -15,11 +15,11 @@ import pytest
 
 from pipelines.config import DeepStage, parse_config
 from pipelines.deep import checkpoint, feed
-from pipelines.deep.launch import launch_command
 from pipelines.deep.models import check_params
 from pipelines.deep.shards import TensorShards
 from pipelines.deep.train import learning_rate
 from pipelines.errors import ConfigError, DataError
+from pipelines.launch.horovod import launch_command
 from pipelines.pipeline import run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,9 +98,9 @@ def test_deep_stage_config_is_checked_without_importing_keras():
     with pytest.raises(ConfigError, match="needs a 'transfer' section"):
         parse_config(digits_config(Path("/tmp"), bad))
     stage = DeepStage(model="lenet5", ranks=4, hosts="node1:2,node2:2")
-    argv = launch_command(stage, Path("spec.json"))
+    argv = launch_command(stage.launcher, stage.ranks, stage.hosts, ["worker", "spec.json"])
     assert argv[1:5] == ["-np", "4", "-H", "node1:2,node2:2"] and "--gloo" in argv
-    srun = launch_command(stage.model_copy(update={"launcher": "srun"}), Path("spec.json"))
+    srun = launch_command("srun", stage.ranks, stage.hosts, ["worker", "spec.json"])
     assert srun[:2] == ["srun", "--ntasks=4"]
     with pytest.raises(ConfigError, match="hosts"):
         parse_config(digits_config(Path("/tmp"), {"stage": "deep", "model": "softmax", "hosts": "a;rm -rf /"}))

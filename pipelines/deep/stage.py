@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipelines.atomic import atomic_write_json
 from pipelines.config import DeepStage, PipelineConfig
-from pipelines.deep.launch import launch_command, run_ranks
 from pipelines.deep.shards import MANIFEST, TensorShards, write_shards
 from pipelines.engines.base import Engine
 from pipelines.errors import ConfigError, DataError
+from pipelines.launch.horovod import launch_command, run_ranks
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ def run_deep(
         spec["out"] = str(tmp)
         spec_path = checkpoints / "spec.json"
         atomic_write_json(spec_path, spec)
-        run_ranks(launch_command(stage, spec_path, ranks), run.dir / "logs" / f"{name}.ranks.log", stage.timeout_s)
+        worker = [sys.executable, "-m", "pipelines.deep.worker", str(spec_path)]
+        command = launch_command(stage.launcher, ranks or stage.ranks, stage.hosts, worker)
+        run_ranks(command, run.dir / "logs" / f"{name}.ranks.log", stage.timeout_s)
         results = json.loads((tmp / "results.json").read_text())
     return DeepResult(results)

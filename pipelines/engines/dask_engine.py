@@ -60,7 +60,7 @@ class DaskEngine(Engine):
             return
         wait = self.settings.wait_for_workers
         if self.settings.jobqueue is not None:
-            from pipelines.engines.jobqueue import make_cluster, scale
+            from pipelines.launch.jobqueue import make_cluster, scale
 
             jq = self.settings.jobqueue
             self._cluster = make_cluster(jq)

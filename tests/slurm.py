@@ -3,7 +3,7 @@
 Needs root and Debian's `slurmctld slurmd slurm-client munge` (`make setup` installs them when run as
 root). Every daemon is started in the foreground as a child process and stopped by PID.
 
-    python cluster/local_slurm.py /tmp/slurm    # start, print the SLURM_CONF to export, wait for Ctrl-C
+    python tests/slurm.py /tmp/slurm    # start, print the SLURM_CONF to export, wait for Ctrl-C
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Start the Horovod ranks of a deep stage: horovodrun with Gloo here, mpirun or srun on clusters."""
+"""Start Horovod ranks: horovodrun with Gloo here, mpirun or srun on clusters; relay rank 0's progress.
+
+Plain arguments only (launcher, ranks, hosts, the command every rank runs): the deep stage builds them.
+"""
 
 from __future__ import annotations
 
@@ -10,30 +13,30 @@ import sys
 import threading
 from pathlib import Path
 
-from pipelines.config import DeepStage
 from pipelines.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
 RANK_LINE = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$")
+LAUNCHERS = ("horovodrun", "mpirun", "srun")
 
 
-def worker_command(spec: Path) -> list[str]:
-    """The command every rank runs."""
-    return [sys.executable, "-m", "pipelines.deep.worker", str(spec)]
+def launch_command(launcher: str, ranks: int, hosts: str | None, worker: list[str]) -> list[str]:
+    """argv (never a shell string) that starts `ranks` copies of the `worker` argv with the given launcher.
 
-
-def launch_command(stage: DeepStage, spec: Path, ranks: int | None = None) -> list[str]:
-    """argv (never a shell string) that starts `ranks` ranks of the worker with the stage's launcher."""
-    n = str(ranks or stage.ranks)
-    if stage.launcher == "horovodrun":
+    horovodrun (Gloo) runs on `hosts` (`node1:4,node2:4`; default all on this host); mpirun needs a
+    Horovod built with MPI (docs/INSTALL.md); srun starts the ranks inside the current allocation.
+    """
+    if launcher not in LAUNCHERS:
+        raise PipelineError(f"launcher {launcher!r}: expected one of {LAUNCHERS}")
+    n = str(ranks)
+    if launcher == "horovodrun":
         exe = str(Path(sys.executable).parent / "horovodrun")
-        hosts = stage.hosts or f"localhost:{n}"
-        return [exe, "-np", n, "-H", hosts, "--gloo", *worker_command(spec)]
-    if stage.launcher == "mpirun":  # needs a Horovod built with MPI (docs/INSTALL.md)
-        hosts = ["-H", stage.hosts] if stage.hosts else []
-        return ["mpirun", "-np", n, *hosts, "-bind-to", "none", "-map-by", "slot", *worker_command(spec)]
-    return ["srun", f"--ntasks={n}", "--kill-on-bad-exit=1", *worker_command(spec)]  # inside an allocation
+        return [exe, "-np", n, "-H", hosts or f"localhost:{n}", "--gloo", *worker]
+    if launcher == "mpirun":
+        where = ["-H", hosts] if hosts else []
+        return ["mpirun", "-np", n, *where, "-bind-to", "none", "-map-by", "slot", *worker]
+    return ["srun", f"--ntasks={n}", "--kill-on-bad-exit=1", *worker]
 
 
 def run_ranks(command: list[str], log_path: Path, timeout_s: int) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 
 from pipelines.errors import ConfigError
+from pipelines.launch.config import JobqueueSettings
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def seconds(walltime: str) -> int:
     return total + (days or 0) * 86400
 
 
-def lifetime(settings: Any) -> tuple[int, int] | None:
+def lifetime(settings: JobqueueSettings) -> tuple[int, int] | None:
     """(lifetime, stagger) in seconds: retire workers before walltime (configured, or 90 % / 5 % of it)."""
     if settings.lifetime == "none":
         return None
@@ -90,7 +91,7 @@ def lifetime(settings: Any) -> tuple[int, int] | None:
     return life, stagger
 
 
-def make_cluster(settings: Any) -> Any:
+def make_cluster(settings: JobqueueSettings) -> Any:
     """A started dask-jobqueue SLURMCluster or PBSCluster from `engine.dask.jobqueue` settings."""
     from dask_jobqueue import PBSCluster, SLURMCluster
 
@@ -131,7 +132,7 @@ def make_cluster(settings: Any) -> Any:
     return cluster
 
 
-def scale(cluster: Any, settings: Any) -> int:
+def scale(cluster: Any, settings: JobqueueSettings) -> int:
     """Fixed (`jobs`) or adaptive scaling; returns how many workers to wait for before starting."""
     per_job = settings.processes
     if settings.adaptive is not None:

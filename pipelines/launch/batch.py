@@ -1,0 +1,146 @@
+"""Batch scripts (`pipelines submit`): Spark standalone, Dask, Horovod or a local run inside one SLURM/PBS job.
+
+The scripts are Jinja2 templates in `pipelines/launch/templates/` (`job.sh.j2` and one template per mode
+extending it; `slurm_header.j2`/`pbs_header.j2` for the directives). Every value placed in the script body
+goes through the `q` filter (`shlex.quote`), so `$(...)`, `;` or quotes in a value stay literal text;
+directive values (`#SBATCH`/`#PBS` lines, parsed by the scheduler, not the shell) are restricted to plain
+characters by the config types (`Directive` in pipelines/settings.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from pydantic import ValidationError
+
+from pipelines.atomic import atomic_write_json, atomic_write_text
+from pipelines.errors import ConfigError, PipelineError
+from pipelines.launch.config import BatchSettings
+
+SCHEDULERS = ("slurm", "pbs")
+MODES = ("spark", "dask", "horovod", "local")
+SCRIPT_NAME = {"slurm": "job.sbatch", "pbs": "job.pbs"}
+PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # as `Name` in pipelines/settings.py
+
+
+def quote(value: Any) -> str:
+    """The `q` filter: one shell word whose text is the value's, whatever characters it holds."""
+    return shlex.quote(str(value))
+
+
+def environment() -> jinja2.Environment:
+    """The templates' environment: nothing escaped for HTML, undefined names are errors, `q` quotes."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("pipelines.launch", "templates"),
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["q"] = quote
+    return env
+
+
+_ENV = environment()
+
+
+def render(
+    batch: BatchSettings,
+    pipeline: str,
+    conf: Path,
+    jobdir: Path,
+    scheduler: str,
+    workdir: Path,
+    python: str | None = None,
+    overrides: list[str] | None = None,
+) -> str:
+    """The batch script that runs `conf` (the resolved config copy) of `pipeline` in `batch.mode`.
+
+    The settings are checked again here (a caller may have changed them after loading), so directive values
+    stay plain whoever calls.
+    """
+    if scheduler not in SCHEDULERS:
+        raise PipelineError(f"scheduler {scheduler!r}: expected one of {SCHEDULERS}")
+    try:
+        batch = BatchSettings.model_validate(batch.model_dump())
+    except ValidationError as exc:
+        raise ConfigError(f"batch: {exc}") from None
+    if not PIPELINE_NAME.match(pipeline):
+        raise ConfigError(f"pipeline name {pipeline!r}: letters, digits, '_', '.' and '-' only")
+    if any(c.isspace() for c in str(jobdir)):
+        raise PipelineError(f"{jobdir}: the job folder (runs_dir) must not contain spaces (#SBATCH lines cannot quote)")
+    python = python or sys.executable
+    return _ENV.get_template(f"{batch.mode}.sh.j2").render(
+        b=batch,
+        name=f"pipelines-{pipeline}",
+        scheduler=scheduler,
+        jobdir=str(jobdir),
+        conf=str(conf),
+        workdir=str(workdir),
+        python=python,
+        bindir=str(Path(python).parent),
+        overrides=list(overrides or []),
+    )
+
+
+def submit(
+    batch: BatchSettings,
+    pipeline: str,
+    runs_dir: str | os.PathLike[str],
+    config_text: str,
+    scheduler: str,
+    dry_run: bool,
+    workdir: Path | None = None,
+    python: str | None = None,
+    overrides: list[str] | None = None,
+) -> tuple[str, str | None, Path]:
+    """Write the job folder (config copy + script) under runs_dir and submit it.
+
+    `config_text` is the resolved config the job runs (its runs_dir pinned to an absolute path by the
+    caller, since the job may start elsewhere). Returns (script, job id or None when dry_run, job folder).
+    """
+    workdir = (workdir or Path.cwd()).resolve()
+    runs = Path(runs_dir)
+    runs = runs if runs.is_absolute() else workdir / runs
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    jobdir = runs / pipeline / "jobs" / stamp
+    conf = jobdir / "config.yaml"
+    script = render(batch, pipeline, conf, jobdir, scheduler, workdir, python, overrides)
+    if dry_run:
+        return script, None, jobdir
+    jobdir.mkdir(parents=True)
+    atomic_write_text(conf, config_text)
+    path = jobdir / SCRIPT_NAME[scheduler]
+    atomic_write_text(path, script)
+    argv = ["sbatch", "--parsable", str(path)] if scheduler == "slurm" else ["qsub", str(path)]
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=workdir)
+    except FileNotFoundError:
+        raise PipelineError(f"{argv[0]} not found: run `pipelines submit` on a {scheduler} login node") from None
+    except subprocess.CalledProcessError as exc:
+        raise PipelineError(f"{argv[0]} refused the job: {exc.stderr.strip()} (script: {path})") from None
+    job = out.stdout.strip().split(";")[0]
+    atomic_write_json(jobdir / "job.json", {"scheduler": scheduler, "job_id": job, "script": str(path), "argv": argv})
+    return script, job, jobdir
+
+
+def job_facts() -> dict[str, Any] | None:
+    """The batch job this process runs in (SLURM or PBS), for the run manifest."""
+    if "SLURM_JOB_ID" in os.environ:
+        return {
+            "scheduler": "slurm",
+            "job_id": os.environ["SLURM_JOB_ID"],
+            "nodes": os.environ.get("SLURM_JOB_NODELIST"),
+        }
+    if "PBS_JOBID" in os.environ:
+        return {"scheduler": "pbs", "job_id": os.environ["PBS_JOBID"]}
+    return None
