@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -13,6 +13,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q -rs
+
+test-fast: setup  ## the quick loop: everything not marked slow (real ranks, SLURM, standalone Spark, CLI runs)
+	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check pipelines tests benchmarks cluster

@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,10 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike[str], before_publish: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a temp directory that is renamed to path only if the block succeeds.
 
+    `before_publish(tmp)` runs after the block and before the rename (e.g. to record checksums first).
     An existing directory at path is replaced only after the new one is complete; on error the
     temp directory is removed and the earlier output stays untouched.
     """
@@ -62,6 +63,8 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
+        if before_publish is not None:
+            before_publish(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(target, old)

@@ -6,20 +6,16 @@ import argparse
 import logging
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
-from rich.console import Console
 from rich.logging import RichHandler
-from rich.table import Table
 from rich.text import Text
 
 from pipelines import __version__
-from pipelines.config import PipelineConfig, load_config
-from pipelines.errors import PipelineError
+from pipelines.config import PipelineConfig, load_config, parse_config
+from pipelines.console import console
+from pipelines.errors import ConfigError, PipelineError
 
-console = Console(stderr=True)
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
@@ -31,176 +27,67 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-def summary_table(rows: list[dict[str, Any]]) -> Table:
-    """One line per (pipeline, engine): counts, partitions, split sizes, time, run directory."""
-    table = Table(title="ingest summary", header_style="bold")
-    for name in (
-        "pipeline",
-        "engine",
-        "read",
-        "accepted",
-        "rejected",
-        "partitions",
-        "rows/partition",
-        "train",
-        "val",
-        "test",
-        "seconds",
-        "run",
-    ):
-        table.add_column(name, justify="right" if name not in ("pipeline", "engine", "run") else "left")
-    for r in rows:
-        sizes = r.get("partition_rows", [0])
-        table.add_row(
-            r["pipeline"],
-            r["engine"],
-            f"{r['read']:,}",
-            f"{r['accepted']:,}",
-            f"{r['rejected']:,}",
-            str(r["partitions"]),
-            f"{min(sizes):,}-{max(sizes):,}",
-            f"{r['splits']['train']:,}",
-            f"{r['splits']['val']:,}",
-            f"{r['splits']['test']:,}",
-            f"{r['seconds']:.1f}",
-            r["run"],
-        )
-    return table
-
-
-def model_table(rows: list[dict[str, Any]]) -> Table:
-    """One line per fitted model: rows, fit time, headline metrics, where its files are."""
-    table = Table(title="model summary", header_style="bold")
-    for name in ("pipeline", "engine", "stage", "model", "train rows", "fit s", "metrics", "files"):
-        table.add_column(name, justify="right" if name in ("train rows", "fit s") else "left")
-    for r in rows:
-        facts = {k: v for k, v in r["facts"].items() if k not in ("model", "train_rows", "fit_seconds")}
-        text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in facts.items())
-        table.add_row(
-            r["pipeline"],
-            r["engine"],
-            r["stage"],
-            r["facts"].get("model", ""),
-            f"{r['facts'].get('train_rows', 0):,}",
-            f"{r['facts'].get('fit_seconds', 0):.2f}",
-            text,
-            r["files"],
-        )
-    return table
-
-
-def _run_one(config: PipelineConfig, engine: Any, resume: str | bool, wait: bool) -> tuple[Any, dict[str, Any]]:
-    """One pipeline run under its lock: new, or resuming a given (or the newest unfinished) run directory."""
-    from pipelines.pipeline import run_pipeline
-    from pipelines.resume import find_resumable
-    from pipelines.runs import Run
-    from pipelines.schedule import pipeline_lock
-
-    with pipeline_lock(Path(config.runs_dir), config.name, wait=wait):
-        earlier = Path(resume) if isinstance(resume, str) else find_resumable(config.runs_dir, config.name)
-        if resume and earlier is not None:
-            try:
-                run = Run.reopen(earlier)
-            except FileNotFoundError as exc:
-                raise PipelineError(str(exc)) from None
-            console.print(f"resuming {run.dir}")
-            return run_pipeline(config, engine=engine, run=run)
-        if isinstance(resume, str):
-            raise PipelineError(f"--resume {resume}: no such run directory")
-        return run_pipeline(config, engine=engine)
-
-
-def _run_many(
-    configs: list[PipelineConfig], engines: list[str], resume: str | bool = False, wait: bool = False
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Run each config on each engine, reusing one started engine per kind."""
-    from pipelines.engines import make_engine
-
-    rows: list[dict[str, Any]] = []
-    models: list[dict[str, Any]] = []
-    for kind in engines:
-        first = configs[0].model_copy(deep=True)
-        first.engine.kind = kind  # type: ignore[assignment]
-        with make_engine(first.engine) as engine:
-            for config in configs:
-                config = config.model_copy(deep=True)
-                config.engine.kind = kind  # type: ignore[assignment]
-                t0 = time.perf_counter()
-                run, state = _run_one(config, engine, resume, wait)
-                ingest = state.get("ingest")
-                if ingest is not None:
-                    rows.append(
-                        {
-                            **ingest.summary(),
-                            "pipeline": config.name,
-                            "seconds": time.perf_counter() - t0,
-                            "run": os.path.relpath(run.dir),
-                        }
-                    )
-                fitted = [("models", n, r) for n, r in state.get("models", {}).items()]
-                fitted += [("deep", n, r) for n, r in state.get("deep", {}).items()]
-                for folder, name, result in fitted:
-                    files = os.path.relpath(run.dir / folder / name)
-                    models.append(
-                        {
-                            "pipeline": config.name,
-                            "engine": kind,
-                            "stage": name,
-                            "facts": result.summary(),
-                            "files": files,
-                        }
-                    )
-                console.print(f"[green]done[/] {config.name} on {kind}: {run.dir}")
-    return rows, models
-
-
-def _engines(args: argparse.Namespace, config: PipelineConfig) -> list[str]:
-    engines = args.engine.split(",") if args.engine else [config.engine.kind]
+def _engines(value: str | None) -> list[str] | None:
+    """`--engine spark,dask` as a list (None: each config's own engine.kind)."""
+    if not value:
+        return None
+    engines = value.split(",")
     bad = [e for e in engines if e not in ("spark", "dask")]
     if bad:
         raise PipelineError(f"--engine: unknown engine(s) {bad}; use spark, dask or spark,dask")
     return engines
 
 
-def _print_tables(rows: list[dict[str, Any]], models: list[dict[str, Any]]) -> None:
-    wide = Console(width=max(Console().width, 150))
-    if rows:
-        wide.print(summary_table(rows))
-    if models:
-        wide.print(model_table(models))
+def _resume_and_configs(args: argparse.Namespace) -> tuple[list[str], bool | str]:
+    """One `--resume` meaning for run and train: with no value the newest unfinished run of each config's
+    pipeline; with a run directory that run (its recorded config unless a CONFIG is given)."""
+    paths = list(args.config or [])
+    resume = args.resume
+    if isinstance(resume, str) and Path(resume).is_file():  # `--resume conf.yaml`: the value is a config
+        paths.append(resume)
+        resume = True
+    if isinstance(resume, str) and not paths:
+        paths = [str(Path(resume) / "config.yaml")]
+    if not paths:
+        raise PipelineError(f"{args.command}: give a CONFIG, or --resume RUN_DIR")
+    if isinstance(resume, str) and len(paths) > 1:
+        raise PipelineError("--resume RUN_DIR continues one run: give at most one CONFIG with it")
+    return paths, resume
+
+
+def _run(args: argparse.Namespace, configs: list[PipelineConfig], resume: bool | str) -> int:
+    from pipelines.console import print_summaries
+    from pipelines.pipeline import run_many
+
+    done = run_many(configs, _engines(args.engine), resume, args.wait, getattr(args, "force", False))
+    for config, out in done:
+        console.print(f"[green]done[/] {config.name} on {config.engine.kind}: {out.run.dir}")
+    print_summaries(done)
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    configs = [load_config(path, args.set) for path in args.config]
-    _print_tables(*_run_many(configs, _engines(args, configs[0]), args.resume, args.wait))
-    return 0
+    paths, resume = _resume_and_configs(args)
+    return _run(args, [load_config(path, args.set) for path in paths], resume)
 
 
 def _set_ranks(config: PipelineConfig, ranks: int | None, hosts: str | None) -> PipelineConfig:
     deep = [s for s in config.stages if s.stage == "deep"]
     if not deep:
         raise PipelineError(f"pipeline {config.name!r} has no deep stage to train")
-    for stage in deep:
-        if ranks:
-            stage.ranks = ranks  # type: ignore[union-attr]
-        if hosts:
-            stage.hosts = hosts  # type: ignore[union-attr]
-    return PipelineConfig.model_validate(config.model_dump())  # re-check the changed values
+    data = config.model_dump()
+    for index, stage in enumerate(config.stages):
+        if stage.stage == "deep":
+            data["stages"][index].update({k: v for k, v in (("ranks", ranks), ("hosts", hosts)) if v})
+    return parse_config(data, config.name)  # re-check the changed values
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.resume:
-        from pipelines.config import load_config as load
-
-        config = _set_ranks(load(Path(args.resume) / "config.yaml"), args.ranks, args.hosts)
-        resume: str | bool = args.resume
-    elif args.config:
-        config = _set_ranks(load_config(args.config, args.set), args.ranks, args.hosts)
-        resume = False
-    else:
-        raise PipelineError("train: give a CONFIG, or --resume RUN_DIR")
-    _print_tables(*_run_many([config], _engines(args, config), resume, args.wait))
-    return 0
+    if args.config:
+        args.config = [args.config]
+    paths, resume = _resume_and_configs(args)
+    config = _set_ranks(load_config(paths[0], args.set), args.ranks, args.hosts)
+    return _run(args, [config], resume)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -244,13 +131,27 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from pipelines.plan import check_plan
+
+    failed = 0
     for path in args.config:
-        config = load_config(path, args.set)
+        try:
+            config = load_config(path, args.set)
+        except ConfigError as exc:
+            console.print(Text.assemble(("invalid ", "bold red"), str(exc)), soft_wrap=True)
+            failed += 1
+            continue
+        problems = check_plan(config)
+        if problems:
+            failed += 1
+            lines = "\n".join(f"  - {p}" for p in problems)
+            console.print(Text.assemble(("invalid ", "bold red"), f"{path}: pipeline plan:\n{lines}"), soft_wrap=True)
+            continue
         console.print(
             f"[green]ok[/] {path}: pipeline {config.name!r}, engine {config.engine.kind}, "
-            f"stages {[s.stage for s in config.stages]}"
+            f"stages {[s.output_name for s in config.stages]}"
         )
-    return 0
+    return 2 if failed else 0
 
 
 def default_configs() -> list[Path]:
@@ -265,8 +166,7 @@ def default_configs() -> list[Path]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    args.config = [str(p) for p in default_configs()]
-    return cmd_run(args)
+    return _run(args, [load_config(p, args.set) for p in default_configs()], False)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -326,22 +226,32 @@ def build_parser() -> argparse.ArgumentParser:
             help="override a config value by dotted path, e.g. engine.partitions=8 (repeatable)",
         )
 
+    def with_resume(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--resume",
+            nargs="?",
+            const=True,
+            default=False,
+            metavar="RUN_DIR",
+            help="continue the newest unfinished run of the pipeline, or RUN_DIR: finished stages are restored, "
+            "the rest run (deep stages from their checkpoints)",
+        )
+        p.add_argument("--force", action="store_true", help="with --resume: rerun stages whose config changed")
+        p.add_argument("--wait", action="store_true", help="wait for a running run of the same pipeline to end")
+        with_overrides(p)
+
     p = sub.add_parser("run", help="run pipeline config(s)")
-    p.add_argument("config", nargs="+")
-    p.add_argument("--engine", help="spark, dask or spark,dask (default: the config's engine.kind)")
-    p.add_argument("--resume", action="store_true", help="continue the newest unfinished run of the pipeline")
-    p.add_argument("--wait", action="store_true", help="wait for a running run of the same pipeline to end")
-    with_overrides(p)
+    p.add_argument("config", nargs="*")
+    p.add_argument("--engine", help="spark, dask or spark,dask (default: each config's engine.kind)")
+    with_resume(p)
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("train", help="run a pipeline whose deep stages train with N Horovod ranks; or resume one")
     p.add_argument("config", nargs="?")
     p.add_argument("--np", type=int, dest="ranks", help="Horovod ranks for every deep stage (default: its 'ranks')")
     p.add_argument("--engine", help="spark or dask for the ingest and hand-off")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run's unfinished stages (deep: from checkpoints)")
     p.add_argument("--hosts", help="horovodrun host list for every deep stage, e.g. node1:4,node2:4")
-    p.add_argument("--wait", action="store_true", help="wait for a running run of the same pipeline to end")
-    with_overrides(p)
+    with_resume(p)
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("submit", help="render a batch script from the config's `batch` section and submit it")
@@ -371,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the default job: bundled image and table data on Spark and Dask")
     p.add_argument("--engine", default="spark,dask")
     with_overrides(p)
-    p.set_defaults(fn=cmd_demo, resume=False, wait=False)
+    p.set_defaults(fn=cmd_demo, wait=False)
 
     p = sub.add_parser("generate", help="write synthetic data as partitioned Parquet (or CSV)")
     p.add_argument("out")

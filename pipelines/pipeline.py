@@ -1,73 +1,147 @@
-"""Run a configured pipeline: one run directory, its stages in order on one engine."""
+"""Run a configured pipeline: a checked plan, one run session, its stages in order through the protocol."""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
-from pipelines.config import PipelineConfig
+from pipelines.config import PipelineConfig, dump_config
 from pipelines.engines import make_engine
 from pipelines.engines.base import Engine
-from pipelines.resume import corrupt_outputs, restore_ingest
-from pipelines.runs import Run
-from pipelines.schedule import prune_runs
-from pipelines.stages import STAGES
+from pipelines.errors import ConfigError
+from pipelines.launch.batch import job_facts
+from pipelines.plan import require_valid_plan
+from pipelines.protocol import StageContext, StageResult
+from pipelines.runs import Run, config_diff, corrupt_outputs, run_session
 
 log = logging.getLogger(__name__)
 
+# Config keys that say where a run goes or how it is launched, never what it computes.
+PLACEMENT_KEYS = ("runs_dir", "keep_runs", "batch", "engine.spark", "engine.dask")
 
-def _point_latest(run: Run) -> None:
-    """Atomically repoint runs/<pipeline>/latest at this run."""
-    link = run.dir.parent / "latest"
-    tmp = run.dir.parent / f".latest-{run.id}"
-    os.symlink(run.dir.name, tmp)
-    os.replace(tmp, link)
+
+class PipelineResult(NamedTuple):
+    """A finished run and the typed results of its stages, by output name in stage order."""
+
+    run: Run
+    results: dict[str, StageResult]
+
+
+def first_changed_stage(config: PipelineConfig, run: Run, force: bool) -> int:
+    """Index of the first stage whose config differs from what the run recorded (len(stages) if none).
+
+    A changed key outside the stages (dataset, engine kind or partitions) changes every stage. Without
+    `force` any change that is not placement is refused with the keys that differ.
+    """
+    recorded = run.recorded_config()
+    diffs = [d for d in config_diff(recorded, config.model_dump(mode="json")) if not d[0].startswith(PLACEMENT_KEYS)]
+    changed = []
+    first = len(config.stages)
+    for path, old, new in diffs:
+        index = _stage_index(path)
+        if index is not None and index < len(config.stages):
+            field = path.split(".", 1)[1].split(".")[0].split("[")[0] if "." in path else ""
+            if field in type(config.stages[index]).placement_fields:
+                continue
+        changed.append(f"{path}: {old!r} -> {new!r}")
+        first = min(first, index if index is not None else 0)
+    if changed and not force:
+        raise ConfigError(
+            f"--resume {run.dir}: the config differs from the one the run recorded:\n"
+            + "\n".join(f"  - {c}" for c in changed)
+            + "\n(use --force to rerun the changed stages and those after them)"
+        )
+    if changed:
+        log.warning("resume --force: rerunning from stage %d (%s)", first, "; ".join(changed))
+    return first
+
+
+def _stage_index(path: str) -> int | None:
+    if not path.startswith("stages["):
+        return None
+    return int(path[len("stages[") : path.index("]")])
 
 
 def run_pipeline(
-    config: PipelineConfig, engine: Engine | None = None, runs_root: str | Path | None = None, run: Run | None = None
-) -> tuple[Run, dict[str, Any]]:
-    """Run every stage of config; uses the given started engine or starts (and stops) its own.
+    config: PipelineConfig,
+    engine: Engine | None = None,
+    runs_root: str | Path | None = None,
+    resume: bool | str | Path = False,
+    wait: bool = False,
+    force: bool = False,
+) -> PipelineResult:
+    """Check the plan, then run every stage under the pipeline's lock on the given (or its own) engine.
 
-    With `run` (a reopened earlier run), stages the manifest records as succeeded are skipped when every
-    recorded output still matches its checksum (else all stages run again, replacing outputs atomically);
-    a skipped ingest is restored from its manifest facts and written splits.
+    `resume`: True continues the newest unfinished run (a path: that run). Stages the run records as
+    succeeded are restored instead of rerun while their config is unchanged and every recorded output still
+    matches its checksum; a changed config is refused unless `force` (then the changed stages and those
+    after them run again).
     """
-    todo = list(config.stages)
-    if run is not None:
-        bad = corrupt_outputs(run.dir, run.manifest)
-        if bad:
-            log.warning("resume: outputs %s changed since they were written; running every stage again", bad)
-        else:
-            todo = [s for s in config.stages if not run.stage_succeeded(s.output_name)]
-    run = run or Run(config, runs_root)
-    state: dict[str, Any] = {}
-    owned = engine is None
-    try:
-        if owned:
-            engine = make_engine(config.engine)
-            engine.start()
-        run.manifest["engine"].update(engine.describe())
-        run.save()
-        skipped = [s for s in config.stages if s not in todo]
-        for stage in skipped:
-            if stage.stage == "ingest" and todo:
-                state["ingest"] = restore_ingest(engine, config, stage, run)
-        for stage in todo:
-            with run.stage(stage.output_name) as entry:
-                result = STAGES[stage.stage](engine, config, stage, run, state)
-                entry.update(result.summary())
-                run.add_metrics(stage.output_name, result.metrics)
-    except BaseException as exc:
-        run.finish("failed", f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        if owned and engine is not None:
-            engine.stop()
-    run.finish("succeeded")
-    _point_latest(run)
-    if config.keep_runs:
-        prune_runs(run.dir.parent.parent, config.name, config.keep_runs)
-    return run, state
+    require_valid_plan(config, config.name)
+    root = runs_root or config.runs_dir
+    engine_facts = {"kind": config.engine.kind, "partitions": config.engine.partitions}
+    with run_session(config.name, root, dump_config(config), engine_facts, resume, wait, config.keep_runs) as run:
+        start = 0
+        if run.manifest.get("resumed"):
+            start = first_changed_stage(config, run, force)
+            bad = corrupt_outputs(run.dir, run.manifest)
+            if bad:
+                log.warning("resume: outputs %s changed since they were written; running every stage again", bad)
+                start = 0
+            if force:
+                run.replace_config(dump_config(config))
+        job = job_facts()
+        if job is not None:
+            run.manifest["job"] = job
+        owned = engine is None
+        engine = engine or make_engine(config.engine)
+        try:
+            if owned:
+                engine.start()
+            run.manifest["engine"].update(engine.describe())
+            run.save()
+            ctx = StageContext(engine=engine, run=run, config=config)
+            for index, stage in enumerate(config.stages):
+                name = stage.output_name
+                if index < start and run.stage_succeeded(name):
+                    ctx.results[name] = stage.restore(ctx)
+                    continue
+                with run.stage(name) as entry:
+                    result = stage.run(ctx)
+                    entry.update(result.facts())
+                run.add_metrics(name, result.metrics)
+                ctx.results[name] = result
+        finally:
+            if owned:
+                engine.stop()
+    return PipelineResult(run, ctx.results)
+
+
+def run_many(
+    configs: list[PipelineConfig],
+    engine_kinds: list[str] | None = None,
+    resume: bool | str | Path = False,
+    wait: bool = False,
+    force: bool = False,
+) -> list[tuple[PipelineConfig, PipelineResult]]:
+    """Run each config on each engine kind; configs with identical engine sections share one started engine.
+
+    Each config keeps its own engine settings: a config whose `engine` section differs gets its own engine.
+    """
+    done: list[tuple[PipelineConfig, PipelineResult]] = []
+    for kind in engine_kinds or [None]:
+        chosen = []
+        for config in configs:
+            config = config.model_copy(deep=True)
+            if kind is not None:
+                config.engine.kind = kind  # type: ignore[assignment]
+            chosen.append(config)
+        groups: dict[str, list[PipelineConfig]] = {}
+        for config in chosen:
+            groups.setdefault(config.engine.model_dump_json(), []).append(config)
+        for group in groups.values():
+            with make_engine(group[0].engine) as engine:
+                for config in group:
+                    done.append((config, run_pipeline(config, engine, resume=resume, wait=wait, force=force)))
+    return done

@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import IngestStage, PipelineConfig
+from pipelines.config import PipelineConfig, dump_config
 from pipelines.data.bundled import idx_bytes
 from pipelines.errors import DataError
 from pipelines.ingest.config import DatasetConfig
-from pipelines.ingest.stage import run_ingest
+from pipelines.ingest.stage import IngestStage, run_ingest
 from pipelines.runs import Run
 
 
@@ -143,7 +143,7 @@ def _materialize(tmp_path, case: Case) -> dict[str, Any]:
 def _ingest(engine, tmp_path, ds: dict[str, Any], stage: dict[str, Any], partitions: int = 2):
     dataset = DatasetConfig(**ds)
     cfg = PipelineConfig(name="bad", dataset=dataset, stages=[IngestStage(**stage)], runs_dir=str(tmp_path / "runs"))
-    run = Run(cfg)
+    run = Run.create(cfg.name, cfg.runs_dir, dump_config(cfg), {"kind": engine.kind})
     try:
         result = run_ingest(engine, dataset, cfg.stages[0], partitions, run)
     finally:

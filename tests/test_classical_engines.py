@@ -44,9 +44,10 @@ def _coefficients(metrics_section):
     return np.array(table["estimate"]), np.array(table["std_error"]), table["term"]
 
 
+@pytest.mark.slow
 def test_linear_regression_stage_matches_statsmodels(engine, tmp_path):
     run, state, metrics = _run(engine, tmp_path, "randhie.yaml", "stages.2.params.n_estimators=60")
-    model = state["models"]["lm"].model
+    model = state["lm"].model
     features = list(model.feature_names_in_)
     x, y = _split(run, "train", features, "mdvis")
     ref = sm.OLS(y, sm.add_constant(x)).fit()
@@ -77,9 +78,10 @@ def test_linear_regression_stage_matches_statsmodels(engine, tmp_path):
     assert str(again.summary()) == str(model.summary())
 
 
+@pytest.mark.slow
 def test_binomial_glm_stage_matches_statsmodels(engine, tmp_path):
     run, state, metrics = _run(engine, tmp_path, "breast_cancer.yaml", "stages.2.params.n_estimators=50")
-    features = list(state["models"]["glm"].model.feature_names_in_)
+    features = list(state["glm"].model.feature_names_in_)
     x, y = _split(run, "train", features, "target")
     ref = sm.Logit(y, sm.add_constant(x)).fit(disp=0, method="newton", tol=1e-12, maxiter=100)
     est, se, _ = _coefficients(metrics["glm"])
@@ -91,19 +93,20 @@ def test_binomial_glm_stage_matches_statsmodels(engine, tmp_path):
     assert {"confusion.png", "roc.png"} <= set(metrics["glm"]["plots"])
 
 
+@pytest.mark.slow
 def test_digits_softmax_pca_kmeans_forest_stages(engine, tmp_path):
     run, state, metrics = _run(engine, tmp_path, "digits_classical.yaml", "stages.3.elbow=[4,8]")
     x, y = _images(run, "train")
     xt, yt = _images(run, "test")
     # softmax regression: coefficients within 1e-3 of scikit-learn with the same penalty
-    ours = state["models"]["softmax"].model
+    ours = state["softmax"].model
     ref = sklin.LogisticRegression(C=1.0, tol=1e-12, max_iter=20000).fit(x, y)
     assert np.max(np.abs(ours.coef_ - ref.coef_)) / np.max(np.abs(ref.coef_)) < 1e-3
     assert metrics["softmax"]["accuracy"] == pytest.approx(ref.score(xt, yt), abs=1 / len(yt) + 1e-12)
     # PCA: explained variance ratio to 1e-6; k for 80/90/95 % as scikit-learn picks it
     pca = SkPCA().fit(x)
     np.testing.assert_allclose(
-        state["models"]["pca"].model.explained_variance_ratio_, pca.explained_variance_ratio_, rtol=1e-6, atol=1e-12
+        state["pca"].model.explained_variance_ratio_, pca.explained_variance_ratio_, rtol=1e-6, atol=1e-12
     )
     for target, k in metrics["pca"]["components_for_variance"].items():
         assert k == SkPCA(float(target.rstrip("%")) / 100).fit(x).n_components_
@@ -120,11 +123,12 @@ def test_digits_softmax_pca_kmeans_forest_stages(engine, tmp_path):
     assert {"models/forest", "plots/kmeans", "plots/pca"} <= set(manifest["outputs"])
 
 
+@pytest.mark.slow
 def test_engines_give_the_same_deterministic_fits(dask_engine, spark_engine, tmp_path):
     fits = {}
     for engine in (dask_engine, spark_engine):
         _, state, _ = _run(engine, tmp_path, "fair.yaml")
-        fits[engine.kind] = state["models"]["lm"].model
+        fits[engine.kind] = state["lm"].model
     np.testing.assert_allclose(fits["dask"].coef_, fits["spark"].coef_, rtol=1e-10)
     np.testing.assert_allclose(
         fits["dask"].summary_.robust.std_error, fits["spark"].summary_.robust.std_error, rtol=1e-10

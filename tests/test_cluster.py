@@ -23,7 +23,7 @@ from pipelines.launch.batch import render
 from pipelines.launch.config import BatchSettings
 from pipelines.launch.cron import cron_line, merge
 from pipelines.pipeline import run_pipeline
-from pipelines.schedule import LockBusy, pipeline_lock, prune_runs
+from pipelines.runs import LockBusy, pipeline_lock, prune_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -198,6 +198,7 @@ def test_a_second_run_of_the_same_pipeline_waits_or_stops_with_a_clear_message(t
     assert got == [True]  # the waiting run started only after the first released the lock
 
 
+@pytest.mark.slow
 def test_cli_run_refuses_to_overlap_and_retention_keeps_the_newest(tmp_path):
     conf = tmp_path / "fair.json"
     conf.write_text(json.dumps(fair(tmp_path, keep_runs=2)))
@@ -223,21 +224,19 @@ def test_cron_line_is_quoted_and_validated(tmp_path):
 
 
 def test_resume_skips_finished_stages_and_reruns_the_failed_one(dask_engine, tmp_path, monkeypatch):
-    from pipelines import stages
-    from pipelines.runs import Run
+    from pipelines.classical.stage import ModelStage
 
     config = parse_config(fair(tmp_path))
-    real = stages.STAGES["model"]
 
-    def broken(*args, **kwargs):
+    def broken(self, ctx):
         raise RuntimeError("node lost")
 
-    monkeypatch.setitem(stages.STAGES, "model", broken)
-    with pytest.raises(RuntimeError, match="node lost"):
-        run_pipeline(config, engine=dask_engine)
-    monkeypatch.setitem(stages.STAGES, "model", real)
+    with monkeypatch.context() as patch:
+        patch.setattr(ModelStage, "run", broken)
+        with pytest.raises(RuntimeError, match="node lost"):
+            run_pipeline(config, engine=dask_engine)
     failed = next((tmp_path / "runs" / "fair").glob("2*"))
-    run, state = run_pipeline(config, engine=dask_engine, run=Run.reopen(failed))
+    run, state = run_pipeline(config, engine=dask_engine, resume=failed)
     assert run.dir == failed and run.manifest["status"] == "succeeded"
     assert [s["name"] for s in run.manifest["stages"]] == ["ingest", "lm", "lm"]  # ingest ran once
     fresh, _ = run_pipeline(config, engine=dask_engine)
@@ -272,6 +271,7 @@ def test_jobqueue_settings_pick_interfaces_and_retire_workers_before_walltime():
 # --- spark-submit to a real standalone master -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_spark_submit_to_a_standalone_master_runs_the_pipeline_with_its_master(tmp_path):
     import pyspark
 
@@ -323,6 +323,7 @@ def test_spark_submit_to_a_standalone_master_runs_the_pipeline_with_its_master(t
 # --- a real SLURM -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dask_jobqueue_workers_are_slurm_jobs_and_leave_with_the_run(slurm, tmp_path):
     jobqueue = {"jobs": 2, "cores": 1, "memory": "1GB", "walltime": "00:10:00", "queue": "debug", "interface": "auto"}
     jobqueue["log_directory"] = str(tmp_path / "worker-logs")  # else slurm-%j.out lands in the cwd
@@ -348,6 +349,7 @@ def _submit(tmp_path: Path, data: dict) -> tuple[str, Path]:
     return job, Path(json.loads(out.stdout)["job_dir"])
 
 
+@pytest.mark.slow
 def test_sbatch_spark_standalone_job_runs_the_default_pipeline(slurm, tmp_path):
     data = fair(tmp_path, batch={"mode": "spark", "cpus_per_task": 2, "memory": "6G", "env": {"X": HOSTILE}})
     data["batch"]["spark"] = {"master_port": 7277, "webui_port": 0, "worker_memory": "2g", "executor_memory": "1g"}
@@ -361,6 +363,7 @@ def test_sbatch_spark_standalone_job_runs_the_default_pipeline(slurm, tmp_path):
     assert _no_processes_mention(str(jobdir)) == []  # master and worker were stopped with the job
 
 
+@pytest.mark.slow
 def test_sbatch_dask_job_runs_the_pipeline_on_its_own_scheduler_and_workers(slurm, tmp_path):
     job, jobdir = _submit(tmp_path, fair(tmp_path, batch={"mode": "dask", "cpus_per_task": 2, "memory": "4G"}))
     state = slurm.wait_job(job, 600)
@@ -377,6 +380,7 @@ def _digits_deep(tmp_path: Path, epochs: int) -> dict:
     return {**data, "stages": [data["stages"][0], deep], "runs_dir": str(tmp_path / "runs")}
 
 
+@pytest.mark.slow
 def test_sbatch_horovod_job_trains_with_two_ranks(slurm, tmp_path):
     job, jobdir = _submit(tmp_path, {**_digits_deep(tmp_path, 3), "batch": {"mode": "horovod", "tasks_per_node": 2}})
     state = slurm.wait_job(job, 600)
@@ -385,6 +389,7 @@ def test_sbatch_horovod_job_trains_with_two_ranks(slurm, tmp_path):
     assert res["ranks"] == 2 and res["epochs_run"] == 3 and res["rank_weight_max_abs_diff"] == 0.0
 
 
+@pytest.mark.slow
 def test_scancel_mid_training_leaves_no_orphans_and_resume_completes_the_run(slurm, tmp_path):
     data = {**_digits_deep(tmp_path, 40), "batch": {"mode": "horovod", "tasks_per_node": 2}}
     job, jobdir = _submit(tmp_path, data)

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.config import DeepStage, parse_config
+from pipelines.config import parse_config
 from pipelines.deep import checkpoint, feed
 from pipelines.deep.models import check_params
 from pipelines.deep.shards import TensorShards
+from pipelines.deep.stage import DeepStage
 from pipelines.deep.train import learning_rate
 from pipelines.errors import ConfigError, DataError
 from pipelines.launch.horovod import launch_command
@@ -90,7 +91,8 @@ def test_checkpoints_are_atomic_keep_the_newest_and_round_trip(tmp_path):
     np.testing.assert_array_equal(found.weights[0], w[0])
 
 
-def test_deep_stage_config_is_checked_without_importing_keras():
+def test_deep_stage_params_hosts_and_launch_commands_are_checked():
+    """(That validation imports no Keras is checked in a fresh process: test_plan.py.)"""
     check_params("mlp", {"units": [64, 32], "dropout": 0.1})
     with pytest.raises(ValueError, match="unknown \\['unitz'\\]"):
         check_params("mlp", {"unitz": [1]})
@@ -98,7 +100,8 @@ def test_deep_stage_config_is_checked_without_importing_keras():
     with pytest.raises(ConfigError, match="needs a 'transfer' section"):
         parse_config(digits_config(Path("/tmp"), bad))
     stage = DeepStage(model="lenet5", ranks=4, hosts="node1:2,node2:2")
-    argv = launch_command(stage.launcher, stage.ranks, stage.hosts, ["worker", "spec.json"])
+    assert stage.launcher == "auto"  # resolved by the engine: horovodrun on a local engine
+    argv = launch_command("horovodrun", stage.ranks, stage.hosts, ["worker", "spec.json"])
     assert argv[1:5] == ["-np", "4", "-H", "node1:2,node2:2"] and "--gloo" in argv
     srun = launch_command("srun", stage.ranks, stage.hosts, ["worker", "spec.json"])
     assert srun[:2] == ["srun", "--ntasks=4"]
@@ -107,13 +110,18 @@ def test_deep_stage_config_is_checked_without_importing_keras():
 
 
 def test_every_network_builds_for_28x28_and_8x8_images():
-    from pipelines.deep.models import BUILDERS, build, task_of
+    from pipelines.deep.models import NETWORKS, build
 
-    for kind in BUILDERS:
+    built = 0
+    for kind, network in NETWORKS.items():
+        if network.from_base:
+            continue  # transfer networks are built on a saved model: test_horovod_transfer_learning_...
         for shape in ((28, 28), (8, 8)):
             model = build(kind, shape, 10, {})
-            want = (None, *shape, 1) if task_of(kind) == "reconstruct" else (None, 10)
+            want = (None, *shape, 1) if network.task == "reconstruct" else (None, 10)
             assert tuple(model.output_shape) == want, (kind, shape)
+            built += 1
+    assert built == 2 * (len(NETWORKS) - 1)
 
 
 # --- the hand-off: shards from either engine --------------------------------------------------------------
@@ -125,7 +133,7 @@ def _handoff(engine, tmp_path: Path, **stage) -> tuple[object, Path]:
 
     config = PipelineConfig.model_validate(digits_config(tmp_path, engine=engine.kind))
     run, state = run_pipeline(config, engine=engine)
-    return run, hand_off(engine, config, DeepStage(model="softmax", **stage), run, state).dir
+    return run, hand_off(engine, config, DeepStage(model="softmax", **stage), run, state["ingest"]).dir
 
 
 def test_shards_from_spark_and_dask_are_identical_and_hold_the_ingested_pixels(dask_engine, spark_engine, tmp_path):
@@ -172,6 +180,7 @@ def test_class_filter_renumbers_and_a_missing_or_corrupt_shard_is_named(dask_eng
 # --- real Horovod ranks (horovodrun -np N --gloo) -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_horovod_two_ranks_train_a_cnn_to_identical_weights_and_write_outputs(dask_engine, tmp_path):
     import keras
 
@@ -198,6 +207,7 @@ def test_horovod_two_ranks_train_a_cnn_to_identical_weights_and_write_outputs(da
     assert checkpoint.epochs(run.dir / "checkpoints" / "mnist_cnn") == [2, 3, 4]  # rank 0 kept the newest 3
 
 
+@pytest.mark.slow
 def test_horovod_one_and_two_ranks_with_the_same_global_batch_reach_the_same_weights(dask_engine, tmp_path):
     import keras
 
@@ -212,6 +222,7 @@ def test_horovod_one_and_two_ranks_with_the_same_global_batch_reach_the_same_wei
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)  # float32 sums in another order; 3 x 19 steps
 
 
+@pytest.mark.slow
 def test_horovod_training_from_spark_and_dask_shards_gives_the_same_model(dask_engine, spark_engine, tmp_path):
     import keras
 
@@ -226,6 +237,7 @@ def test_horovod_training_from_spark_and_dask_shards_gives_the_same_model(dask_e
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_horovod_rank_killed_mid_run_then_resume_finishes_from_the_checkpoint(tmp_path):
     stage = {"stage": "deep", "model": "mlp", "epochs": 40, "batch_size": 16, "ranks": 2, "keep_checkpoints": 2}
     conf = tmp_path / "conf.yaml"
@@ -261,6 +273,7 @@ def test_horovod_rank_killed_mid_run_then_resume_finishes_from_the_checkpoint(tm
     assert os.path.realpath(runs / "latest") == str(run_dir.resolve())
 
 
+@pytest.mark.slow
 def test_horovod_transfer_learning_and_denoising_autoencoder(dask_engine, tmp_path):
     import keras
 
@@ -302,6 +315,7 @@ def test_horovod_transfer_learning_and_denoising_autoencoder(dask_engine, tmp_pa
     assert (run.dir / "deep" / "dae" / "reconstructions.png").exists()
 
 
+@pytest.mark.slow
 def test_horovod_early_stopping_restores_the_best_epoch_and_mixed_precision_trains(dask_engine, tmp_path):
     stages = [
         {"stage": "deep", "name": "stop", "model": "mlp", "epochs": 60, "early_stopping_patience": 2},

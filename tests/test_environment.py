@@ -17,6 +17,7 @@ from pipelines.errors import EnvironmentProblem
 from pipelines.javacheck import require_java
 
 
+@pytest.mark.slow
 def test_horovodrun_check_build_lists_tensorflow_and_gloo():
     exe = Path(sys.executable).parent / "horovodrun"
     if not exe.exists() and os.environ.get("PIPELINES_SKIP_HOROVOD") == "1":

@@ -9,7 +9,7 @@ import pytest
 from conftest import ROOT
 from sklearn.preprocessing import StandardScaler
 
-from pipelines.config import load_config
+from pipelines.config import dump_config, load_config
 from pipelines.data.bundled import fashion_mnist_available, resolve_path
 from pipelines.ingest.stage import run_ingest
 from pipelines.runs import Run
@@ -19,7 +19,7 @@ def _ingest_both(dask_engine, spark_engine, tmp_path, conf: str, overrides: list
     out = {}
     for engine in (dask_engine, spark_engine):
         cfg = load_config(ROOT / "conf" / conf, [f"runs_dir={tmp_path / engine.kind}", *overrides])
-        run = Run(cfg)
+        run = Run.create(cfg.name, cfg.runs_dir, dump_config(cfg), {"kind": engine.kind})
         result = run_ingest(engine, cfg.dataset, cfg.stages[0], cfg.engine.partitions, run)
         frames = {
             split: pq.read_table(path).to_pandas().sort_values(["_source", "_row"], ignore_index=True)
@@ -56,6 +56,7 @@ def test_tabular_parity_and_train_only_scaler(dask_engine, spark_engine, tmp_pat
     ]
 
 
+@pytest.mark.slow
 def test_image_parity(dask_engine, spark_engine, tmp_path):
     conf = "fashion_mnist.yaml" if fashion_mnist_available() else "digits.yaml"
     both = _ingest_both(dask_engine, spark_engine, tmp_path, conf)

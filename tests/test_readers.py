@@ -6,16 +6,14 @@ import gzip
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import IngestStage
 from pipelines.data.bundled import idx_bytes
 from pipelines.data.synthetic import generate
 from pipelines.ingest import sources
 from pipelines.ingest.config import DatasetConfig
-from pipelines.ingest.stage import plan_ingest, read_part
+from pipelines.ingest.stage import IngestStage, plan_ingest, read_part
 
 
 def _all_rows(engine, ds: DatasetConfig, partitions: int, block_mb: int = 1) -> pd.DataFrame:
@@ -110,4 +108,10 @@ def test_balanced_segments_cross_files():
     parts = sources.balanced_segments(files, 6)
     sizes = [sum(s.stop - s.start for s in p) for p in parts]
     assert sum(sizes) == 20 and max(sizes) - min(sizes) <= 1
-    assert pa.__version__  # pyarrow present for the readers
+    spans = [(int(s.file.path), s.start, s.stop) for p in parts for s in p]
+    # in file order, each file's ranges are consecutive and cover all its records exactly once
+    assert [f for f, _, _ in spans] == sorted(f for f, _, _ in spans)
+    for index, records in enumerate([5, 0, 12, 3]):
+        mine = [(a, b) for f, a, b in spans if f == index]
+        assert all(a < b for a, b in mine) and [a for a, _ in mine] == [0, *(b for _, b in mine)][: len(mine)]
+        assert (mine[-1][1] if mine else 0) == records

@@ -132,13 +132,14 @@ def main() -> None:
 
     config = load_config(ROOT / "conf/fashion_cnn.yaml", [f"runs_dir={runs}", "stages.1.epochs=1"])
     config.stages = config.stages[:1]  # ingest only, then the hand-off alone
-    from pipelines.config import DeepStage
-    from pipelines.deep.stage import hand_off
+    from pipelines.deep.stage import DeepStage, hand_off
     from pipelines.engines import make_engine
 
     with make_engine(config.engine) as engine:
         run, state = run_pipeline(config, engine=engine)
-        seconds, shards, peak = measure(lambda: hand_off(engine, config, DeepStage(model="softmax"), run, state))
+        seconds, shards, peak = measure(
+            lambda: hand_off(engine, config, DeepStage(model="softmax"), run, state["ingest"])
+        )
     rows = state["ingest"].splits["train"]
     print(f"hand-off: {rows:,} train images written as shards in {seconds:.2f}s (peak RSS {peak / 1e6:,.0f} MB)")
     h = handoff_throughput(shards.dir, 64)

@@ -19,13 +19,12 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from benchmarks.common import measure
-from pipelines.config import IngestStage
 from pipelines.data.synthetic import generate
 from pipelines.engines.config import DaskSettings, SparkSettings
 from pipelines.engines.dask_engine import DaskEngine
 from pipelines.engines.spark_engine import SparkEngine
 from pipelines.ingest.config import DatasetConfig
-from pipelines.ingest.stage import run_ingest
+from pipelines.ingest.stage import IngestStage, run_ingest
 
 
 def main() -> None:

@@ -3,44 +3,124 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field, PositiveInt
+from sklearn.base import is_classifier, is_clusterer, is_regressor
 
 from pipelines.classical import ESTIMATORS, evaluate
 from pipelines.classical.data import Blocks
-from pipelines.classical.persist import save_model
-from pipelines.config import ModelStage
+from pipelines.classical.persist import load_model, save_model
 from pipelines.engines.base import Engine
 from pipelines.errors import ConfigError
-from pipelines.ingest.stage import IngestResult
+from pipelines.ingest.stage import IngestResult, IngestStage
+from pipelines.protocol import PipelineSettings, Problem, Stage, StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
 HEADLINE = ("accuracy", "roc_auc", "roc_auc_ovr", "log_loss", "r2", "rmse", "inertia", "silhouette_sample")
+ModelKind = Literal[tuple(ESTIMATORS)]  # type: ignore[valid-type]  # the one list of names: the registry
 
 
 @dataclass
-class ModelResult:
+class ModelResult(StageResult):
     """A fitted model and its metrics (all of them go to metrics.json; headline ones to the manifest)."""
 
     model: Any
-    metrics: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, Any]:
-        """Headline facts for the manifest and the console."""
-        facts = {k: self.metrics[k] for k in ("model", "train_rows", "fit_seconds") if k in self.metrics}
-        facts.update({k: self.metrics[k] for k in HEADLINE if k in self.metrics})
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Every metric of the fit and the evaluation."""
+        return self.values
+
+    def facts(self) -> dict[str, Any]:
+        """Headline facts for the manifest and the console: train-split fit facts, test-split metrics."""
+        facts = {k: self.values[k] for k in ("model", "train_rows", "fit_seconds") if k in self.values}
+        facts.update({k: self.values[k] for k in HEADLINE if k in self.values})
         for key in ("r_squared", "adj_r_squared"):
-            if key in self.metrics.get("summary", {}):
-                facts[key] = self.metrics["summary"][key]
-        if "components_for_variance" in self.metrics:
-            facts["components_for_variance"] = self.metrics["components_for_variance"]
+            if key in self.values.get("summary", {}):
+                facts[key] = self.values["summary"][key]
+        if "components_for_variance" in self.values:
+            facts["components_for_variance"] = self.values["components_for_variance"]
         return facts
+
+
+def _param_problem(exc: Exception) -> Problem:
+    """Key path and message of a rejected estimator parameter (scikit-learn's wording)."""
+    found = re.search(r"The '(\w+)' parameter", str(exc))
+    return Problem(f"params.{found.group(1)}" if found else "params", str(exc).splitlines()[0])
+
+
+class ModelStage(Stage):
+    """Fit a classical model on the ingested train split; evaluate on test; metrics, plots and model files."""
+
+    stage: Literal["model"] = "model"
+    output_dir: ClassVar[str] = "models"
+    model: ModelKind
+    params: dict[str, Any] = Field(default_factory=dict)
+    features: list[str] | None = None
+    label: str | None = None
+    elbow: list[PositiveInt] | None = None
+    variance_targets: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [0.8, 0.9, 0.95])
+    sample: PositiveInt = 5000
+    plots: bool = True
+    save: bool = True
+
+    def default_name(self) -> str:
+        """Outputs go under models/<model kind> unless named."""
+        return self.model
+
+    def estimator(self) -> Any:
+        """A new, unfitted estimator with this stage's params."""
+        return ESTIMATORS[self.model](**self.params)
+
+    def check_values(self) -> list[Problem]:
+        """The estimator accepts the params, checked the way its fit checks them (scikit-learn's validation)."""
+        try:
+            est = self.estimator()
+        except TypeError as exc:
+            return [Problem("params", str(exc))]
+        try:
+            est._validate_params()
+        except ValueError as exc:
+            return [_param_problem(exc)]
+        return []
+
+    def check(self, earlier: Sequence[Stage], config: PipelineSettings) -> list[Problem]:
+        """An ingest that writes its splits comes first; a supervised model has a label; features exist."""
+        problems = []
+        if not any(isinstance(s, IngestStage) and s.write for s in earlier):
+            problems.append(Problem("stage", "needs an earlier ingest stage with write: true"))
+        est = self.estimator()
+        dataset = config.dataset
+        has_label = self.label or dataset.label or dataset.formula or dataset.image is not None
+        if (is_classifier(est) or is_regressor(est)) and not has_label:
+            problems.append(Problem("model", f"{self.model} needs a label, and the dataset declares none"))
+        declared = set(dataset.features or []) if dataset.formula is None and dataset.image is None else None
+        unknown = sorted(set(self.features or []) - declared) if declared else []
+        if unknown:
+            have = sorted(declared or [])
+            problems.append(Problem("features", f"unknown column(s) {unknown}; the dataset declares {have}"))
+        return problems
+
+    def run(self, ctx: StageContext) -> ModelResult:
+        """Fit on the latest ingest's train split, evaluate, write models/<name>/ and plots/<name>/."""
+        return run_model(ctx.engine, self, ctx.run, ctx.latest(IngestResult, self.output_name))
+
+    def restore(self, ctx: StageContext) -> ModelResult:
+        """The saved model (when `save`) and the metrics this run recorded."""
+        self.recorded_facts(ctx)
+        folder = ctx.run.dir / "models" / self.output_name
+        model = load_model(folder) if self.save and folder.exists() else None
+        return ModelResult(model, dict(ctx.run.metrics.get(self.output_name, {})))
 
 
 def model_blocks(engine: Engine, ingest: IngestResult, split: str, stage: ModelStage) -> Blocks:
@@ -60,18 +140,19 @@ def model_blocks(engine: Engine, ingest: IngestResult, split: str, stage: ModelS
 
 
 def _evaluate(stage: ModelStage, model: Any, train: Blocks, test: Blocks | None, plot_dir: Path | None) -> dict:
-    kind = stage.model
     out: dict[str, Any] = {}
     if hasattr(model, "summary_"):
         out["summary"] = model.summary_.to_dict()
-    if kind == "kmeans":
+    if is_clusterer(model):
         out.update(evaluate.clustering(model, train, plot_dir, stage.sample, stage.elbow))
-    elif kind in ("pca", "truncated_svd"):
+    elif is_classifier(model):
+        if test is not None:
+            out.update(evaluate.classification(model, test, plot_dir))
+    elif is_regressor(model):
+        if test is not None:
+            out.update(evaluate.regression(model, test, plot_dir))
+    else:
         out.update(evaluate.decomposition(model, train, plot_dir, stage.sample, stage.variance_targets))
-    elif test is not None and kind in ("logistic_regression", "random_forest_classifier"):
-        out.update(evaluate.classification(model, test, plot_dir))
-    elif test is not None:
-        out.update(evaluate.regression(model, test, plot_dir))
     if hasattr(model, "feature_importances_"):
         names = list(model.feature_names_in_)
         out["feature_importances"] = dict(zip(names, model.feature_importances_.tolist(), strict=True))
@@ -81,15 +162,14 @@ def _evaluate(stage: ModelStage, model: Any, train: Blocks, test: Blocks | None,
     return out
 
 
-def run_model(engine: Engine, stage: ModelStage, run: Any, state: dict[str, Any]) -> ModelResult:
+def run_model(engine: Engine, stage: ModelStage, run: Any, ingest: IngestResult) -> ModelResult:
     """Fit, evaluate, and write models/<name>/ and plots/<name>/ into the run."""
-    ingest: IngestResult | None = state.get("ingest")
-    if ingest is None or "train" not in ingest.frames:
+    if "train" not in ingest.frames:
         raise ConfigError(f"model stage {stage.output_name!r} needs an ingest stage with write: true before it")
     with ExitStack() as stack:
         train = stack.enter_context(model_blocks(engine, ingest, "train", stage))
         test = stack.enter_context(model_blocks(engine, ingest, "test", stage)) if "test" in ingest.frames else None
-        model = ESTIMATORS[stage.model](**stage.params)
+        model = stage.estimator()
         log.info("fitting %s on %d rows x %d features (%s)", stage.model, train.n_rows, train.n_features, engine.kind)
         t0 = time.perf_counter()
         model.fit(train)

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
-
-AUTOENCODERS = frozenset({"dense_autoencoder", "deep_autoencoder", "conv_autoencoder", "denoising_autoencoder"})
-
-
-def task_of(kind: str) -> str:
-    """'reconstruct' for autoencoders, else 'classify'."""
-    return "reconstruct" if kind in AUTOENCODERS else "classify"
+from dataclasses import dataclass
+from typing import Any, Literal
 
 
 def _keras() -> tuple[Any, Any]:
@@ -189,35 +183,51 @@ def transfer(
     return keras.Model(inputs, _classifier(keras, layers, x, classes), name=f"transfer_{mode}")
 
 
-BUILDERS: dict[str, Callable[..., Any]] = {
-    f.__name__: f
-    for f in (
-        softmax,
-        mlp,
-        mnist_cnn,
-        lenet5,
-        fashion_cnn,
-        dense_autoencoder,
-        deep_autoencoder,
-        conv_autoencoder,
-        denoising_autoencoder,
-    )
+@dataclass(frozen=True)
+class Network:
+    """One network kind: its builder, what it learns, and whether it trains on corrupted inputs."""
+
+    builder: Callable[..., Any]
+    task: Literal["classify", "reconstruct"] = "classify"
+    noisy_input: bool = False  # the denoising autoencoder reconstructs clean inputs from noisy ones
+    from_base: bool = False  # built on a saved model (transfer), configured by the stage's `transfer` section
+
+
+NETWORKS: dict[str, Network] = {
+    "softmax": Network(softmax),
+    "mlp": Network(mlp),
+    "mnist_cnn": Network(mnist_cnn),
+    "lenet5": Network(lenet5),
+    "fashion_cnn": Network(fashion_cnn),
+    "dense_autoencoder": Network(dense_autoencoder, "reconstruct"),
+    "deep_autoencoder": Network(deep_autoencoder, "reconstruct"),
+    "conv_autoencoder": Network(conv_autoencoder, "reconstruct"),
+    "denoising_autoencoder": Network(denoising_autoencoder, "reconstruct", noisy_input=True),
+    "transfer": Network(transfer, from_base=True),
 }
 
 
 def check_params(kind: str, params: dict[str, Any]) -> None:
     """Raise ValueError if params are not arguments of the model's builder (checked without importing Keras)."""
-    if kind == "transfer":
+    network = NETWORKS[kind]
+    if network.from_base:
         if params:
-            raise ValueError("model 'transfer' takes its settings in the 'transfer' section, not 'params'")
+            raise ValueError(f"model {kind!r} takes its settings in the 'transfer' section, not 'params'")
         return
-    signature = inspect.signature(BUILDERS[kind])
+    signature = inspect.signature(network.builder)
     allowed = [p for p in signature.parameters if p not in ("shape", "classes")]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(f"params for {kind}: unknown {unknown}; allowed: {allowed}")
 
 
-def build(kind: str, shape: Sequence[int], classes: int, params: dict[str, Any]) -> Any:
-    """Build an untrained network of the given kind for samples of this shape."""
-    return BUILDERS[kind](shape, classes, **params)
+def build(kind: str, shape: Sequence[int], classes: int, params: dict[str, Any], base_model: str | None = None) -> Any:
+    """Build an untrained network of the given kind (a transfer network: on the saved model at base_model)."""
+    network = NETWORKS[kind]
+    if network.from_base:
+        keras, _ = _keras()
+        if base_model is None:
+            raise ValueError(f"model {kind!r} needs a saved base model")
+        base = keras.saving.load_model(base_model, compile=False, safe_mode=True)
+        return network.builder(base, classes, **params)
+    return network.builder(shape, classes, **params)

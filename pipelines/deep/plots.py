@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.classical.plots import _save, confusion, plt
+from pipelines.plotting import confusion, plt
+from pipelines.plotting import save as _save
 
 __all__ = ["confusion", "curves", "misclassified", "reconstructions"]
 

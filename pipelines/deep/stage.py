@@ -2,33 +2,46 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, PositiveInt
 
 from pipelines.atomic import atomic_write_json
-from pipelines.config import DeepStage, PipelineConfig
+from pipelines.deep.models import NETWORKS, check_params
 from pipelines.deep.shards import MANIFEST, TensorShards, write_shards
 from pipelines.engines.base import Engine
 from pipelines.errors import ConfigError, DataError
-from pipelines.launch.horovod import launch_command, run_ranks
+from pipelines.ingest.stage import IngestResult, IngestStage
+from pipelines.launch.horovod import is_progress, launch_command, run_ranks
+from pipelines.launch.ranks import RankJob
+from pipelines.protocol import PipelineSettings, Problem, Stage, StageContext, StageResult
+from pipelines.settings import StrictModel
 
 log = logging.getLogger(__name__)
 
-HEADLINE = ("model", "train_rows", "ranks", "epochs_run", "resumed_from")
+HEADLINE = ("model", "train_rows", "ranks", "epochs_run", "resumed_from", "launcher", "placement")
 
 
 @dataclass
-class DeepResult:
+class DeepResult(StageResult):
     """A finished training run's results (results.json of rank 0) for the manifest and metrics.json."""
 
-    metrics: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, Any]:
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Everything rank 0 reported: history, test metrics, timings, where ranks ran."""
+        return self.values
+
+    def facts(self) -> dict[str, Any]:
         """Headline facts: model, ranks, epochs, time, test accuracy or loss."""
         facts = {k: self.metrics[k] for k in HEADLINE if self.metrics.get(k) is not None}
         facts["fit_seconds"] = self.metrics.get("train_seconds", 0.0)
@@ -41,12 +54,123 @@ class DeepResult:
         return facts
 
 
+DeepModelKind = Literal[tuple(NETWORKS)]  # type: ignore[valid-type]  # the one list of names: the registry
+
+
+class TransferSpec(StrictModel):
+    """Where a transferred model comes from and how much of it trains."""
+
+    source: str = Field(description="'stage:<name>' of an earlier deep stage in this pipeline, or a .keras file")
+    mode: Literal["features", "finetune"] = "features"
+    trainable_layers: int = Field(default=2, ge=0, description="finetune: top layers of the base left trainable")
+    head: list[PositiveInt] = Field(default_factory=lambda: [128])
+
+
+class DeepStage(Stage):
+    """Train a TensorFlow/Keras network data-parallel with Horovod on the ingested splits."""
+
+    stage: Literal["deep"] = "deep"
+    model: DeepModelKind
+    params: dict[str, Any] = Field(default_factory=dict)
+    transfer: TransferSpec | None = None
+    classes: list[int] | None = Field(default=None, min_length=2, description="keep only these labels (renumbered)")
+    ranks: PositiveInt = 2
+    launcher: Literal["auto", "horovodrun", "mpirun", "srun", "spark", "dask"] = Field(
+        default="auto",
+        description="auto: the engine's own workers on a cluster (spark: barrier tasks, dask: worker tasks), "
+        "else horovodrun on this host",
+    )
+    gpus_per_rank: int = Field(default=0, ge=0, description="spark/dask launchers: GPUs each rank's task holds")
+    wait_for_workers_s: float = Field(default=60, ge=0, description="dask launcher: wait this long for workers")
+    hosts: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:,-]+$")
+    epochs: PositiveInt = 10
+    batch_size: PositiveInt = Field(default=64, description="per rank; the global batch is batch_size x ranks")
+    optimizer: Literal["adam", "sgd", "momentum", "rmsprop"] = "adam"
+    learning_rate: float = Field(default=1e-3, gt=0, description="per rank; scaled by ranks when scale_lr")
+    scale_lr: bool = True
+    warmup_epochs: float = Field(default=1.0, ge=0)
+    schedule: Literal["constant", "cosine", "step"] = "constant"
+    weight_decay: float = Field(default=0.0, ge=0)
+    augment: bool = False
+    noise: float = Field(default=0.3, ge=0, description="denoising autoencoder: Gaussian noise on the inputs")
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    threads_per_rank: int | None = Field(default=None, ge=1)
+    mixed_precision: bool = False
+    keep_checkpoints: PositiveInt = 3
+    cache_mb: float = Field(default=2048, ge=0, description="each rank reads a split into memory below this size")
+    profile_steps: int = Field(default=0, ge=0, description="time this many steps with and without allreduce first")
+    timeout_s: PositiveInt = 24 * 3600
+    plots: bool = True
+
+    output_dir: ClassVar[str] = "deep"
+    placement_fields: ClassVar[frozenset[str]] = frozenset(
+        {
+            "ranks",
+            "launcher",
+            "hosts",
+            "gpus_per_rank",
+            "wait_for_workers_s",
+            "threads_per_rank",
+            "cache_mb",
+            "profile_steps",
+            "timeout_s",
+        }
+    )
+
+    def default_name(self) -> str:
+        """Outputs go under deep/<network kind> unless named."""
+        return self.model
+
+    def check_values(self) -> list[Problem]:
+        """Params fit the network's builder; a transfer network (only) has a transfer section; classes distinct."""
+        problems = []
+        if NETWORKS[self.model].from_base != (self.transfer is not None):
+            message = f"model {self.model!r} needs a 'transfer' section, and only it takes one"
+            problems.append(Problem("transfer", message))
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            problems.append(Problem("classes", "classes must be distinct"))
+        try:
+            check_params(self.model, self.params)
+        except ValueError as exc:
+            problems.append(Problem("params", str(exc)))
+        return problems
+
+    def check(self, earlier: Sequence[Stage], config: PipelineSettings) -> list[Problem]:
+        """An ingest that writes its splits comes first; classes exist; a transfer source is there."""
+        problems = []
+        if not any(isinstance(s, IngestStage) and s.write for s in earlier):
+            problems.append(Problem("stage", "needs an earlier ingest stage with write: true"))
+        image = getattr(config.dataset, "image", None)
+        if self.classes and image is not None and image.classes and max(self.classes) >= image.classes:
+            problems.append(Problem("classes", f"{self.classes} outside 0..{image.classes - 1}"))
+        source = self.transfer.source if self.transfer is not None else ""
+        if source.startswith("stage:"):
+            deep = [s.output_name for s in earlier if isinstance(s, DeepStage)]
+            if source[len("stage:") :] not in deep:
+                problems.append(Problem("transfer.source", f"{source!r} is not an earlier deep stage (have {deep})"))
+        elif source and not Path(source).is_file():
+            problems.append(Problem("transfer.source", f"{source!r}: no such file"))
+        return problems
+
+    def run(self, ctx: StageContext) -> DeepResult:
+        """Hand off the latest ingest's splits as tensor shards, train with Horovod ranks, collect results."""
+        return run_deep(ctx.engine, ctx.config, self, ctx.run, ctx.latest(IngestResult, self.output_name))
+
+    def restore(self, ctx: StageContext) -> DeepResult:
+        """The results rank 0 wrote for this stage in this run."""
+        self.recorded_facts(ctx)
+        return DeepResult(json.loads((ctx.run.dir / "deep" / self.output_name / "results.json").read_text()))
+
+
 def tensors_key(stage: DeepStage) -> str:
     """Folder name of the tensors a stage trains on (shared by stages with the same class filter)."""
     return "all" if stage.classes is None else "classes-" + "-".join(str(c) for c in stage.classes)
 
 
-def hand_off(engine: Engine, config: PipelineConfig, stage: DeepStage, run: Any, state: dict[str, Any]) -> TensorShards:
+def hand_off(
+    engine: Engine, config: PipelineSettings, stage: DeepStage, run: Any, ingest: IngestResult
+) -> TensorShards:
     """Write (once per run and class filter) the ingested splits as tensor shards.
 
     Shards written earlier (an earlier stage, or a resumed run) are verified against their checksums here,
@@ -56,8 +180,7 @@ def hand_off(engine: Engine, config: PipelineConfig, stage: DeepStage, run: Any,
     target = run.dir / "tensors" / key
     if (target / MANIFEST).exists():
         return TensorShards(target, verify=True)
-    ingest = state.get("ingest")
-    if ingest is None or "train" not in ingest.outputs:
+    if "train" not in ingest.outputs:
         raise ConfigError(f"deep stage {stage.output_name!r} needs an ingest stage with write: true before it")
     if ingest.schema is None:
         image = (ingest.image_dtype, tuple(ingest.image_shape))
@@ -107,10 +230,10 @@ def _transfer_model(stage: DeepStage, run: Any) -> str | None:
 
 
 def run_deep(
-    engine: Engine, config: PipelineConfig, stage: DeepStage, run: Any, state: dict[str, Any], ranks: int | None = None
+    engine: Engine, config: PipelineSettings, stage: DeepStage, run: Any, ingest: IngestResult, ranks: int | None = None
 ) -> DeepResult:
     """Hand off the data, train with Horovod ranks, write deep/<name>/ (model, history, plots, results)."""
-    shards = hand_off(engine, config, stage, run, state)
+    shards = hand_off(engine, config, stage, run, ingest)
     name = stage.output_name
     checkpoints = run.dir / "checkpoints" / name
     checkpoints.mkdir(parents=True, exist_ok=True)
@@ -126,8 +249,32 @@ def run_deep(
         spec["out"] = str(tmp)
         spec_path = checkpoints / "spec.json"
         atomic_write_json(spec_path, spec)
-        worker = [sys.executable, "-m", "pipelines.deep.worker", str(spec_path)]
-        command = launch_command(stage.launcher, ranks or stage.ranks, stage.hosts, worker)
-        run_ranks(command, run.dir / "logs" / f"{name}.ranks.log", stage.timeout_s)
+        launcher = stage.launcher if stage.launcher != "auto" else engine.rank_launcher()
+        n = ranks or stage.ranks
+        logs = run.dir / "logs"
+        if launcher in ("spark", "dask"):
+            if launcher != engine.kind:
+                raise ConfigError(f"deep stage {name!r}: launcher {launcher!r} needs the {launcher} engine")
+            worker = ("-m", "pipelines.deep.worker", str(spec_path))
+            job = RankJob(n, worker, logs, name, stage.timeout_s, is_progress, stage.gpus_per_rank)
+            job = dataclasses.replace(job, wait_s=stage.wait_for_workers_s)
+            log.info("training %s: %d ranks as %s tasks (logs: %s)", name, n, launcher, job.log(0).parent)
+            placement = engine.run_ranks(job)
+        else:
+            worker_argv = [sys.executable, "-m", "pipelines.deep.worker", str(spec_path)]
+            run_ranks(
+                launch_command(launcher, n, stage.hosts, worker_argv), logs / f"{name}.ranks.log", stage.timeout_s
+            )
+            placement = [{"rank": r} for r in range(n)]
         results = json.loads((tmp / "results.json").read_text())
+        results["launcher"] = launcher
+        results["placement"] = [_with_device(p, checkpoints) for p in placement]
+        atomic_write_json(tmp / "results.json", results)
     return DeepResult(results)
+
+
+def _with_device(facts: dict[str, Any], checkpoints: Path) -> dict[str, Any]:
+    """A rank's launcher facts plus what the rank itself recorded (host, pid, device)."""
+    path = checkpoints / "pids" / f"rank-{facts['rank']}.json"
+    own = json.loads(path.read_text()) if path.exists() else {}
+    return {**own, **facts}

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.config import DeepStage
 from pipelines.deep import checkpoint, feed
-from pipelines.deep.models import build, task_of, transfer
+from pipelines.deep.models import NETWORKS, build
 from pipelines.deep.shards import TensorShards
+from pipelines.deep.stage import DeepStage
 
 
 def learning_rate(stage: DeepStage, size: int, step: int, steps_per_epoch: int) -> float:
@@ -63,7 +63,8 @@ def configure_devices(hvd: Any, threads: int | None) -> str:
             tf.config.experimental.set_memory_growth(gpu, True)
         tf.config.set_visible_devices(gpus[hvd.local_rank() % len(gpus)], "GPU")
         return f"GPU {hvd.local_rank() % len(gpus)}"
-    cores = threads or max(1, (os.cpu_count() or 1) // hvd.local_size())
+    given = os.environ.get("PIPELINES_RANK_THREADS")  # the cores a Spark task or Dask worker holds for this rank
+    cores = threads or (int(given) if given else max(1, (os.cpu_count() or 1) // hvd.local_size()))
     tf.config.threading.set_intra_op_parallelism_threads(cores)
     tf.config.threading.set_inter_op_parallelism_threads(2)
     return f"CPU x{cores}"
@@ -112,18 +113,14 @@ class Trainer:
         self.train = self.shards.open("train", stage.cache_mb)
         self.val = self.shards.open("val", stage.cache_mb) if "val" in splits else None
         self.test = self.shards.open("test", stage.cache_mb) if "test" in splits else None
-        self.task = task_of(stage.model)
+        self.network = NETWORKS[stage.model]
+        self.task = self.network.task
         self.checkpoints = Path(checkpoints)
         if stage.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_bfloat16")
         keras.utils.set_random_seed(stage.seed)
-        if stage.model == "transfer":
-            assert stage.transfer is not None and transfer_model is not None
-            base = keras.saving.load_model(transfer_model, compile=False, safe_mode=True)
-            t = stage.transfer
-            self.model = transfer(base, self.shards.classes, t.mode, t.trainable_layers, t.head)
-        else:
-            self.model = build(stage.model, self.shards.sample_shape, self.shards.classes, stage.params)
+        params = stage.transfer.model_dump(exclude={"source"}) if stage.transfer is not None else stage.params
+        self.model = build(stage.model, self.shards.sample_shape, self.shards.classes, params, transfer_model)
         self.optimizer = _optimizer(stage)
         self.optimizer.build(self.model.trainable_variables)
         if self.task == "classify":
@@ -154,7 +151,7 @@ class Trainer:
         x = tf.expand_dims(x, -1) if len(self.shards.sample_shape) == 2 else x
         if training and self.augment is not None:
             x = self.augment(x, training=True)
-        if self.stage.model == "denoising_autoencoder":
+        if self.network.noisy_input:
             noisy = x + self.stage.noise * self.noise_rng.normal(tf.shape(x))
             return tf.clip_by_value(noisy, 0.0, 1.0), x
         return x, x

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from pipelines.atomic import atomic_write_json
-from pipelines.config import DeepStage
+from pipelines.deep.shards import MANIFEST
+from pipelines.deep.stage import DeepStage
 
 
 def _write_outputs(trainer: Any, spec: dict[str, Any], out: Path, info: dict[str, Any]) -> None:
@@ -53,10 +56,36 @@ def _evaluate_other_ranks(trainer: Any) -> None:
             trainer.evaluate(split)
 
 
+def die_with_parent(interval_s: float = 1.0) -> None:
+    """Exit when the process that started this rank (a Spark or Dask task, horovodrun) is gone."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        print(f"rank process {os.getpid()}: its parent {parent} is gone; stopping", file=sys.stderr, flush=True)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def check_shared(spec: dict[str, Any]) -> None:
+    """A rank on another node must see the run directory: fail clearly, never train on an empty share."""
+    tensors = Path(spec["tensors"])
+    if not (tensors / MANIFEST).is_file():
+        host = socket.gethostname()
+        raise SystemExit(
+            f"rank on {host} cannot see the tensor shards at {tensors}: runs_dir must be on a file system "
+            "shared by the driver and every worker (e.g. a project or scratch directory on an HPC site)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    die_with_parent()
     spec = json.loads(Path(args[0]).read_text())
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    check_shared(spec)
     import horovod.tensorflow as hvd
 
     from pipelines.deep.train import Trainer
@@ -68,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     (pids / f"rank-{hvd.rank()}.pid").write_text(str(os.getpid()))
     t0 = time.perf_counter()
     trainer = Trainer(stage, spec["tensors"], spec["checkpoints"], spec.get("transfer_model"), hvd)
+    place = {"rank": hvd.rank(), "host": socket.gethostname(), "pid": os.getpid(), "ppid": os.getppid()}
+    place["device"] = trainer.device
+    atomic_write_json(pids / f"rank-{hvd.rank()}.json", place)
     resumed = trainer.restore()
     if hvd.rank() == 0:
         where = f"resuming after epoch {resumed}" if resumed is not None else "starting"

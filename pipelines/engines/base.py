@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 import pandas as pd
 import pyarrow as pa
 
+from pipelines.launch.ranks import RankJob
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -132,6 +134,14 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def release_blocks(self, blocks: Any) -> None:
         """Drop persisted blocks."""
+
+    def rank_launcher(self) -> str:
+        """The Horovod launcher a deep stage uses by default here: `horovodrun` starts ranks on this host."""
+        return "horovodrun"
+
+    def run_ranks(self, job: RankJob) -> list[dict[str, Any]]:
+        """Run Horovod ranks as tasks on this engine's own workers; one fact dict per rank (where it ran)."""
+        raise NotImplementedError(f"the {self.kind} engine cannot start Horovod ranks on its workers")
 
     def partition_sizes(self, frame: Any) -> list[int]:
         """Row count of each partition."""

@@ -26,6 +26,7 @@ from pipelines.engines.base import (
     encode_result,
 )
 from pipelines.engines.config import DaskSettings
+from pipelines.launch.ranks import RankJob, run_dask_ranks
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,16 @@ class DaskEngine(Engine):
     @property
     def parallelism(self) -> int:
         return max(1, sum(self.client.nthreads().values()))
+
+    def rank_launcher(self) -> str:
+        """On a cluster that is not our LocalCluster, ranks run as tasks on its workers (`dask`)."""
+        from distributed import LocalCluster
+
+        return "horovodrun" if isinstance(self._cluster, LocalCluster) else "dask"
+
+    def run_ranks(self, job: RankJob) -> list[dict[str, Any]]:
+        """The ranks as tasks pinned to distinct workers (GPUs as worker resources); rendezvous on the client."""
+        return run_dask_ranks(self.client, job)
 
     def describe(self) -> dict[str, Any]:
         return {

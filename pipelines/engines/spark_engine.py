@@ -28,6 +28,7 @@ from pipelines.engines.base import (
 )
 from pipelines.engines.config import SparkSettings
 from pipelines.javacheck import require_java
+from pipelines.launch.ranks import RankJob, run_spark_ranks
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,15 @@ class SparkEngine(Engine):
             "parallelism": self.parallelism,
             "spark_submit": under_spark_submit(),
         }
+
+    def rank_launcher(self) -> str:
+        """Under spark-submit or with a cluster master, ranks run in the executors (`spark`); else horovodrun."""
+        remote = not self.spark.sparkContext.master.startswith("local")
+        return "spark" if under_spark_submit() or remote else "horovodrun"
+
+    def run_ranks(self, job: RankJob) -> list[dict[str, Any]]:
+        """The ranks as one barrier stage of this Spark application (GPUs as Spark task resources)."""
+        return run_spark_ranks(self.spark.sparkContext, job)
 
     def run_tasks(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         items = list(items)

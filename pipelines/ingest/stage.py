@@ -6,14 +6,14 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from pydantic import Field, PositiveInt
 
 from pipelines.atomic import atomic_write_bytes
-from pipelines.config import IngestStage
 from pipelines.data.bundled import resolve_path
 from pipelines.engines.base import Engine
 from pipelines.errors import DataError
@@ -32,6 +32,7 @@ from pipelines.ingest.transform import (
     transform_table,
 )
 from pipelines.ingest.validate import image_arrow_schema, table_arrow_schema, validate_images, validate_table
+from pipelines.protocol import Stage, StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,8 @@ def read_part(plan: Plan, part: list[sources.Segment], split: SplitConfig) -> pd
 
 
 @dataclass
-class IngestResult:
-    """What ingest hands to later stages and to the summary."""
+class IngestResult(StageResult):
+    """What ingest hands to later stages: counts, the fitted encoding, the written splits as engine frames."""
 
     dataset: str
     engine: str
@@ -139,6 +140,7 @@ class IngestResult:
     image_dtype: str | None = None
     image_shape: tuple[int, ...] | None = None
     encode: str = "onehot"
+    input_columns: list[str] = field(default_factory=list)
 
     def model_columns(self) -> tuple[list[str], str | None]:
         """Numeric feature columns and the label column of the written tabular splits."""
@@ -147,13 +149,8 @@ class IngestResult:
         names = [name for name, dtype, _, _ in columns if not pa.types.is_string(dtype)]
         return names, self.schema.label.name if self.schema.label is not None else None
 
-    @property
-    def metrics(self) -> dict[str, Any]:
-        """What metrics.json records for ingest: the same facts as the manifest."""
-        return self.summary()
-
-    def summary(self) -> dict[str, Any]:
-        """Facts for the manifest and metrics (no frames)."""
+    def facts(self) -> dict[str, Any]:
+        """Facts for the manifest and metrics (no frames); enough to restore the result on resume."""
         return {
             "dataset": self.dataset,
             "engine": self.engine,
@@ -167,7 +164,69 @@ class IngestResult:
             "scaler": {k: {"mean": m, "std": s} for k, (m, s) in self.fitted.scale.items()},
             "levels": self.fitted.levels,
             "constant_columns": self.fitted.constant,
+            "input_columns": self.input_columns,
+            "image_dtype": self.image_dtype,
+            "image_shape": list(self.image_shape) if self.image_shape else None,
         }
+
+    @classmethod
+    def restore(
+        cls, facts: dict[str, Any], dataset: DatasetConfig, stage: IngestStage, run: Any, engine: Engine
+    ) -> IngestResult:
+        """Rebuild a finished ingest from its manifest facts and written splits (no input file is read)."""
+        schema = None
+        if facts["image_shape"] is None:
+            schema = resolve_table_schema(dataset, facts["input_columns"], "the recorded header")
+        result = cls(
+            dataset=facts["dataset"],
+            engine=engine.kind,
+            read=facts["read"],
+            accepted=facts["accepted"],
+            rejected=facts["rejected"],
+            splits=facts["splits"],
+            partition_rows=facts["partition_rows"],
+            split_partition_rows=facts["split_partition_rows"],
+            fitted=Fitted(
+                scale={k: (v["mean"], v["std"]) for k, v in facts["scaler"].items()},
+                levels=facts["levels"],
+                constant=facts["constant_columns"],
+            ),
+            schema=schema,
+            encode=stage.encode,
+            input_columns=facts["input_columns"],
+            image_dtype=facts["image_dtype"],
+            image_shape=tuple(facts["image_shape"]) if facts["image_shape"] else None,
+        )
+        for name in SPLIT_NAMES.values():
+            path = run.dir / "data" / name
+            if f"data/{name}" in run.manifest["outputs"] and path.exists():
+                result.outputs[name] = str(path)
+                result.frames[name] = engine.read_parquet(str(path))
+        log.info("resume: ingest restored from %s (%d rows accepted)", run.dir, result.accepted)
+        return result
+
+
+class IngestStage(Stage):
+    """Read, validate, split, encode and standardize; write partitioned Parquet."""
+
+    stage: Literal["ingest"] = "ingest"
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    standardize: bool = True
+    image_scale: Literal["none", "unit"] = "unit"
+    encode: Literal["onehot", "dummy", "index"] = "onehot"
+    max_rejected_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+    index_block_mb: PositiveInt = 32
+    write: bool = True
+
+    placement_fields: ClassVar[frozenset[str]] = frozenset({"index_block_mb"})
+
+    def run(self, ctx: StageContext) -> IngestResult:
+        """Ingest the pipeline's dataset on the context's engine into the run."""
+        return run_ingest(ctx.engine, ctx.config.dataset, self, ctx.config.engine.partitions, ctx.run)
+
+    def restore(self, ctx: StageContext) -> IngestResult:
+        """The finished ingest of this run, from its manifest facts and written splits."""
+        return IngestResult.restore(self.recorded_facts(ctx), ctx.config.dataset, self, ctx.run, ctx.engine)
 
 
 def _rejected_rows(pdf: pd.DataFrame) -> pd.DataFrame:
@@ -232,6 +291,7 @@ def run_ingest(
             fitted=fitted,
             schema=plan.table,
             encode=stage.encode,
+            input_columns=list(plan.files[0].columns),
         )
         if plan.table is None:
             result.image_dtype = stored_image_dtype(plan.files[0].dtype, stage.image_scale)
@@ -240,6 +300,7 @@ def run_ingest(
             quarantine = engine.to_pandas(engine.map_partitions(validated, _rejected_rows, QUARANTINE_SCHEMA))
             write_quarantine(run.dir / "quarantine.csv", quarantine)
             run.manifest["quarantine"] = {"file": "quarantine.csv", "rows": rejected}
+            run.save()
         fraction = rejected / read if read else 0.0
         if read == 0:
             raise DataError(f"{dataset.name}: no records to read")

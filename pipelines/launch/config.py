@@ -26,6 +26,7 @@ class JobqueueSettings(StrictModel):
     memory: Directive = "2GB"
     memory_directive: bool = True
     processes: PositiveInt = 1
+    gpus: int = Field(default=0, ge=0, description="GPUs per job: --gres=gpu:N (PBS ngpus) and GPU worker resources")
     walltime: Directive = "01:00:00"
     queue: Directive | None = None
     account: Directive | None = None

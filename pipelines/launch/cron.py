@@ -1,7 +1,7 @@
 """Scheduled runs (`pipelines schedule`): one cron line per pipeline, in the user's crontab, SLURM's scrontab,
 or a crontab file (for a system cron.d, a site tool, or tests that must not touch the user's table).
 
-The line runs `pipelines run CONF --wait --resume`: the run lock (pipelines/schedule.py) keeps runs of one
+The line runs `pipelines run CONF --wait --resume`: the run lock (pipelines/runs/lock.py) keeps runs of one
 pipeline from overlapping, and a failed run is continued by the next one.
 """
 

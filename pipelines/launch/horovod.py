@@ -56,7 +56,7 @@ def run_ranks(command: list[str], log_path: Path, timeout_s: int) -> None:
                 match = RANK_LINE.match(line.rstrip("\n"))
                 text = match.group(3) if match else line.rstrip("\n")
                 tail = (tail + [line.rstrip("\n")])[-20:]
-                if (match is None or match.group(1) == "0") and _is_progress(text):
+                if (match is None or match.group(1) == "0") and is_progress(text):
                     log.info("%s", text.strip())
             rc = proc.wait()
         except BaseException:
@@ -72,5 +72,5 @@ def run_ranks(command: list[str], log_path: Path, timeout_s: int) -> None:
         raise PipelineError(f"training ranks exited with code {rc} (full output: {log_path}); last lines:\n{shown}")
 
 
-def _is_progress(text: str) -> bool:
+def is_progress(text: str) -> bool:
     return text.lstrip().startswith(("epoch ", "early stop")) or ": starting;" in text or ": resuming" in text

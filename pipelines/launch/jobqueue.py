@@ -91,12 +91,16 @@ def lifetime(settings: JobqueueSettings) -> tuple[int, int] | None:
     return life, stagger
 
 
-def make_cluster(settings: JobqueueSettings) -> Any:
-    """A started dask-jobqueue SLURMCluster or PBSCluster from `engine.dask.jobqueue` settings."""
-    from dask_jobqueue import PBSCluster, SLURMCluster
-
-    cls = SLURMCluster if settings.scheduler == "slurm" else PBSCluster
+def cluster_kwargs(settings: JobqueueSettings) -> dict[str, Any]:
+    """dask-jobqueue arguments from `engine.dask.jobqueue` settings (GPUs: a gres/ngpus request per job and a
+    `GPU` worker resource per worker, which the Dask rank launcher asks for)."""
     extra = []
+    directives = list(settings.job_extra_directives)
+    if settings.gpus:
+        per_worker = max(1, settings.gpus // settings.processes)
+        extra += ["--resources", f"GPU={per_worker}"]
+        gpu = f"--gres=gpu:{settings.gpus}" if settings.scheduler == "slurm" else f"-l ngpus={settings.gpus}"
+        directives.append(gpu)
     scheduler_interface = {}
     if settings.scheduler_interface:
         scheduler_interface = {"interface": pick_interface(settings.scheduler_interface)}
@@ -111,7 +115,7 @@ def make_cluster(settings: JobqueueSettings) -> Any:
         "queue": settings.queue,
         "account": settings.account,
         "python": settings.python or sys.executable,
-        "job_extra_directives": list(settings.job_extra_directives),
+        "job_extra_directives": directives,
         "job_script_prologue": [f"export {k}={shlex.quote(v)}" for k, v in settings.env.items()],
         "worker_extra_args": extra,
         "interface": pick_interface(settings.interface),
@@ -122,7 +126,15 @@ def make_cluster(settings: JobqueueSettings) -> Any:
     }
     if settings.scheduler == "slurm" and settings.memory_directive is False:
         kwargs["job_directives_skip"] = ["--mem"]
-    cluster = cls(**{k: v for k, v in kwargs.items() if v is not None})
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def make_cluster(settings: JobqueueSettings) -> Any:
+    """A started dask-jobqueue SLURMCluster or PBSCluster from `engine.dask.jobqueue` settings."""
+    from dask_jobqueue import PBSCluster, SLURMCluster
+
+    cls = SLURMCluster if settings.scheduler == "slurm" else PBSCluster
+    cluster = cls(**cluster_kwargs(settings))
     log.info(
         "dask-jobqueue %s cluster at %s; job script:\n%s",
         settings.scheduler,

@@ -1,4 +1,4 @@
-"""Runs of a pipeline: one at a time (the run lock), retention of old runs. Cron lines: pipelines/launch/cron.py."""
+"""One run of a pipeline at a time: an flock on <runs_dir>/<pipeline>/.lock naming its holder."""
 
 from __future__ import annotations
 
@@ -6,18 +6,13 @@ import contextlib
 import datetime as dt
 import errno
 import fcntl
-import json
-import logging
 import os
-import shutil
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from pipelines.errors import PipelineError
-
-log = logging.getLogger(__name__)
 
 
 class LockBusy(PipelineError):
@@ -56,20 +51,3 @@ def pipeline_lock(runs_dir: Path, pipeline: str, wait: bool = False, timeout: fl
         yield path
     finally:
         fh.close()  # closing releases the flock
-
-
-def prune_runs(runs_dir: Path, pipeline: str, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` finished runs (never the `latest` target or a running one)."""
-    folder = Path(runs_dir) / pipeline
-    latest = (folder / "latest").resolve() if (folder / "latest").exists() else None
-    finished = []
-    for run in sorted(p for p in folder.iterdir() if p.is_dir() and (p / "manifest.json").exists()):
-        status = json.loads((run / "manifest.json").read_text()).get("status")
-        if status in ("succeeded", "failed") and run.resolve() != latest:
-            finished.append(run)
-    keep_latest = 1 if latest is not None else 0
-    removed = finished[: max(0, len(finished) - max(0, keep - keep_latest))]
-    for run in removed:
-        shutil.rmtree(run)
-        log.info("retention: removed %s", run)
-    return removed

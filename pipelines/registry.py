@@ -1,0 +1,16 @@
+"""The stage registry: every stage kind, once. Adding a kind is one module and one entry here."""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from pipelines.classical.stage import ModelStage
+from pipelines.deep.stage import DeepStage
+from pipelines.ingest.stage import IngestStage
+from pipelines.protocol import Stage
+
+STAGE_CLASSES: tuple[type[Stage], ...] = (IngestStage, ModelStage, DeepStage)
+STAGES: dict[str, type[Stage]] = {cls.model_fields["stage"].default: cls for cls in STAGE_CLASSES}
+StageConfig = Annotated[Union[STAGE_CLASSES], Field(discriminator="stage")]  # noqa: UP007 - built from a tuple

@@ -1,0 +1,235 @@
+"""Horovod ranks on the engine's own workers: Dask worker tasks and Spark barrier tasks (real engines, real ranks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from test_deep import digits_config
+
+from pipelines.config import parse_config
+from pipelines.engines.config import DaskSettings
+from pipelines.errors import PipelineError
+from pipelines.launch.ranks import RankJob, hosts_string, pick_dask_workers, slot_plan
+from pipelines.pipeline import run_pipeline
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+SOFTMAX = {"stage": "deep", "model": "softmax", "epochs": 2, "batch_size": 32, "ranks": 2, "optimizer": "sgd"}
+
+
+def _weights(run, name: str) -> list[np.ndarray]:
+    import keras
+
+    return keras.saving.load_model(run.dir / "deep" / name / "model.keras").get_weights()
+
+
+def _results(run, name: str) -> dict:
+    return json.loads((run.dir / "deep" / name / "results.json").read_text())
+
+
+@pytest.mark.parametrize("hosts", [["a", "b", "a", "b"], ["x", "x"], ["a", "b", "b"], ["n1"], ["c", "a", "c", "b"]])
+def test_slot_plan_is_horovods_host_assignment(hosts):
+    from horovod.runner.common.util.hosts import get_host_assignments, parse_hosts
+
+    theirs = sorted(get_host_assignments(parse_hosts(hosts_string(hosts)), len(hosts)), key=lambda s: s.rank)
+    ours = sorted(slot_plan(hosts), key=lambda s: s["rank"])
+    assert [vars(s) | {"hostname": s.hostname} for s in theirs] == ours
+    assert sorted(s["rank"] for s in slot_plan(hosts)) == list(range(len(hosts)))
+
+
+def test_fewer_dask_workers_than_ranks_is_a_clear_error_before_anything_starts(dask_engine):
+    t0 = time.monotonic()
+    with pytest.raises(PipelineError, match="3 Horovod ranks need 3 distinct Dask workers; the cluster has 2"):
+        pick_dask_workers(dask_engine.client, 3, 0, wait_s=1)
+    with pytest.raises(PipelineError, match="with resources GPU>=1; the cluster has 0"):
+        pick_dask_workers(dask_engine.client, 1, 1, wait_s=0)
+    assert time.monotonic() - t0 < 10
+
+
+@pytest.mark.slow
+def test_dask_launcher_trains_on_the_workers_and_matches_horovodrun(dask_engine, tmp_path):
+    worker_pids = set(dask_engine.client.run(os.getpid).values())
+    addresses = set(dask_engine.client.scheduler_info(n_workers=-1)["workers"])
+    out = {}
+    for launcher in ("dask", "horovodrun"):
+        config = parse_config(digits_config(tmp_path / launcher, {**SOFTMAX, "launcher": launcher}))
+        run, _ = run_pipeline(config, engine=dask_engine)
+        out[launcher] = run
+    res = _results(out["dask"], "softmax")
+    assert res["launcher"] == "dask" and res["rank_weight_max_abs_diff"] == 0.0
+    placement = res["placement"]
+    assert [p["rank"] for p in placement] == [0, 1]
+    assert {p["worker"] for p in placement} <= addresses and len({p["worker"] for p in placement}) == 2
+    for p in placement:  # each rank is a fresh process whose parent is its Dask worker
+        assert p["worker_pid"] in worker_pids and p["ppid"] == p["worker_pid"] and p["pid"] != p["worker_pid"]
+        assert p["returncode"] == 0 and p["device"].startswith("CPU")
+    manifest = json.loads((out["dask"].dir / "manifest.json").read_text())
+    assert manifest["stages"][1]["placement"] == placement
+    for a, b in zip(_weights(out["dask"], "softmax"), _weights(out["horovodrun"], "softmax"), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)  # same global batches, same seed, 1 thread per rank
+
+
+@pytest.mark.slow
+def test_killed_dask_worker_fails_the_stage_naming_the_rank_and_resume_finishes(tmp_path):
+    from pipelines.engines.dask_engine import DaskEngine
+
+    stage = {**SOFTMAX, "model": "mlp", "epochs": 6, "launcher": "dask", "batch_size": 16}
+    config = parse_config(digits_config(tmp_path, stage))
+    engine = DaskEngine(DaskSettings(n_workers=2, threads_per_worker=1, memory_limit="3GB"))
+    engine.start()
+    try:
+        pids = engine.client.run(os.getpid)
+        victim = max(pids.values())
+        checkpoints = tmp_path / "runs" / "digits-deep"
+
+        def kill_after_first_checkpoint() -> None:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if list(checkpoints.glob("*/checkpoints/mlp/epoch-*")):
+                    os.kill(victim, signal.SIGKILL)
+                    return
+                time.sleep(0.2)
+
+        killer = threading.Thread(target=kill_after_first_checkpoint)
+        killer.start()
+        with pytest.raises(PipelineError, match=r"rank \d on (Dask worker|\S+ \(Dask worker)"):
+            run_pipeline(config, engine=engine)
+        killer.join()
+        assert not psutil.pid_exists(victim)
+    finally:
+        engine.stop()
+    failed = next(p for p in checkpoints.iterdir() if p.is_dir() and p.name != "jobs")
+    leftover = [p for p in psutil.process_iter(["cmdline"]) if str(failed) in " ".join(p.info["cmdline"] or [])]
+    deadline = time.monotonic() + 30
+    while leftover and time.monotonic() < deadline:  # ranks notice their parent is gone within a second or two
+        time.sleep(0.5)
+        leftover = [p for p in leftover if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not leftover, "a rank outlived its task"
+    engine = DaskEngine(DaskSettings(n_workers=2, threads_per_worker=1, memory_limit="3GB"))
+    with engine:
+        run, _ = run_pipeline(config, engine=engine, resume=failed)
+    res = _results(run, "mlp")
+    assert run.dir == failed and res["resumed_from"] >= 1
+    assert [h["epoch"] for h in res["history"]] == list(range(1, 7))  # every epoch once
+
+
+# --- Spark: a real standalone master with two one-core workers, spark-submit ------------------------------
+
+
+def _spark_cluster(tmp_path: Path, port: int) -> tuple[list[subprocess.Popen], str, dict]:
+    import pyspark
+
+    home = Path(pyspark.__file__).parent
+    env = {**os.environ, "SPARK_HOME": str(home), "PYSPARK_PYTHON": PY, "SPARK_LOCAL_IP": "127.0.0.1"}
+    cls = [str(home / "bin" / "spark-class")]
+    url = f"spark://127.0.0.1:{port}"
+    master_log = open(tmp_path / "master.log", "w")  # noqa: SIM115 - closed with the process
+    procs = [
+        subprocess.Popen(
+            [
+                *cls,
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--webui-port",
+                "0",
+            ],
+            env=env,
+            stdout=master_log,
+            stderr=subprocess.STDOUT,
+        )
+    ]
+    for _ in range(2):
+        procs.append(
+            subprocess.Popen(
+                [
+                    *cls,
+                    "org.apache.spark.deploy.worker.Worker",
+                    "--cores",
+                    "1",
+                    "--memory",
+                    "3g",
+                    "--webui-port",
+                    "0",
+                    url,
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    deadline = time.monotonic() + 120
+    while (tmp_path / "master.log").read_text().count("Registering worker") < 2:
+        assert time.monotonic() < deadline, "the standalone workers did not register"
+        time.sleep(0.5)
+    return procs, url, {**env, "SPARK_HOME": str(home)}
+
+
+def _submit(url: str, env: dict, conf: Path, *args: str) -> subprocess.CompletedProcess:
+    import pipelines.__main__ as entry
+
+    home = Path(env["SPARK_HOME"])
+    argv = [str(home / "bin" / "spark-submit"), "--master", url, "--total-executor-cores", "2"]
+    argv += ["--executor-cores", "1", "--conf", "spark.executor.memory=2g"]
+    return subprocess.run([*argv, entry.__file__, *args, str(conf)], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_spark_submit_trains_in_the_executors_and_matches_horovodrun(tmp_path, dask_engine):
+    procs, url, env = _spark_cluster(tmp_path, 7277)
+    try:
+        conf = tmp_path / "deep.json"
+        conf.write_text(json.dumps(digits_config(tmp_path / "spark", SOFTMAX, engine="spark")))
+        done = _submit(url, env, conf, "run")
+        assert done.returncode == 0, done.stderr[-3000:]
+        executors = {p.pid for p in psutil.process_iter(["cmdline"]) if "--executor-id" in (p.info["cmdline"] or [])}
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(30)
+    run_dir = (tmp_path / "spark" / "runs" / "digits-deep" / "latest").resolve()
+    res = json.loads((run_dir / "deep" / "softmax" / "results.json").read_text())
+    assert res["launcher"] == "spark" and res["rank_weight_max_abs_diff"] == 0.0
+    placement = res["placement"]
+    assert sorted(p["executor_id"] for p in placement) == ["0", "1"]  # one rank in each one-core executor
+    for p in placement:  # the rank's parent is the task's Python worker, a descendant of the executor JVM
+        assert p["ppid"] == p["task_pid"] and p["executor_pid"] in executors and p["returncode"] == 0
+    horovodrun = parse_config(digits_config(tmp_path / "hvd", {**SOFTMAX, "launcher": "horovodrun"}))
+    run, _ = run_pipeline(horovodrun, engine=dask_engine)
+    import keras
+
+    ours = keras.saving.load_model(run_dir / "deep" / "softmax" / "model.keras").get_weights()
+    for a, b in zip(ours, _weights(run, "softmax"), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_gpu_settings_render_into_spark_conf_worker_arguments_and_job_scripts():
+    from pipelines.launch.config import JobqueueSettings
+    from pipelines.launch.jobqueue import cluster_kwargs
+    from pipelines.launch.ranks import spark_gpu_conf
+
+    conf = spark_gpu_conf(gpus_per_executor=4, gpus_per_task=1, discovery_script="/opt/spark/getGpus.sh")
+    assert conf == {
+        "spark.executor.resource.gpu.amount": "4",
+        "spark.task.resource.gpu.amount": "1",
+        "spark.executor.resource.gpu.discoveryScript": "/opt/spark/getGpus.sh",
+    }
+    kw = cluster_kwargs(JobqueueSettings(cores=8, memory="64GB", gpus=2, walltime="02:00:00"))
+    assert "--resources GPU=2" in " ".join(kw["worker_extra_args"])
+    assert "--gres=gpu:2" in kw["job_extra_directives"]
+
+
+_ = RankJob  # the job type the engines take (imported so a rename breaks this module's collection)
