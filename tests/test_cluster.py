@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 from slurm import LocalSlurm, missing
+from spark_standalone import standalone, submit
 
 from pipelines.config import load_config, parse_config
 from pipelines.errors import ConfigError
@@ -273,51 +274,13 @@ def test_jobqueue_settings_pick_interfaces_and_retire_workers_before_walltime():
 
 @pytest.mark.slow
 def test_spark_submit_to_a_standalone_master_runs_the_pipeline_with_its_master(tmp_path):
-    import pyspark
-
-    home = Path(pyspark.__file__).parent
-    env = {**os.environ, "SPARK_HOME": str(home), "PYSPARK_PYTHON": PY, "SPARK_LOCAL_IP": "127.0.0.1"}
-    port = 7177
-    cls = [str(home / "bin" / "spark-class")]
-    master = subprocess.Popen(
-        [
-            *cls,
-            "org.apache.spark.deploy.master.Master",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--webui-port",
-            "0",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    url = f"spark://127.0.0.1:{port}"
-    worker = subprocess.Popen(
-        [*cls, "org.apache.spark.deploy.worker.Worker", "--cores", "2", "--memory", "2g", "--webui-port", "0", url],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with standalone(tmp_path, 7177) as (url, env, _):
         conf = tmp_path / "fair.json"
         conf.write_text(json.dumps(fair(tmp_path)))
-        import pipelines.__main__ as entry
-
-        argv = [str(home / "bin" / "spark-submit"), "--master", url, "--total-executor-cores", "2"]
-        done = subprocess.run(
-            [*argv, entry.__file__, "run", str(conf), "--engine", "spark"], env=env, capture_output=True, text=True
-        )
+        done = submit(url, env, "run", str(conf), "--engine", "spark")
         assert done.returncode == 0, done.stderr[-3000:]
-        manifest = json.loads((tmp_path / "runs" / "fair" / "latest" / "manifest.json").read_text())
-        assert manifest["status"] == "succeeded" and manifest["engine"]["master"] == url
-    finally:
-        for proc in (worker, master):
-            proc.terminate()
-            proc.wait(30)
+    manifest = json.loads((tmp_path / "runs" / "fair" / "latest" / "manifest.json").read_text())
+    assert manifest["status"] == "succeeded" and manifest["engine"]["master"] == url
 
 
 # --- a real SLURM -----------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from spark_standalone import standalone, submit
 from test_deep import digits_config
 
 from pipelines.config import parse_config
@@ -102,7 +102,9 @@ def test_killed_dask_worker_fails_the_stage_naming_the_rank_and_resume_finishes(
 
         killer = threading.Thread(target=kill_after_first_checkpoint)
         killer.start()
-        with pytest.raises(PipelineError, match=r"rank \d on (Dask worker|\S+ \(Dask worker)"):
+        with pytest.raises(
+            PipelineError, match=r"rank \d(: its Dask worker \S+ left the cluster| on \S+ \(Dask worker)"
+        ):
             run_pipeline(config, engine=engine)
         killer.join()
         assert not psutil.pid_exists(victim)
@@ -126,87 +128,23 @@ def test_killed_dask_worker_fails_the_stage_naming_the_rank_and_resume_finishes(
 # --- Spark: a real standalone master with two one-core workers, spark-submit ------------------------------
 
 
-def _spark_cluster(tmp_path: Path, port: int) -> tuple[list[subprocess.Popen], str, dict]:
-    import pyspark
-
-    home = Path(pyspark.__file__).parent
-    env = {**os.environ, "SPARK_HOME": str(home), "PYSPARK_PYTHON": PY, "SPARK_LOCAL_IP": "127.0.0.1"}
-    cls = [str(home / "bin" / "spark-class")]
-    url = f"spark://127.0.0.1:{port}"
-    master_log = open(tmp_path / "master.log", "w")  # noqa: SIM115 - closed with the process
-    procs = [
-        subprocess.Popen(
-            [
-                *cls,
-                "org.apache.spark.deploy.master.Master",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--webui-port",
-                "0",
-            ],
-            env=env,
-            stdout=master_log,
-            stderr=subprocess.STDOUT,
-        )
-    ]
-    for _ in range(2):
-        procs.append(
-            subprocess.Popen(
-                [
-                    *cls,
-                    "org.apache.spark.deploy.worker.Worker",
-                    "--cores",
-                    "1",
-                    "--memory",
-                    "3g",
-                    "--webui-port",
-                    "0",
-                    url,
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-    deadline = time.monotonic() + 120
-    while (tmp_path / "master.log").read_text().count("Registering worker") < 2:
-        assert time.monotonic() < deadline, "the standalone workers did not register"
-        time.sleep(0.5)
-    return procs, url, {**env, "SPARK_HOME": str(home)}
-
-
-def _submit(url: str, env: dict, conf: Path, *args: str) -> subprocess.CompletedProcess:
-    import pipelines.__main__ as entry
-
-    home = Path(env["SPARK_HOME"])
-    argv = [str(home / "bin" / "spark-submit"), "--master", url, "--total-executor-cores", "2"]
-    argv += ["--executor-cores", "1", "--conf", "spark.executor.memory=2g"]
-    return subprocess.run([*argv, entry.__file__, *args, str(conf)], env=env, capture_output=True, text=True)
-
-
 @pytest.mark.slow
 @pytest.mark.spark
 def test_spark_submit_trains_in_the_executors_and_matches_horovodrun(tmp_path, dask_engine):
-    procs, url, env = _spark_cluster(tmp_path, 7277)
-    try:
+    with standalone(tmp_path, 7277) as (url, env, worker_jvms):
         conf = tmp_path / "deep.json"
         conf.write_text(json.dumps(digits_config(tmp_path / "spark", SOFTMAX, engine="spark")))
-        done = _submit(url, env, conf, "run")
+        done = submit(url, env, "run", str(conf))
         assert done.returncode == 0, done.stderr[-3000:]
-        executors = {p.pid for p in psutil.process_iter(["cmdline"]) if "--executor-id" in (p.info["cmdline"] or [])}
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-            proc.wait(30)
     run_dir = (tmp_path / "spark" / "runs" / "digits-deep" / "latest").resolve()
     res = json.loads((run_dir / "deep" / "softmax" / "results.json").read_text())
     assert res["launcher"] == "spark" and res["rank_weight_max_abs_diff"] == 0.0
     placement = res["placement"]
     assert sorted(p["executor_id"] for p in placement) == ["0", "1"]  # one rank in each one-core executor
-    for p in placement:  # the rank's parent is the task's Python worker, a descendant of the executor JVM
-        assert p["ppid"] == p["task_pid"] and p["executor_pid"] in executors and p["returncode"] == 0
+    for p in placement:  # rank <- task's Python worker <- ... <- executor JVM <- the standalone Worker JVM
+        assert p["ppid"] == p["task_pid"] and p["returncode"] == 0 and p["device"].startswith("CPU")
+        assert p["executor_parent_pid"] in worker_jvms and p["executor_pid"] not in (p["task_pid"], p["pid"])
+    assert len({p["executor_pid"] for p in placement}) == 2
     horovodrun = parse_config(digits_config(tmp_path / "hvd", {**SOFTMAX, "launcher": "horovodrun"}))
     run, _ = run_pipeline(horovodrun, engine=dask_engine)
     import keras

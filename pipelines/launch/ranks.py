@@ -144,12 +144,16 @@ def spark_gpu_conf(gpus_per_executor: int, gpus_per_task: int, discovery_script:
     }
 
 
+NOISE = ("WARNING: All log messages before absl::InitializeLog()", "oneDNN custom operations are on")
+
+
 def tail(path: Path, lines: int = TAIL_LINES) -> str:
-    """The last lines of a text file ('' if it is missing)."""
+    """The last lines of a rank's log ('' if it is missing), without TensorFlow's start-up notices."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace").splitlines()
     except OSError:
         return ""
+    return "\n".join([line for line in text if not any(n in line for n in NOISE)][-lines:])
 
 
 def spawn_rank(worker: Sequence[str], env: dict[str, str], log_path: Path, timeout_s: float) -> dict[str, Any]:
@@ -216,8 +220,8 @@ def _executor_facts() -> dict[str, Any]:
             executor = "driver"
             if "--executor-id" in cmd:
                 executor = cmd[cmd.index("--executor-id") + 1]
-            return {"executor_pid": parent.pid, "executor_id": executor}
-    return {"executor_pid": None, "executor_id": None}
+            return {"executor_pid": parent.pid, "executor_id": executor, "executor_parent_pid": parent.ppid()}
+    return {"executor_pid": None, "executor_id": None, "executor_parent_pid": None}
 
 
 def _spark_task(job: RankJob) -> Callable[[Iterator[Any]], Iterator[str]]:
