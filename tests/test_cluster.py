@@ -301,6 +301,24 @@ def test_dask_jobqueue_workers_are_slurm_jobs_and_leave_with_the_run(slurm, tmp_
     assert slurm.run("squeue", "-h").stdout.strip() == ""  # the worker jobs ended with the run
 
 
+@pytest.mark.slow
+def test_dask_jobqueue_workers_train_the_deep_stage_inside_their_slurm_jobs(slurm, tmp_path):
+    from test_deep import digits_config
+
+    jobqueue = {"jobs": 2, "cores": 1, "memory": "2GB", "walltime": "00:10:00", "queue": "debug", "interface": "auto"}
+    jobqueue["log_directory"] = str(tmp_path / "worker-logs")
+    stage = {"stage": "deep", "model": "softmax", "epochs": 2, "batch_size": 32, "ranks": 2}  # launcher: auto
+    data = digits_config(tmp_path, stage)
+    data["engine"]["dask"] = {"jobqueue": jobqueue}
+    run, results = run_pipeline(parse_config(data))
+    res = results["softmax"].metrics
+    assert res["launcher"] == "dask" and res["rank_weight_max_abs_diff"] == 0.0  # auto: not a LocalCluster
+    jobs = {p["batch_job"] for p in res["placement"]}
+    assert len(jobs) == 2 and None not in jobs  # one rank inside each worker's SLURM job
+    assert all(p["ppid"] == p["worker_pid"] and p["returncode"] == 0 for p in res["placement"])
+    assert res["test"]["accuracy"] > 0.2  # 10 classes: chance is 0.1 (2 epochs of softmax regression)
+
+
 def _submit(tmp_path: Path, data: dict) -> tuple[str, Path]:
     conf = tmp_path / "conf.json"
     conf.write_text(json.dumps(data))

@@ -154,6 +154,46 @@ def test_spark_submit_trains_in_the_executors_and_matches_horovodrun(tmp_path, d
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.spark
+def test_killed_spark_executor_mid_training_is_survived_from_the_checkpoint(tmp_path):
+    """Spark reruns a failed barrier stage as a whole; the new ranks resume from rank 0's newest checkpoint."""
+    stage = {**SOFTMAX, "model": "mlp", "epochs": 6, "batch_size": 16, "launcher": "spark"}
+    with standalone(tmp_path, 7377) as (url, env, _):
+        conf = tmp_path / "deep.json"
+        conf.write_text(json.dumps(digits_config(tmp_path, stage, engine="spark")))
+        runs = tmp_path / "runs" / "digits-deep"
+        killed = []
+
+        def kill_one_executor_after_a_checkpoint() -> None:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not killed:
+                if list(runs.glob("*/checkpoints/mlp/epoch-*")):
+                    for p in psutil.process_iter(["cmdline"]):
+                        if "--executor-id" in (p.info["cmdline"] or []):
+                            p.kill()
+                            killed.append(p.pid)
+                            return
+                time.sleep(0.2)
+
+        killer = threading.Thread(target=kill_one_executor_after_a_checkpoint)
+        killer.start()
+        done = submit(url, env, "train", str(conf))
+        killer.join()
+    assert killed, "no executor was killed"
+    run_dir = next(p for p in runs.iterdir() if p.is_dir() and p.name not in ("jobs", "latest"))
+    if done.returncode != 0:  # the stage failed: one error line naming the lost executor's task, then each rank
+        said = done.stdout + done.stderr  # spark-submit passes the driver's stderr on its stdout
+        assert done.returncode == 2 and "error: training ranks failed:" in said, said[-2000:]
+        assert "barrier task" in said and "rank 0:" in said and "rank 1:" in said
+        with standalone(tmp_path, 7378) as (url, env, _):
+            done = submit(url, env, "train", "--resume", str(run_dir))
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads((run_dir / "deep" / "mlp" / "results.json").read_text())
+    assert res["resumed_from"] is not None and res["resumed_from"] >= 1
+    assert [h["epoch"] for h in res["history"]] == list(range(1, 7))  # every epoch once
+
+
 def test_gpu_settings_render_into_spark_conf_worker_arguments_and_job_scripts():
     from pipelines.launch.config import JobqueueSettings
     from pipelines.launch.jobqueue import cluster_kwargs

@@ -51,7 +51,7 @@ def train(conf: Path, engine_kind: str, launcher: str, args: argparse.Namespace,
         "images_s": sum(later) / len(later),
         "startup_s": entry["seconds"] - res["train_seconds"],
         "stage_s": entry["seconds"],
-        "accuracy": res.get("test", {}).get("accuracy", float("nan")),
+        "accuracy": (res.get("test") or res.get("val") or {}).get("accuracy", float("nan")),  # held-out split
         "peak_mb": peak / 1e6,
         "where": ", ".join(str(p.get("worker") or p.get("executor_id") or p.get("host")) for p in res["placement"]),
     }
@@ -71,7 +71,7 @@ def main() -> None:
         print(f"{launcher}: {rows[launcher]}", flush=True)
     base = rows["horovodrun"]["images_s"]
     print(f"\n{conf.name}, {args.model}, 2 ranks, {args.epochs} epochs")
-    print(f"{'launcher':12} {'img/s':>8} {'ratio':>6} {'start-up s':>10} {'stage s':>8} {'test acc':>8} {'peak MB':>8}")
+    print(f"{'launcher':12} {'img/s':>8} {'ratio':>6} {'start-up s':>10} {'stage s':>8} {'held-out':>8} {'peak MB':>8}")
     for launcher, r in rows.items():
         print(
             f"{launcher:12} {r['images_s']:8.0f} {r['images_s'] / base:6.3f} {r['startup_s']:10.1f} "

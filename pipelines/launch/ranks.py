@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -274,14 +275,19 @@ def run_spark_ranks(spark_context: Any, job: RankJob) -> list[dict[str, Any]]:
 
 
 def _first_failure(exc: BaseException, job: RankJob) -> str:
-    """One clear message for a failed rank stage: the failing rank's own words, else each rank's last lines."""
+    """One clear message for a failed rank stage: the failing rank's own words, else Spark's reason for the
+    failed barrier task (a lost executor) and each rank's last lines."""
     text = str(exc)
     if "RankFailed: " in text:
         said = text[text.index("RankFailed: ") + len("RankFailed: ") :]
         return said.split("\n\tat ")[0].split("\n\n")[0].strip()
-    first = text.splitlines()[0] if text else ""
-    logs = [f"rank {r}: {tail(job.log(r), 3)}" for r in range(job.ranks)]
-    return f"training ranks failed ({type(exc).__name__}: {first});\n" + "\n".join(logs)
+    found = re.search(r"Job aborted due to stage failure: ([^\n]*)", text)
+    reason = found.group(1) if found else (text.splitlines()[0] if text else type(exc).__name__)
+    lost = re.search(r"ExecutorLostFailure \(([^)]*)\)", text)
+    if lost:
+        reason += f" ({lost.group(1)})"
+    logs = [f"rank {r}: {tail(job.log(r), 3) or '(no output)'}" for r in range(job.ranks)]
+    return f"training ranks failed: {reason}\n" + "\n".join(logs)
 
 
 def _dask_rank(slot: dict[str, Any], addr: str, port: int, job: RankJob) -> dict[str, Any]:
@@ -295,6 +301,7 @@ def _dask_rank(slot: dict[str, Any], addr: str, port: int, job: RankJob) -> dict
     host = socket.gethostname()
     facts = {"rank": slot["rank"], "host": host, "worker": me.address, "worker_pid": os.getpid(), **done}
     facts["gpus"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+    facts["batch_job"] = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
     if done["returncode"] != 0:
         raise _failure(slot["rank"], f"{host} (Dask worker {me.address})", done["returncode"], path)
     return facts
