@@ -31,36 +31,34 @@ class PipelineResult(NamedTuple):
 def first_changed_stage(config: PipelineConfig, run: Run, force: bool) -> int:
     """Index of the first stage whose config differs from what the run recorded (len(stages) if none).
 
-    A changed key outside the stages (dataset, engine kind or partitions) changes every stage. Without
-    `force` any change that is not placement is refused with the keys that differ.
+    A changed key outside the stages (dataset, engine kind or partitions) changes every stage; an added or
+    removed stage changes the stages from there on; placement keys (where and how fast, not what) may
+    differ. Without `force` any other change is refused, naming the keys that differ.
     """
     recorded = run.recorded_config()
-    diffs = [d for d in config_diff(recorded, config.model_dump(mode="json")) if not d[0].startswith(PLACEMENT_KEYS)]
-    changed = []
-    first = len(config.stages)
-    for path, old, new in diffs:
-        index = _stage_index(path)
-        if index is not None and index < len(config.stages):
-            field = path.split(".", 1)[1].split(".")[0].split("[")[0] if "." in path else ""
-            if field in type(config.stages[index]).placement_fields:
-                continue
-        changed.append(f"{path}: {old!r} -> {new!r}")
-        first = min(first, index if index is not None else 0)
+    given = config.model_dump(mode="json")
+    old_stages, new_stages = recorded.pop("stages", []), given.pop("stages")
+    changed: list[tuple[int, str]] = [(0, f"{p}: {a!r} -> {b!r}") for p, a, b in config_diff(recorded, given)]
+    changed = [c for c in changed if not c[1].startswith(PLACEMENT_KEYS)]
+    for index, stage in enumerate(config.stages):
+        if index >= len(old_stages):
+            changed.append((index, f"stages[{index}]: added"))
+            continue
+        for path, a, b in config_diff(old_stages[index], new_stages[index]):
+            if path.split(".")[0].split("[")[0] not in type(stage).placement_fields:
+                changed.append((index, f"stages[{index}].{path}: {a!r} -> {b!r}"))
+    if len(old_stages) > len(config.stages):
+        changed.append((len(config.stages), f"stages[{len(config.stages)}:]: removed"))
     if changed and not force:
         raise ConfigError(
             f"--resume {run.dir}: the config differs from the one the run recorded:\n"
-            + "\n".join(f"  - {c}" for c in changed)
+            + "\n".join(f"  - {text}" for _, text in changed)
             + "\n(use --force to rerun the changed stages and those after them)"
         )
+    first = min((index for index, _ in changed), default=len(config.stages))
     if changed:
-        log.warning("resume --force: rerunning from stage %d (%s)", first, "; ".join(changed))
+        log.warning("resume --force: rerunning from stage %d (%s)", first, "; ".join(t for _, t in changed))
     return first
-
-
-def _stage_index(path: str) -> int | None:
-    if not path.startswith("stages["):
-        return None
-    return int(path[len("stages[") : path.index("]")])
 
 
 def run_pipeline(

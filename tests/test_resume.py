@@ -73,3 +73,19 @@ def test_placement_changes_are_allowed_on_resume(tmp_path, dask_engine):
     latest = (tmp_path / "fair" / "latest").resolve()
     out = run_pipeline(_fair(tmp_path, "keep_runs=3", "stages.0.index_block_mb=8"), engine=dask_engine, resume=latest)
     assert out.run.dir == latest and len(_stage_entries(latest)) == 2
+
+
+def test_an_added_stage_is_the_only_one_rerun_on_a_forced_resume(tmp_path, dask_engine):
+    run_pipeline(_fair(tmp_path), engine=dask_engine)
+    latest = (tmp_path / "fair" / "latest").resolve()
+    longer = _fair(tmp_path)
+    data = longer.model_dump(mode="json")
+    data["stages"].append({"stage": "model", "name": "km", "model": "kmeans", "params": {"n_clusters": 3}})
+    from pipelines.config import parse_config
+
+    longer = parse_config(data)
+    with pytest.raises(ConfigError, match=r"stages\[2\]: added"):
+        run_pipeline(longer, engine=dask_engine, resume=latest)
+    out = run_pipeline(longer, engine=dask_engine, resume=latest, force=True)
+    assert _stage_entries(latest) == [("ingest", "succeeded"), ("lm", "succeeded"), ("km", "succeeded")]
+    assert out.results["km"].model.cluster_centers_.shape == (3, 16)
