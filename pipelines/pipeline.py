@@ -12,7 +12,7 @@ from pipelines.engines.base import Engine
 from pipelines.errors import ConfigError
 from pipelines.launch.batch import job_facts
 from pipelines.plan import require_valid_plan
-from pipelines.protocol import StageContext, StageResult
+from pipelines.protocol import NotRestorable, StageContext, StageResult
 from pipelines.runs import Run, config_diff, corrupt_outputs, run_session
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def run_pipeline(
                 start = 0
             if force:
                 run.replace_config(dump_config(config))
+            supersede(run, [s.output_name for s in config.stages[start:]])
         job = job_facts()
         if job is not None:
             run.manifest["job"] = job
@@ -103,17 +104,29 @@ def run_pipeline(
             for index, stage in enumerate(config.stages):
                 name = stage.output_name
                 if index < start and run.stage_succeeded(name):
-                    ctx.results[name] = stage.restore(ctx)
-                    continue
+                    try:
+                        ctx.results[name] = stage.restore(ctx)
+                        continue
+                    except NotRestorable as exc:
+                        log.warning("resume: %s; stage %s runs again", exc, name)
                 with run.stage(name) as entry:
                     result = stage.run(ctx)
                     entry.update(result.facts())
-                run.add_metrics(name, result.metrics)
+                    run.add_metrics(name, result.metrics)  # before the stage is recorded as succeeded
                 ctx.results[name] = result
         finally:
             if owned:
                 engine.stop()
     return PipelineResult(run, ctx.results)
+
+
+def supersede(run: Run, names: list[str]) -> None:
+    """Mark earlier successes of stages that run again as superseded (a later resume never restores them)."""
+    wanted = set(names)
+    for entry in run.manifest["stages"]:
+        if entry["name"] in wanted and entry["status"] == "succeeded":
+            entry["status"] = "superseded"
+    run.save()
 
 
 def run_many(
@@ -127,14 +140,20 @@ def run_many(
 
     Each config keeps its own engine settings: a config whose `engine` section differs gets its own engine.
     """
-    done: list[tuple[PipelineConfig, PipelineResult]] = []
+    if isinstance(resume, str | Path) and (len(configs) > 1 or len(engine_kinds or []) > 1):
+        raise ConfigError(f"--resume {resume} continues one run: give one config and one engine")
+    plan: list[list[PipelineConfig]] = []
     for kind in engine_kinds or [None]:
         chosen = []
         for config in configs:
             config = config.model_copy(deep=True)
             if kind is not None:
                 config.engine.kind = kind  # type: ignore[assignment]
+            require_valid_plan(config, config.name)  # every plan is checked before any engine starts
             chosen.append(config)
+        plan.append(chosen)
+    done: list[tuple[PipelineConfig, PipelineResult]] = []
+    for chosen in plan:
         groups: dict[str, list[PipelineConfig]] = {}
         for config in chosen:
             groups.setdefault(config.engine.model_dump_json(), []).append(config)

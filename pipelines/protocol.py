@@ -23,6 +23,10 @@ from pipelines.settings import Name, StrictModel
 R = TypeVar("R", bound="StageResult")
 
 
+class NotRestorable(PipelineError):
+    """A finished stage's result cannot be rebuilt from the run directory: the stage runs again."""
+
+
 class Problem(NamedTuple):
     """One problem found when a pipeline is planned: the key path and what is wrong there."""
 
@@ -111,11 +115,11 @@ class Stage(StrictModel, abc.ABC):
 
     def restore(self, ctx: StageContext) -> StageResult:
         """Rebuild a finished stage's result from the run directory (resume); default: not restorable."""
-        raise PipelineError(f"stage {self.output_name!r} cannot be restored; it runs again")
+        raise NotRestorable(f"stage {self.output_name!r} cannot be restored")
 
     def recorded_facts(self, ctx: StageContext) -> dict[str, Any]:
         """The manifest entry this stage wrote when it succeeded in this run."""
         facts = ctx.run.stage_facts(self.output_name)
         if facts is None:
-            raise PipelineError(f"stage {self.output_name!r} has not succeeded in {ctx.run.dir}")
+            raise NotRestorable(f"stage {self.output_name!r} has not succeeded in {ctx.run.dir}")
         return facts

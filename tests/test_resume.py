@@ -89,3 +89,17 @@ def test_an_added_stage_is_the_only_one_rerun_on_a_forced_resume(tmp_path, dask_
     out = run_pipeline(longer, engine=dask_engine, resume=latest, force=True)
     assert _stage_entries(latest) == [("ingest", "succeeded"), ("lm", "succeeded"), ("km", "succeeded")]
     assert out.results["km"].model.cluster_centers_.shape == (3, 16)
+
+
+def test_a_forced_rerun_supersedes_the_old_entry_and_another_pipelines_run_is_refused(tmp_path, dask_engine):
+    run_pipeline(_fair(tmp_path), engine=dask_engine)
+    latest = (tmp_path / "fair" / "latest").resolve()
+    changed = _fair(tmp_path, "stages.1.params={fit_intercept: false}")
+    run_pipeline(changed, engine=dask_engine, resume=latest, force=True)
+    assert _stage_entries(latest) == [("ingest", "succeeded"), ("lm", "superseded"), ("lm", "succeeded")]
+    assert "fit_intercept: false" in (latest / "config.yaml").read_text()
+    before = (latest / "manifest.json").read_text()
+    other = load_config(ROOT / "conf" / "randhie.yaml", [f"runs_dir={tmp_path}"])
+    with pytest.raises(Exception, match="a run of pipeline 'fair', not 'randhie'"):
+        run_pipeline(other, engine=dask_engine, resume=latest)
+    assert (latest / "manifest.json").read_text() == before  # refused before the run was touched

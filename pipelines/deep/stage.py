@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import re
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -141,6 +143,8 @@ class DeepStage(Stage):
         problems = []
         if not any(isinstance(s, IngestStage) and s.write for s in earlier):
             problems.append(Problem("stage", "needs an earlier ingest stage with write: true"))
+        if self.launcher in ("spark", "dask") and self.launcher != config.engine.kind:
+            problems.append(Problem("launcher", f"{self.launcher!r} needs the {self.launcher} engine"))
         image = getattr(config.dataset, "image", None)
         if self.classes and image is not None and image.classes and max(self.classes) >= image.classes:
             problems.append(Problem("classes", f"{self.classes} outside 0..{image.classes - 1}"))
@@ -178,8 +182,15 @@ def hand_off(
     """
     key = tensors_key(stage)
     target = run.dir / "tensors" / key
+    splits = _splits_digest(run, ingest)
     if (target / MANIFEST).exists():
-        return TensorShards(target, verify=True)
+        if json.loads((target / MANIFEST).read_text()).get("source", {}).get("splits") == splits:
+            try:
+                return TensorShards(target, verify=True)
+            except DataError as exc:
+                log.warning("tensors/%s: %s; writing the shards again", key, exc)
+        else:
+            log.info("tensors/%s were cut from other splits (ingest ran again); writing them again", key)
     if "train" not in ingest.outputs:
         raise ConfigError(f"deep stage {stage.output_name!r} needs an ingest stage with write: true before it")
     if ingest.schema is None:
@@ -206,7 +217,7 @@ def hand_off(
             label=label,
             classes=stage.classes,
             n_classes=len(stage.classes) if stage.classes else total,
-            source={"engine": engine.kind, "dataset": ingest.dataset, "run": run.id},
+            source={"engine": engine.kind, "dataset": ingest.dataset, "run": run.id, "splits": splits},
         )
         if manifest["splits"].get("train", {}).get("rows", 0) == 0:
             raise DataError(f"deep stage {stage.output_name!r}: no training rows left after the class filter")
@@ -216,6 +227,24 @@ def hand_off(
         ", ".join(f"{s} {v['rows']:,} rows in {len(v['shards'])} shards" for s, v in manifest["splits"].items()),
     )
     return TensorShards(target, verify=False)
+
+
+def _splits_digest(run: Any, ingest: IngestResult) -> str:
+    """SHA-256 over the recorded checksums of the splits the shards are cut from (changes when ingest reruns)."""
+    sums = {name: run.manifest["outputs"].get(f"data/{name}") for name in sorted(ingest.outputs)}
+    return hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()
+
+
+def _fresh_checkpoints(folder: Path, stage: DeepStage) -> None:
+    """Drop checkpoints written under another config of this stage (placement aside): a forced rerun starts over."""
+    spec = folder / "spec.json"
+    if not spec.exists():
+        return
+    what = set(type(stage).model_fields) - type(stage).placement_fields
+    old = {k: v for k, v in json.loads(spec.read_text()).get("stage", {}).items() if k in what}
+    if old != {k: v for k, v in stage.model_dump(mode="json").items() if k in what}:
+        log.info("checkpoints/%s were written under another config of the stage; starting over", stage.output_name)
+        shutil.rmtree(folder)
 
 
 def _transfer_model(stage: DeepStage, run: Any) -> str | None:
@@ -236,6 +265,7 @@ def run_deep(
     shards = hand_off(engine, config, stage, run, ingest)
     name = stage.output_name
     checkpoints = run.dir / "checkpoints" / name
+    _fresh_checkpoints(checkpoints, stage)
     checkpoints.mkdir(parents=True, exist_ok=True)
     classes = stage.classes or list(range(shards.classes))
     spec = {

@@ -32,7 +32,7 @@ from pipelines.ingest.transform import (
     transform_table,
 )
 from pipelines.ingest.validate import image_arrow_schema, table_arrow_schema, validate_images, validate_table
-from pipelines.protocol import Stage, StageContext, StageResult
+from pipelines.protocol import NotRestorable, Stage, StageContext, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,10 @@ class IngestStage(Stage):
 
     def restore(self, ctx: StageContext) -> IngestResult:
         """The finished ingest of this run, from its manifest facts and written splits."""
-        return IngestResult.restore(self.recorded_facts(ctx), ctx.config.dataset, self, ctx.run, ctx.engine)
+        try:
+            return IngestResult.restore(self.recorded_facts(ctx), ctx.config.dataset, self, ctx.run, ctx.engine)
+        except KeyError as exc:  # a run recorded by an older version lacks a fact
+            raise NotRestorable(f"stage {self.output_name!r}: the manifest lacks {exc}") from None
 
 
 def _rejected_rows(pdf: pd.DataFrame) -> pd.DataFrame:

@@ -157,17 +157,35 @@ def tail(path: Path, lines: int = TAIL_LINES) -> str:
     return "\n".join([line for line in text if not any(n in line for n in NOISE)][-lines:])
 
 
-def spawn_rank(worker: Sequence[str], env: dict[str, str], log_path: Path, timeout_s: float) -> dict[str, Any]:
-    """Run one rank process (this interpreter + worker args) to the end; its output goes to log_path."""
+def spawn_rank(
+    worker: Sequence[str],
+    env: dict[str, str],
+    log_path: Path,
+    timeout_s: float,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Run one rank process (this interpreter + worker args) to the end; its output goes to log_path.
+
+    The rank is killed at `timeout_s`, when `should_stop()` turns true (checked every second), or when this
+    task is torn down.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout_s
     with open(log_path, "a", encoding="utf-8") as out:
         proc = subprocess.Popen([sys.executable, *worker], stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
-            rc = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
-            out.write(f"\n[pipelines] rank stopped after timeout_s={timeout_s:.0f}\n")
+            while True:
+                try:
+                    rc = proc.wait(timeout=1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    why = "timeout_s" if time.monotonic() > deadline else None
+                    why = why or ("the stage stopped" if should_stop is not None and should_stop() else None)
+                    if why:
+                        proc.kill()
+                        rc = proc.wait()
+                        out.write(f"\n[pipelines] rank stopped: {why}\n")
+                        break
         except BaseException:  # the task is being torn down: take the rank with it
             proc.kill()
             proc.wait()
@@ -188,8 +206,10 @@ def relay_progress(path: Path, is_progress: Callable[[str], bool]) -> Iterator[N
     """Tail rank 0's log file in a thread and log its progress lines, while the block runs."""
     stop = threading.Event()
 
+    start = path.stat().st_size if path.exists() else 0  # a resumed stage appends: relay only the new lines
+
     def follow() -> None:
-        offset = 0
+        offset = start
         while not stop.is_set():
             with contextlib.suppress(OSError), open(path, encoding="utf-8", errors="replace") as fh:
                 fh.seek(offset)
@@ -240,7 +260,8 @@ def _spark_task(job: RankJob) -> Callable[[Iterator[Any]], Iterator[str]]:
         message = ""
         if slot["rank"] == 0:
             server, port = start_rendezvous(hosts)
-            message = json.dumps({"addr": local_address_towards(host)[0], "port": port})
+            peer = next((h for h in hosts if h != host), host)  # the address other nodes reach this one by
+            message = json.dumps({"addr": local_address_towards(peer)[0], "port": port})
         found = [json.loads(m) for m in ctx.allGather(message) if m]
         extra = {"PIPELINES_RANK_THREADS": str(ctx.cpus())}
         gpus = ctx.resources().get("gpu")
@@ -270,7 +291,7 @@ def run_spark_ranks(spark_context: Any, job: RankJob) -> list[dict[str, Any]]:
         with relay_progress(job.log(0), job.is_progress):
             found = [json.loads(r) for r in rdd.collect()]
     except Exception as exc:
-        raise PipelineError(_first_failure(exc, job)) from None
+        raise PipelineError(_first_failure(exc, job)) from exc
     return sorted(found, key=lambda r: r["rank"])
 
 
@@ -283,6 +304,9 @@ def _first_failure(exc: BaseException, job: RankJob) -> str:
         return said.split("\n\tat ")[0].split("\n\n")[0].strip()
     found = re.search(r"Job aborted due to stage failure: ([^\n]*)", text)
     reason = found.group(1) if found else (text.splitlines()[0] if text else type(exc).__name__)
+    errors = re.findall(r"^\s*(\w+(?:Error|Exception): [^\n]*)$", text, flags=re.M)
+    if errors:
+        reason += f"; {errors[-1].strip()}"
     lost = re.search(r"ExecutorLostFailure \(([^)]*)\)", text)
     if lost:
         reason += f" ({lost.group(1)})"
@@ -290,14 +314,16 @@ def _first_failure(exc: BaseException, job: RankJob) -> str:
     return f"training ranks failed: {reason}\n" + "\n".join(logs)
 
 
-def _dask_rank(slot: dict[str, Any], addr: str, port: int, job: RankJob) -> dict[str, Any]:
-    """One rank on a Dask worker (runs in one of the worker's task threads)."""
-    from distributed import get_worker
+def _dask_rank(slot: dict[str, Any], addr: str, port: int, job: RankJob, stop: str) -> dict[str, Any]:
+    """One rank on a Dask worker (runs in one of the worker's task threads; Dask cannot interrupt it, so the
+    client sets the `stop` event when the stage ends and the rank is killed within a second)."""
+    from distributed import Event, get_worker
 
     me = get_worker()
     extra = {"PIPELINES_RANK_THREADS": str(me.state.nthreads)}
     path = job.log(slot["rank"])
-    done = spawn_rank(job.worker, rank_env(slot, addr, port, extra), path, job.timeout_s)
+    event = Event(stop)
+    done = spawn_rank(job.worker, rank_env(slot, addr, port, extra), path, job.timeout_s, event.is_set)
     host = socket.gethostname()
     facts = {"rank": slot["rank"], "host": host, "worker": me.address, "worker_pid": os.getpid(), **done}
     facts["gpus"] = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -332,12 +358,15 @@ def pick_dask_workers(client: Any, ranks: int, gpus_per_rank: int, wait_s: float
 def run_dask_ranks(client: Any, job: RankJob) -> list[dict[str, Any]]:
     """Run the ranks as tasks pinned to distinct Dask workers, with the rendezvous server on this client."""
 
+    from distributed import Event
+
     chosen = pick_dask_workers(client, job.ranks, job.gpus_per_rank, job.wait_s)
     info = client.scheduler_info(n_workers=-1)["workers"]
     hosts = [info[a]["host"] for a in chosen]
     server, port = start_rendezvous(hosts)
     addr = local_address_towards(hosts[0])[0]
     token = uuid.uuid4().hex[:8]
+    stop = Event(f"horovod-{job.name}-stop-{token}", client=client)
     futures = [
         client.submit(
             _dask_rank,
@@ -345,6 +374,7 @@ def run_dask_ranks(client: Any, job: RankJob) -> list[dict[str, Any]]:
             addr,
             port,
             job,
+            stop.name,
             key=f"horovod-{job.name}-rank{slot['rank']}-{token}",
             workers=[where],
             allow_other_workers=False,
@@ -358,6 +388,7 @@ def run_dask_ranks(client: Any, job: RankJob) -> list[dict[str, Any]]:
         with relay_progress(job.log(0), job.is_progress):
             return _gather_ranks(client, futures, chosen, job)
     finally:
+        stop.set()  # ranks still running (a peer failed, a worker left, the driver stops) are killed
         client.cancel(futures)
         server.stop()
 

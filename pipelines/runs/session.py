@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,20 +13,26 @@ from pipelines.errors import PipelineError
 from pipelines.runs.lock import pipeline_lock
 from pipelines.runs.resume import find_resumable
 from pipelines.runs.retention import prune_runs
-from pipelines.runs.run import Run
+from pipelines.runs.run import MANIFEST, Run
 
 log = logging.getLogger(__name__)
 
 
 def resume_target(runs_root: str | Path, pipeline: str, resume: bool | str | Path) -> Path | None:
-    """The run directory `--resume` means: the given one, else the newest unfinished run (None: start anew)."""
+    """The run directory `--resume` means: the given one, else the newest unfinished run (None: start anew).
+
+    Call it while holding the pipeline's lock, so a run that was still going is not picked.
+    """
     if not resume:
         return None
     if isinstance(resume, bool):
         return find_resumable(runs_root, pipeline)
     path = Path(resume)
-    if not (path / "manifest.json").is_file():
-        raise PipelineError(f"--resume {resume}: no such run directory (no manifest.json)")
+    if not (path / MANIFEST).is_file():
+        raise PipelineError(f"--resume {resume}: no such run directory (no {MANIFEST})")
+    owner = json.loads((path / MANIFEST).read_text()).get("pipeline")
+    if owner != pipeline:
+        raise PipelineError(f"--resume {resume}: a run of pipeline {owner!r}, not {pipeline!r}")
     return path
 
 
@@ -44,14 +51,11 @@ def run_session(
     `resume`: False starts a new run; True continues the newest unfinished run (or starts anew if there is
     none, so a scheduled `--resume` always runs); a path continues that run directory.
     """
-    target = resume_target(runs_root, pipeline, resume)
-    root = target.parent.parent if target is not None else Path(runs_root)
+    root = Path(resume).resolve().parent.parent if isinstance(resume, str | Path) else Path(runs_root)
     with pipeline_lock(root, pipeline, wait=wait):
+        target = resume_target(root, pipeline, resume)
         if target is not None:
             run = Run.reopen(target)
-            if run.pipeline != pipeline:
-                run.finish("failed", f"resumed as pipeline {pipeline!r}")
-                raise PipelineError(f"--resume {target}: a run of pipeline {run.pipeline!r}, not {pipeline!r}")
             log.info("resuming %s", run.dir)
         else:
             run = Run.create(pipeline, root, config_yaml, engine)
