@@ -51,34 +51,21 @@ class RankJob:
 
 
 def slot_plan(hosts: Sequence[str]) -> list[dict[str, Any]]:
-    """Horovod slot facts per task for tasks on these hosts (task order): rank, local and cross ranks.
+    """Horovod's slot facts (rank, local and cross ranks) for tasks on these hosts, in task order.
 
-    Ranks are numbered host by host in order of first appearance, as Horovod's host assignment does, so the
-    plan equals `get_host_assignments(parse_hosts("h1:n1,h2:n2"))` for the same hosts.
+    The slots are Horovod's own host assignment for `h1:n1,h2:n2`; task i takes the slot of its host with the
+    next unused local rank, so every task computes the same plan from the same gathered host list.
     """
-    order: list[str] = list(dict.fromkeys(hosts))
-    counts = {h: hosts.count(h) for h in order}
-    first_rank, rank = {}, 0
-    for h in order:
-        first_rank[h] = rank
-        rank += counts[h]
+    from horovod.runner.common.util.hosts import get_host_assignments, parse_hosts
+
+    slots = {
+        (s.hostname, s.local_rank): vars(s) for s in get_host_assignments(parse_hosts(hosts_string(hosts)), len(hosts))
+    }
     seen: dict[str, int] = {}
     plan = []
-    for h in hosts:
-        local = seen.get(h, 0)
-        seen[h] = local + 1
-        cross = [x for x in order if counts[x] > local]
-        plan.append(
-            {
-                "hostname": h,
-                "rank": first_rank[h] + local,
-                "size": len(hosts),
-                "local_rank": local,
-                "local_size": counts[h],
-                "cross_rank": cross.index(h),
-                "cross_size": len(cross),
-            }
-        )
+    for host in hosts:
+        plan.append(dict(slots[(host, seen.get(host, 0))]))
+        seen[host] = seen.get(host, 0) + 1
     return plan
 
 
