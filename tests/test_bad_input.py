@@ -1,6 +1,7 @@
 """Bad-input suite: every case checks its message and that no row is lost (read = accepted + rejected).
 
-Row-level problems go to quarantine.csv with source, row (CSV line number; record index otherwise),
+Row-level problems go to quarantine.csv with source, row (CSV record number, the header being 1; record index
+otherwise),
 column and reason; file-level problems stop the run with an error naming the file. Each row-level case
 runs on both engines (real Dask LocalCluster, real local SparkSession).
 """
@@ -192,7 +193,11 @@ FILE_CASES = {
         CSV3,
         r"d\.csv: line 1 \(header\) repeats column name\(s\) \['a'\]",
     ),
-    "quoted_newline": ({"d.csv": 'a,b,y\n1,"2\n3",0\n4,5,1\n'}, CSV3, "quoted fields spanning lines are not supported"),
+    "unclosed_quote": (
+        {"d.csv": 'a,b,y\n1,"2,0\n4,5,1\n'},
+        CSV3,
+        r"d\.csv: line 2: a quoted field opens here and is never closed",
+    ),
     "not_idx": ({"img.idx": b"hello world", "lbl.idx": idx_bytes(LAB)}, IMG, r"img\.idx: not an IDX file"),
     "file_not_found": ({}, CSV3, r"d\.csv: input file not found"),
     "npz_object_array": (

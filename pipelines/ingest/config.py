@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 from typing import Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from pipelines.settings import StrictModel
 
@@ -40,6 +41,18 @@ class DatasetConfig(StrictModel):
     image: ImageSpec | None = None
     npz_keys: NpzKeys = Field(default_factory=NpzKeys)
     delimiter: str = Field(default=",", min_length=1, max_length=1)
+    encoding: str = Field(default="utf-8", description="CSV text encoding, e.g. latin-1 or cp1252")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            info = codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r}") from None
+        if "\n".encode(info.name) != b"\n" or '"'.encode(info.name) != b'"':
+            raise ValueError(f"encoding {value!r} is not ASCII-compatible (UTF-16/32 CSV is not supported)")
+        return info.name
 
     @model_validator(mode="after")
     def _check_shape(self) -> DatasetConfig:

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import DataError
 from pipelines.ingest.schema import TableSchema
-from pipelines.ingest.sources import Segment, open_maybe_gzip
+from pipelines.ingest.sources import Segment, open_maybe_gzip, open_source, record_ends
 
 
 @dataclass
@@ -36,12 +36,13 @@ class RawChunk:
     body: bytes | None = None
     starts: np.ndarray | None = None
     first_line: int = 0
+    encoding: str = "utf-8"
 
     def raw_lines(self, mask: np.ndarray) -> list[str]:
         """Original text of the selected records (CSV only; empty strings otherwise)."""
         if self.body is None or self.starts is None:
             return [""] * int(mask.sum())
-        return [_line_text(self.body, self.starts, int(r - self.first_line)) for r in self.rows[mask]]
+        return [_line_text(self.body, self.starts, int(r - self.first_line), self.encoding) for r in self.rows[mask]]
 
     def empty_lines(self) -> np.ndarray:
         """Mask of records whose line holds only whitespace (CSV only)."""
@@ -55,52 +56,59 @@ class RawChunk:
         return out
 
 
-def _read_lines(segment: Segment) -> tuple[bytes, np.ndarray]:
-    """Bytes of the segment's lines and the start offset of each line (plus the end)."""
+def _csv_records(segment: Segment) -> tuple[bytes, np.ndarray]:
+    """Bytes of the segment's records and the start offset of each record (plus the end).
+
+    Records end at a line end outside quotes, so a quoted field spanning lines stays in its record; reading
+    starts at a checkpoint, which is always a record boundary (outside quotes).
+    """
     f = segment.file
     first = segment.start + f.header_lines
     last = segment.stop + f.header_lines
-    offset, line = max((cp for cp in f.checkpoints if cp[1] <= first), key=lambda cp: cp[1])
-    need = last - line
+    offset, record = max((cp for cp in f.checkpoints if cp[1] <= first), key=lambda cp: cp[1])
+    need = last - record
     parts: list[bytes] = []
     positions: list[np.ndarray] = []
-    found = size = 0
-    with open(f.path, "rb") as fh:
-        fh.seek(offset)
-        while found < need:
-            chunk = fh.read(16 << 20)
-            if not chunk:
-                break
-            nl = np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10) + size
+    found = size = parity = 0
+    with open_source(f.path, f.compression) as fh:
+        if offset:
+            fh.seek(offset)
+        chunk = fh.read(16 << 20)
+        while chunk and found < need:
+            nxt = fh.read(16 << 20)
+            ends, parity = record_ends(np.frombuffer(chunk, dtype=np.uint8), parity, nxt[0] if nxt else None)
             parts.append(chunk)
-            positions.append(nl)
-            found += len(nl)
+            positions.append(ends + size)
+            found += len(ends)
             size += len(chunk)
+            chunk = nxt
     data = b"".join(parts)
-    newlines = np.concatenate(positions) if positions else np.empty(0, np.int64)
-    skip = first - line
-    begin = 0 if skip == 0 else int(newlines[skip - 1]) + 1
-    end = int(newlines[need - 1]) + 1 if len(newlines) >= need else len(data)
+    ends = np.concatenate(positions) if positions else np.empty(0, np.int64)
+    skip = first - record
+    begin = 0 if skip == 0 else int(ends[skip - 1]) + 1
+    end = int(ends[need - 1]) + 1 if len(ends) >= need else len(data)
     body = data[begin:end]
-    inner = newlines[(newlines >= begin) & (newlines < end)] - begin + 1
+    inner = ends[(ends >= begin) & (ends < end)] - begin + 1
     starts = np.concatenate([[0], inner[inner < len(body)], [len(body)]]).astype(np.int64)
     if len(starts) - 1 != segment.stop - segment.start:
         raise DataError(
-            f"{f.path}: expected {segment.stop - segment.start} lines from line {first + 1}, found {len(starts) - 1}"
+            f"{f.path}: expected {segment.stop - segment.start} records from record {first + 1}, "
+            f"found {len(starts) - 1}"
         )
     return body, starts
 
 
-def _line_text(body: bytes, starts: np.ndarray, i: int) -> str:
-    return body[starts[i] : starts[i + 1]].rstrip(b"\r\n").decode("utf-8", errors="replace")
+def _line_text(body: bytes, starts: np.ndarray, i: int, encoding: str = "utf-8") -> str:
+    return body[starts[i] : starts[i + 1]].rstrip(b"\r\n").decode(encoding, errors="replace")
 
 
 def read_csv_segment(segment: Segment, schema: TableSchema, delimiter: str) -> RawChunk:
     """Parse a CSV segment: typed fast path, text fallback when a value does not convert."""
     f = segment.file
-    body, starts = _read_lines(segment)
+    body, starts = _csv_records(segment)
     n_lines = len(starts) - 1
     first_line_no = segment.start + f.header_lines + 1
+    multiline = b"\"" in body  # a quoted field may span lines
     bad: list[Malformed] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
@@ -118,10 +126,16 @@ def read_csv_segment(segment: Segment, schema: TableSchema, delimiter: str) -> R
         return pacsv.read_csv(
             io.BytesIO(body),
             read_options=pacsv.ReadOptions(
-                column_names=list(f.columns), use_threads=False, block_size=max(len(body), 1 << 20) + 1
+                column_names=list(f.columns),
+                use_threads=False,
+                block_size=max(len(body), 1 << 20) + 1,
+                encoding=f.encoding,
             ),
             parse_options=pacsv.ParseOptions(
-                delimiter=delimiter, invalid_row_handler=on_invalid, ignore_empty_lines=False
+                delimiter=delimiter,
+                invalid_row_handler=on_invalid,
+                ignore_empty_lines=False,
+                newlines_in_values=multiline,
             ),
             convert_options=pacsv.ConvertOptions(
                 column_types=types,
@@ -141,7 +155,7 @@ def read_csv_segment(segment: Segment, schema: TableSchema, delimiter: str) -> R
             table = parse(typed=False)
         except pa.ArrowInvalid as exc:
             raise DataError(
-                f"{f.path}: lines {first_line_no}-{first_line_no + n_lines - 1}: cannot parse CSV ({exc})"
+                f"{f.path}: records {first_line_no}-{first_line_no + n_lines - 1}: cannot parse CSV ({exc})"
             ) from exc
     values = table if table is not None else pa.table({c.name: pa.array([], pa.string()) for c in schema.columns})
     rows = np.arange(first_line_no, first_line_no + n_lines, dtype=np.int64)
@@ -149,10 +163,10 @@ def read_csv_segment(segment: Segment, schema: TableSchema, delimiter: str) -> R
         rows = rows[~np.isin(rows, np.array([m.row for m in bad], dtype=np.int64))]
     if len(rows) != values.num_rows:
         raise DataError(
-            f"{f.path}: lines {first_line_no}-{first_line_no + n_lines - 1}: {values.num_rows} records in "
-            f"{n_lines} lines; quoted fields spanning lines are not supported"
+            f"{f.path}: records {first_line_no}-{first_line_no + n_lines - 1}: the CSV parser found "
+            f"{values.num_rows} records where the quote-aware scan found {n_lines}"
         )
-    return RawChunk(f.name, values, rows, typed, list(bad), body, starts, first_line_no)
+    return RawChunk(f.name, values, rows, typed, list(bad), body, starts, first_line_no, f.encoding)
 
 
 def read_parquet_segment(segment: Segment, schema: TableSchema) -> RawChunk:

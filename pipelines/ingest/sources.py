@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.errors import DataError
@@ -42,6 +43,13 @@ class SourceFile:
     shape: tuple[int, ...] = ()
     dtype: str = ""
     data_offset: int = 0
+    compression: str | None = None
+    encoding: str = "utf-8"
+
+    @property
+    def splittable(self) -> bool:
+        """Whether workers may read parts of it independently (a compressed stream must be read from its start)."""
+        return self.compression is None
 
 
 @dataclass(frozen=True)
@@ -75,80 +83,202 @@ def expand_paths(spec: str | list[str], suffixes: tuple[str, ...]) -> list[str]:
     return out
 
 
-def _scan_newlines(block: tuple[str, int, int]) -> tuple[int, int]:
-    """Count newlines in bytes [lo, hi) of a file and locate the first one (-1 if none)."""
+QUOTE, LF, CR = 34, 10, 13
+COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".zstd": "zstd", ".lz4": "lz4"}
+CSV_SUFFIXES = tuple(f"{base}{codec}" for base in (".csv", ".txt", ".tsv") for codec in ("", *COMPRESSED))
+
+
+def compression_of(path: str) -> str | None:
+    """The codec a file's name or magic number says it is compressed with (None: plain)."""
+    for suffix, codec in COMPRESSED.items():
+        if path.endswith(suffix):
+            return codec
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic[:2] == b"\x1f\x8b":
+        return "gzip"
+    if magic[:3] == b"BZh":
+        return "bz2"
+    if magic == b"\x28\xb5\x2f\xfd":
+        return "zstd"
+    return None
+
+
+def open_source(path: str, compression: str | None) -> Any:
+    """A binary reader of the file's bytes, decompressed on the fly where it is compressed."""
+    if compression is None:
+        return open(path, "rb")
+    return pa.input_stream(path, compression=compression)
+
+
+def record_ends(buf: np.ndarray, parity: int, next_byte: int | None) -> tuple[np.ndarray, int]:
+    """Offsets of the record-ending bytes in `buf` (LF, CR LF's LF, a lone CR) outside quotes, and the parity after.
+
+    `parity` is 1 when `buf` starts inside a quoted field (RFC 4180: a doubled quote inside quotes flips twice, so
+    the parity of the quotes seen so far tells inside from outside); `next_byte` is the byte after `buf` (None at end).
+    """
+    cr = buf == CR
+    ends = buf == LF
+    if cr.any():
+        following = np.empty_like(buf)
+        following[:-1] = buf[1:]
+        following[-1] = LF if next_byte == LF else 0
+        ends = ends | (cr & (following != LF))
+    quotes = buf == QUOTE
+    if not quotes.any():
+        return (np.flatnonzero(ends) if not parity else np.empty(0, np.int64)), parity
+    inside = np.bitwise_xor.accumulate(quotes.view(np.uint8)) ^ parity
+    return np.flatnonzero(ends & (inside == 0)), int(inside[-1])
+
+
+@dataclass(frozen=True)
+class BlockScan:
+    """Record ends in one byte block for either quote state at its start: counts, first end, and the block's quotes."""
+
+    ends: tuple[int, int]
+    first: tuple[int, int]
+    flips: int
+
+
+def _scan_block(block: tuple[str, int, int]) -> BlockScan:
+    """Count record ends in bytes [lo, hi) of a file for both possible quote states at `lo` (one read, in chunks)."""
     path, lo, hi = block
-    count, first, pos = 0, -1, lo
+    counts, firsts, parities = [0, 0], [-1, -1], [0, 1]
     with open(path, "rb") as fh:
         fh.seek(lo)
+        pos = lo
         while pos < hi:
             chunk = fh.read(min(8 << 20, hi - pos))
             if not chunk:
                 break
-            if first < 0:
-                idx = chunk.find(b"\n")
-                if idx >= 0:
-                    first = pos + idx
-            count += chunk.count(b"\n")
+            nxt = fh.read(1)
+            fh.seek(-len(nxt), os.SEEK_CUR)
+            buf = np.frombuffer(chunk, dtype=np.uint8)
+            for state in (0, 1):
+                ends, parities[state] = record_ends(buf, parities[state], nxt[0] if nxt else None)
+                if firsts[state] < 0 and len(ends):
+                    firsts[state] = pos + int(ends[0])
+                counts[state] += len(ends)
             pos += len(chunk)
-    return count, first
+    return BlockScan((counts[0], counts[1]), (firsts[0], firsts[1]), parities[0])
 
 
-def _csv_header(path: str, delimiter: str) -> tuple[str, ...]:
-    with open(path, "rb") as fh:
-        line = fh.readline()
-    if line.startswith(b"\xef\xbb\xbf"):
-        line = line[3:]
+def _scan_stream(source: tuple[str, str]) -> tuple[int, int, bool]:
+    """Record ends, final quote state and whether the last record is unterminated, of a compressed file (one pass)."""
+    path, compression = source
+    count, parity, last = 0, 0, LF
+    with open_source(path, compression) as fh:
+        chunk = fh.read(8 << 20)
+        while chunk:
+            nxt = fh.read(8 << 20)
+            ends, parity = record_ends(np.frombuffer(chunk, dtype=np.uint8), parity, nxt[0] if nxt else None)
+            count += len(ends)
+            last = chunk[-1]
+            chunk = nxt
+    return count, parity, last not in (LF, CR)
+
+
+def _unclosed_quote_line(path: str, compression: str | None) -> int:
+    """Line on which the quoted field that is never closed opens (a sequential pass, only to name it)."""
+    parity, opened, number, rest = 0, 0, 0, b""
+    with open_source(path, compression) as fh:
+        while chunk := fh.read(8 << 20):
+            *lines, rest = (rest + chunk).split(b"\n")
+            for line in lines:
+                number += 1
+                before, parity = parity, parity ^ (line.count(b'"') & 1)
+                opened = number if before == 0 and parity == 1 else opened
+    if rest:
+        number += 1
+        opened = number if parity == 0 and rest.count(b'"') & 1 else opened
+    return opened or number
+
+
+def _csv_header(path: str, delimiter: str, compression: str | None, encoding: str) -> tuple[str, ...]:
+    with open_source(path, compression) as fh:
+        head = fh.read(1 << 20)
+    if head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:]
     try:
-        text = line.decode("utf-8")
+        text = head.decode(encoding)
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: line 1 (header) is not UTF-8 text") from exc
-    row = next(csv.reader(io.StringIO(text), delimiter=delimiter), [])
+        text = head[: exc.start].decode(encoding)
+        if "\n" not in text and "\r" not in text:
+            hint = "try the dataset's `encoding` option"
+            raise DataError(f"{path}: line 1 (header) is not {encoding} text ({hint})") from exc
+    row = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), [])
     names = tuple(name.strip() for name in row)
     if not names or not any(names):
         raise DataError(f"{path}: line 1 (header) is empty; CSV input needs a header row")
+    blank = [i + 1 for i, n in enumerate(names) if not n]
+    if blank:
+        raise DataError(f"{path}: line 1 (header) has no name for column(s) {blank}")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DataError(f"{path}: line 1 (header) repeats column name(s) {dupes}")
     return names
 
 
-def index_csv_files(paths: list[str], delimiter: str, block_bytes: int, run: TaskRunner) -> list[SourceFile]:
-    """Index CSV files: header, record count and a (byte offset, line) checkpoint per block, scanned in parallel."""
+def index_csv_files(
+    paths: list[str], delimiter: str, block_bytes: int, run: TaskRunner, encoding: str = "utf-8"
+) -> list[SourceFile]:
+    """Index CSV files: header, record count and a (byte offset, record) checkpoint per block, scanned in parallel.
+
+    Record boundaries respect quotes (RFC 4180): a field quoted across lines stays in its record, at the cost of
+    only the block it sits in. A compressed file cannot be split: it is scanned whole by one task, and read as
+    one segment.
+    """
     per_file: dict[str, list[tuple[str, int, int]]] = {}
+    codecs = {path: compression_of(path) for path in paths}
     for path in paths:
         size = os.path.getsize(path)
         if size == 0:
             raise DataError(f"{path}: file is empty (no header row)")
-        per_file[path] = [(path, lo, min(lo + block_bytes, size)) for lo in range(0, size, block_bytes)]
+        if codecs[path] is None:
+            per_file[path] = [(path, lo, min(lo + block_bytes, size)) for lo in range(0, size, block_bytes)]
     blocks = [b for file_blocks in per_file.values() for b in file_blocks]
-    scans = dict(zip(blocks, run(_scan_newlines, blocks), strict=True))
+    streams = [(p, c) for p, c in codecs.items() if c is not None]
+    results = run(_scan_any, [*blocks, *streams])
+    scans = dict(zip([*blocks, *streams], results, strict=True))
     files = []
     for path in paths:
-        size = per_file[path][-1][2]
-        columns = _csv_header(path, delimiter)
+        columns = _csv_header(path, delimiter, codecs[path], encoding)
         checkpoints = [(0, 0)]
-        newlines = 0
-        for block in per_file[path]:
-            count, first = scans[block]
-            if block[1] > 0 and first >= 0:
-                checkpoints.append((first + 1, newlines + 1))
-            newlines += count
-        with open(path, "rb") as fh:
-            fh.seek(size - 1)
-            unterminated = fh.read(1) != b"\n"
-        lines = newlines + int(unterminated)
+        if codecs[path] is None:
+            ends, parity = 0, 0
+            for block in per_file[path]:
+                scan: BlockScan = scans[block]
+                if block[1] > 0 and scan.first[parity] >= 0:
+                    checkpoints.append((scan.first[parity] + 1, ends + 1))
+                ends += scan.ends[parity]
+                parity ^= scan.flips
+            size = per_file[path][-1][2]
+            with open(path, "rb") as fh:
+                fh.seek(size - 1)
+                unterminated = fh.read(1)[0] not in (LF, CR)
+        else:
+            ends, parity, unterminated = scans[(path, codecs[path])]
+        if parity:
+            line = _unclosed_quote_line(path, codecs[path])
+            raise DataError(f"{path}: line {line}: a quoted field opens here and is never closed")
         files.append(
             SourceFile(
                 path=path,
                 name=os.path.basename(path),
-                records=lines - 1,
+                records=ends + int(unterminated) - 1,
                 columns=columns,
                 checkpoints=tuple(checkpoints),
                 header_lines=1,
+                compression=codecs[path],
+                encoding=encoding,
             )
         )
     return files
+
+
+def _scan_any(item: tuple[str, int, int] | tuple[str, str]) -> Any:
+    """One indexing task: a byte block of a plain file, or a whole compressed file."""
+    return _scan_block(item) if len(item) == 3 else _scan_stream(item)  # type: ignore[arg-type]
 
 
 def index_parquet_files(paths: list[str]) -> list[SourceFile]:
@@ -212,18 +342,34 @@ def index_npz_file(path: str, key: str) -> SourceFile:
     )
 
 
+def npz_names(path: str) -> list[str]:
+    """Names of the arrays inside an .npz archive (nothing is loaded)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return list(archive.files)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable .npz archive ({exc})") from exc
+
+
 def balanced_segments(files: list[SourceFile], parts: int) -> list[list[Segment]]:
-    """Cut the concatenated records of all files into `parts` ranges whose sizes differ by at most one."""
-    total = sum(f.records for f in files)
-    parts = max(1, min(parts, total))
+    """Cut the records into `parts` ranges whose sizes differ by at most one; an unsplittable file is a part of its own.
+
+    With unsplittable (compressed) files, each is one part and the splittable files share the remaining parts.
+    """
+    whole = [[Segment(f, 0, f.records)] for f in files if not f.splittable and f.records]
+    rest = [f for f in files if f.splittable]
+    total = sum(f.records for f in rest)
+    if not total:
+        return whole or [[]]
+    parts = max(1, min(parts - len(whole), total))
     bounds = [round(i * total / parts) for i in range(parts + 1)]
     out: list[list[Segment]] = []
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         segs, offset = [], 0
-        for f in files:
+        for f in rest:
             a, b = max(lo, offset), min(hi, offset + f.records)
             if a < b:
                 segs.append(Segment(f, a - offset, b - offset))
             offset += f.records
         out.append(segs)
-    return out
+    return whole + out

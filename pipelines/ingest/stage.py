@@ -57,10 +57,12 @@ def plan_ingest(dataset: DatasetConfig, partitions: int, engine: Engine, block_m
     """Index the input files and cut them into `partitions` balanced segments."""
     fmt = dataset.format
     if fmt in ("csv", "parquet"):
-        suffix = (".csv", ".txt") if fmt == "csv" else (".parquet", ".pq")
+        suffix = sources.CSV_SUFFIXES if fmt == "csv" else (".parquet", ".pq")
         paths = sources.expand_paths(resolve_path(dataset.path), suffix)
         if fmt == "csv":
-            files = sources.index_csv_files(paths, dataset.delimiter, block_mb << 20, engine.run_tasks)
+            files = sources.index_csv_files(
+                paths, dataset.delimiter, block_mb << 20, engine.run_tasks, dataset.encoding
+            )
         else:
             files = sources.index_parquet_files(paths)
         table = resolve_table_schema(dataset, list(files[0].columns), files[0].path)
