@@ -38,6 +38,7 @@ class Case:
 
 
 CSV3 = {"features": ["a", "b"], "label": "y", "types": {"y": "int"}}
+TEXT3 = {"features": ["a", "name"], "label": "y", "types": {"name": "str", "y": "int"}}
 
 
 def _idx(images: np.ndarray, labels: np.ndarray, gz: bool = True) -> dict[str, bytes]:
@@ -54,6 +55,8 @@ NAN_PIX[2, 1, 1] = np.nan
 NAN_PIX[4, 0, 0] = np.inf
 _short_idx = _idx(PIX, LAB)
 _short_idx["img.idx"] = gzip.compress(idx_bytes(PIX)[: 16 + 16 * 9], mtime=0)  # header says 12, holds 9
+_mid_idx = _idx(PIX, LAB, gz=False)
+_mid_idx["img.idx"] = idx_bytes(PIX)[: 16 + 16 * 9 + 5]  # cut 5 bytes into the tenth image
 
 ROW_CASES = {
     "not_a_number": Case({"d.csv": "a,b,y\n1,2,0\n3,abc,1\n5,6,0\n"}, CSV3, [(3, "b", "not a number: 'abc'")], 3),
@@ -114,6 +117,37 @@ ROW_CASES = {
         [(2, "image", "NaN pixel value"), (4, "image", "infinite pixel value")],
         6,
     ),
+    "invalid_utf8": Case(
+        {"d.csv": b"a,name,y\n1,ok,0\n2,caf\xe9,1\n3,fine,0\n"},
+        TEXT3,
+        [(3, "name", "not valid utf-8 text")],
+        3,
+    ),
+    "nul_byte_in_text": Case({"d.csv": "a,name,y\n1,o\x00k,0\n2,x,1\n"}, TEXT3, [(2, "name", "NUL byte in text")], 2),
+    "nul_byte_in_number": Case({"d.csv": "a,b,y\n1,2\x00,0\n3,4,1\n"}, CSV3, [(2, "b", "not a number")], 2),
+    "label_of_wrong_type": Case({"d.csv": "a,b,y\n1,2,0\n3,4,cat\n"}, CSV3, [(3, "y", "not a number: 'cat'")], 2),
+    "comma_inside_quoted_number": Case(
+        {"d.csv": 'a,b,y\n1,"2,5",0\n3,4,1\n'}, CSV3, [(2, "b", "not a number: '2,5'")], 2
+    ),
+    "whitespace_only_value": Case({"d.csv": "a,b,y\n1,   ,0\n3,4,1\n"}, CSV3, [(2, "b", "missing value")], 2),
+    "malformed_after_multiline_record": Case(
+        {"d.csv": 'a,name,y\n1,"two\nlines",0\n2,x\n3,z,1\n'},
+        TEXT3,
+        [(3, None, "malformed row: 2 fields, expected 3")],
+        3,
+    ),
+    "partition_left_empty_by_rejects": Case(
+        {"d.csv": "a,b,y\n1,2,0\n3,4,1\nx,5,0\ny,6,1\n"},
+        CSV3,
+        [(4, "a", "not a number: 'x'"), (5, "a", "not a number: 'y'")],
+        4,
+    ),
+    "idx_truncated_mid_record": Case(
+        _mid_idx,
+        IMG,
+        [(9, "image", "missing image"), (10, "image", "missing image"), (11, "image", "missing image")],
+        12,
+    ),
     "wrong_image_shape": Case(
         _idx(PIX, LAB),
         {**IMG, "image": {"shape": [5, 5], "classes": 10}},
@@ -126,6 +160,7 @@ ROW_CASES = {
 def _materialize(tmp_path, case: Case) -> dict[str, Any]:
     for name, content in case.files.items():
         path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, pa.Table):
             pq.write_table(content, path)
         elif isinstance(content, dict):
@@ -197,6 +232,20 @@ FILE_CASES = {
         {"d.csv": 'a,b,y\n1,"2,0\n4,5,1\n'},
         CSV3,
         r"d\.csv: line 2: a quoted field opens here and is never closed",
+    ),
+    "header_only": ({"d.csv": "a,b,y\n"}, CSV3, r"d\.csv: a header and no records"),
+    "header_blank_name": (
+        {"d.csv": "a,,y\n1,2,0\n"},
+        CSV3,
+        r"d\.csv: line 1 \(header\) has no name for column\(s\) \[2\]",
+    ),
+    "header_not_text": ({"d.csv": b"\x89PNG\r\n\x1a\n\x00\xff\xfe"}, CSV3, r"d\.csv: line 1 \(header\) is not utf-8"),
+    "path_is_directory_without_csv": ({"d.csv/notes.md": "hello"}, CSV3, r"d\.csv: a directory with no \.csv"),
+    "glob_matches_nothing": ({}, {**CSV3, "path": "nothing-*.csv"}, r"no input files match .*nothing-\*\.csv"),
+    "labels_idx_wrong_magic": (
+        {"img.idx": idx_bytes(PIX), "lbl.idx": b"\x08\x03\x00\x01" + bytes(12)},
+        IMG,
+        r"lbl\.idx: not an IDX file \(bad magic number 08030001\)",
     ),
     "not_idx": ({"img.idx": b"hello world", "lbl.idx": idx_bytes(LAB)}, IMG, r"img\.idx: not an IDX file"),
     "file_not_found": ({}, CSV3, r"d\.csv: input file not found"),

@@ -22,6 +22,7 @@ class Malformed:
     row: int
     reason: str
     raw: str
+    column: str | None = None
 
 
 @dataclass
@@ -120,9 +121,10 @@ def read_csv_segment(segment: Segment, schema: TableSchema, delimiter: str) -> R
         )
         return "skip"
 
-    def parse(typed: bool) -> pa.Table:
+    def parse(typed: bool, binary: bool = False) -> pa.Table:
         bad.clear()
-        types = {c.name: (c.arrow_type if typed and c.kind != "bool" else pa.string()) for c in schema.columns}
+        text = pa.binary() if binary else pa.string()
+        types = {c.name: (c.arrow_type if typed and c.kind != "bool" else text) for c in schema.columns}
         return pacsv.read_csv(
             io.BytesIO(body),
             read_options=pacsv.ReadOptions(
@@ -154,11 +156,21 @@ def read_csv_segment(segment: Segment, schema: TableSchema, delimiter: str) -> R
         try:
             table = parse(typed=False)
         except pa.ArrowInvalid as exc:
-            raise DataError(
-                f"{f.path}: records {first_line_no}-{first_line_no + n_lines - 1}: cannot parse CSV ({exc})"
-            ) from exc
+            if "invalid UTF8" not in str(exc):
+                raise DataError(
+                    f"{f.path}: records {first_line_no}-{first_line_no + n_lines - 1}: cannot parse CSV ({exc})"
+                ) from exc
+            table = parse(typed=False, binary=True)
+    undecodable: list[Malformed] = []
+    if table is not None and any(pa.types.is_binary(t) for t in table.schema.types):
+        table, undecodable = _drop_undecodable(table, first_line_no, bad, f.encoding)
+        table = _without_rows(table, undecodable, first_line_no, bad)
     values = table if table is not None else pa.table({c.name: pa.array([], pa.string()) for c in schema.columns})
     rows = np.arange(first_line_no, first_line_no + n_lines, dtype=np.int64)
+    for m in undecodable:
+        m.raw = _line_text(body, starts, m.row - first_line_no, f.encoding)
+    bad.extend(undecodable)
+    bad.sort(key=lambda m: m.row)
     if bad:
         rows = rows[~np.isin(rows, np.array([m.row for m in bad], dtype=np.int64))]
     if len(rows) != values.num_rows:
@@ -167,6 +179,44 @@ def read_csv_segment(segment: Segment, schema: TableSchema, delimiter: str) -> R
             f"{values.num_rows} records where the quote-aware scan found {n_lines}"
         )
     return RawChunk(f.name, values, rows, typed, list(bad), body, starts, first_line_no, f.encoding)
+
+
+def _drop_undecodable(
+    table: pa.Table, first: int, skipped: list[Malformed], encoding: str
+) -> tuple[pa.Table, list[Malformed]]:
+    """Text columns parsed as bytes (some value is not valid text): decode them, naming each record that fails."""
+    kept_rows = _parsed_rows(table.num_rows, first, skipped)
+    bad: dict[int, Malformed] = {}
+    columns = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if not pa.types.is_binary(column.type):
+            columns[name] = column
+            continue
+        values = column.to_pylist()
+        text: list[str | None] = []
+        for i, value in enumerate(values):
+            try:
+                text.append(None if value is None else value.decode(encoding))
+            except UnicodeDecodeError:
+                text.append(None)
+                row = int(kept_rows[i])
+                bad.setdefault(row, Malformed(row, f"not valid {encoding} text", "", name))
+        columns[name] = pa.array(text, pa.string())
+    return pa.table(columns), sorted(bad.values(), key=lambda m: m.row)
+
+
+def _parsed_rows(n: int, first: int, skipped: list[Malformed]) -> np.ndarray:
+    """Record numbers of the rows a parse returned (records it skipped as malformed left out)."""
+    rows = np.arange(first, first + n + len(skipped), dtype=np.int64)
+    return rows[~np.isin(rows, np.array([m.row for m in skipped], dtype=np.int64))]
+
+
+def _without_rows(table: pa.Table, drop: list[Malformed], first: int, skipped: list[Malformed]) -> pa.Table:
+    """The table less the given records."""
+    if not drop:
+        return table
+    rows = _parsed_rows(table.num_rows, first, skipped)
+    return table.filter(pa.array(~np.isin(rows, np.array([m.row for m in drop], dtype=np.int64))))
 
 
 def read_parquet_segment(segment: Segment, schema: TableSchema) -> RawChunk:

@@ -70,6 +70,8 @@ def expand_paths(spec: str | list[str], suffixes: tuple[str, ...]) -> list[str]:
             found = sorted(
                 os.path.join(item, f) for f in os.listdir(item) if f.endswith(suffixes) and not f.startswith((".", "_"))
             )
+            if not found:
+                raise DataError(f"{item}: a directory with no {' / '.join(suffixes)} files")
         elif any(ch in item for ch in "*?["):
             found = sorted(glob.glob(item))
         else:
@@ -273,6 +275,9 @@ def index_csv_files(
                 encoding=encoding,
             )
         )
+    if not any(f.records for f in files):
+        named = files[0].path if len(files) == 1 else f"{len(files)} files ({files[0].path}, ...)"
+        raise DataError(f"{named}: a header and no records")
     return files
 
 

@@ -100,6 +100,7 @@ def _column(
     text = _text(arr)
     missing = (text == "").to_numpy()
     reasons = _reasons(missing, missing_msg)
+    reasons = _first(reasons, _reasons(text.str.contains("\x00", regex=False).to_numpy(dtype=bool), "NUL byte in text"))
     if col.kind == "bool":
         lower = text.str.lower()
         truthy, falsy = lower.isin(TRUE_TEXT).to_numpy(), lower.isin(FALSE_TEXT).to_numpy()
@@ -153,7 +154,7 @@ def validate_table(chunk: RawChunk, schema: TableSchema) -> pd.DataFrame:
                 "_source": chunk.source,
                 "_row": [m.row for m in chunk.malformed],
                 "_reason": [m.reason for m in chunk.malformed],
-                "_column": None,
+                "_column": [m.column for m in chunk.malformed],
                 "_raw": [m.raw for m in chunk.malformed],
                 "_split": np.int8(0),
                 **{c.name: pd.Series([None] * len(chunk.malformed), dtype=NULLABLE[c.kind]) for c in schema.columns},
