@@ -1,30 +1,26 @@
-"""Command line: `pipelines run|train|submit|schedule|validate|demo|generate|check`."""
+"""Command line: `pipelines run|train|submit|schedule|validate|demo|generate|check|report`."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
 
-from rich.logging import RichHandler
 from rich.text import Text
 
 from pipelines import __version__
 from pipelines.config import PipelineConfig, load_config, parse_config
-from pipelines.console import console
-from pipelines.errors import ConfigError, PipelineError
+from pipelines.console import Terminal, console
+from pipelines.errors import ConfigError, PipelineError, UsageError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def _setup_logging(verbose: bool) -> None:
-    handler = RichHandler(console=console, show_path=False, show_time=True, markup=False)
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
-    logging.getLogger("pipelines").setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("py4j", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+def _setup_logging(verbose: bool) -> Terminal:
+    """Quiet by default: stage progress and our warnings on the terminal; engine logs in files; -v shows more."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "2")  # before TensorFlow is imported
+    return Terminal(verbose)
 
 
 def _engines(value: str | None) -> list[str] | None:
@@ -56,13 +52,18 @@ def _resume_and_configs(args: argparse.Namespace) -> tuple[list[str], bool | str
 
 
 def _run(args: argparse.Namespace, configs: list[PipelineConfig], resume: bool | str) -> int:
-    from pipelines.console import print_summaries
+    from pipelines.console import end_progress, print_summaries
     from pipelines.pipeline import run_many
 
     done = run_many(configs, _engines(args.engine), resume, args.wait, getattr(args, "force", False))
+    end_progress()
     for config, out in done:
         console.print(f"[green]done[/] {config.name} on {config.engine.kind}: {out.run.dir}")
     print_summaries(done)
+    for _, out in done:
+        report = out.run.dir / "report.html"
+        if report.is_file():
+            console.print(f"report: {os.path.relpath(report)}")
     return 0
 
 
@@ -154,19 +155,32 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
-def default_configs() -> list[Path]:
-    """The default job: bundled image data (Fashion-MNIST, else digits) and a bundled table."""
+def default_configs() -> tuple[list[Path], Path]:
+    """The default job: bundled images (Fashion-MNIST, else digits) and a bundled table, then the demo network."""
     from pipelines.data.bundled import FASHION_HOW_TO, fashion_mnist_available
 
     images = CONF_DIR / "fashion_mnist.yaml"
     if not fashion_mnist_available():
         console.print(f"[yellow]Fashion-MNIST not installed; using digits instead.[/] {FASHION_HOW_TO}")
         images = CONF_DIR / "digits.yaml"
-    return [images, CONF_DIR / "fair.yaml"]
+    return [images, CONF_DIR / "fair.yaml"], CONF_DIR / "demo_cnn.yaml"
+
+
+def demo_network(path: Path, images: Path, overrides: list[str]) -> PipelineConfig:
+    """The demo's CNN config on the same bundled images as the image pipeline (digits where that is the fallback)."""
+    data = load_config(path, overrides).model_dump(mode="json")
+    data["dataset"] = load_config(images).dataset.model_dump(mode="json")
+    return parse_config(data, str(path))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    return _run(args, [load_config(p, args.set) for p in default_configs()], False)
+    """Tables and images ingested and modelled on each engine, then a 2-rank Horovod CNN on the bundled images."""
+    tables, network = default_configs()
+    configs = [load_config(p, args.set) for p in tables]
+    status = _run(args, configs, False)
+    cnn = demo_network(network, tables[0], args.set)
+    args.engine = None  # the network trains once, on its config's engine
+    return status or _run(args, [cnn], False)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -186,6 +200,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from pipelines.console import compare_tables, print_wide, runs_table
+    from pipelines.runs.history import find_run, list_runs
+
+    if args.compare:
+        a, b = (find_run(args.runs_dir, name) for name in args.compare)
+        print_wide(*compare_tables(a, b))
+        return 0
+    if not Path(args.runs_dir).is_dir():
+        raise UsageError(f"{args.runs_dir}: no runs folder here (give --runs-dir)")
+    records = list_runs(args.runs_dir, args.pipeline)
+    if not records:
+        which = f" of {args.pipeline!r}" if args.pipeline else ""
+        raise UsageError(f"no runs{which} in {args.runs_dir}")
+    print_wide(runs_table(records[: args.limit]))
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from pipelines.data.bundled import fashion_mnist_available
 
@@ -199,8 +231,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         ok = False
         console.print(f"[red]java:[/] {exc}")
     try:
-        import horovod
-        import horovod.tensorflow  # noqa: F401
+        from pipelines.engines.quiet import engine_log_dir, stderr_to
+
+        with stderr_to(engine_log_dir() / "tensorflow-import.log"):  # TF's C++ notices ignore TF_CPP_MIN_LOG_LEVEL
+            import horovod
+            import horovod.tensorflow  # noqa: F401
 
         console.print(f"horovod: {horovod.__version__} with TensorFlow (ok)")
     except Exception as exc:  # report any import failure, not just ImportError (e.g. ABI mismatch)
@@ -208,6 +243,37 @@ def cmd_check(args: argparse.Namespace) -> int:
         console.print(f"[red]horovod:[/] not importable ({exc}); run `make setup`")
     console.print(f"fashion-mnist: {'installed' if fashion_mnist_available() else 'missing (digits fallback)'}")
     return 0 if ok else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.report import build_report
+
+    print(build_report(args.run_dir))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from pipelines.predict import predict
+
+    engine = _engine(args.engine)
+    summary = predict(
+        args.run_dir, args.stage, args.data, args.out, engine, labels=args.labels, partitions=args.partitions
+    )
+    print(json.dumps(summary, indent=2))
+    console.print(
+        f"[green]scored[/] {summary['scored']:,} of {summary['read']:,} rows ({summary['rejected']:,} rejected) "
+        f"into {args.out}"
+    )
+    return 0
+
+
+def _engine(value: str | None) -> str | None:
+    """`--engine` of predict: one engine (default: the run's)."""
+    if value not in (None, "spark", "dask"):
+        raise PipelineError(f"--engine: unknown engine {value!r}; use spark or dask")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -294,22 +360,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["parquet", "csv"], default="parquet")
     p.set_defaults(fn=cmd_generate)
 
+    p = sub.add_parser("predict", help="score new data with a finished run's saved model (or network)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--stage", required=True, help="the model or deep stage's name in the run")
+    p.add_argument("--data", required=True, help="files in the run's format (path, folder, glob) or a YAML config")
+    p.add_argument("--labels", help="IDX images: their labels file (optional)")
+    p.add_argument("--engine", help="spark or dask (default: the run's engine)")
+    p.add_argument("--partitions", type=int, help="partitions of the new data (default: the run's)")
+    p.add_argument("--out", required=True, help="output folder: predictions/, quarantine.csv, summary.json")
+    p.set_defaults(fn=cmd_predict)
+
     p = sub.add_parser("check", help="check Java, Horovod and bundled data")
     p.set_defaults(fn=cmd_check)
+
+    p = sub.add_parser("runs", help="list earlier runs (newest first), or compare two with --compare A B")
+    p.add_argument("pipeline", nargs="?", help="only this pipeline's runs")
+    p.add_argument("--runs-dir", default="runs", help="the runs folder (default: ./runs)")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two run directories or run ids: their differences")
+    p.add_argument("--limit", type=int, default=20, help="show at most this many runs (default 20)")
+    p.set_defaults(fn=cmd_runs)
+
+    p = sub.add_parser("report", help="(re)build a run directory's report.html and print its path")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(fn=cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; an error ends it as one line with an exit code by kind (pipelines.errors), traceback logged."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    terminal = _setup_logging(args.verbose)
     try:
         return args.fn(args)
-    except PipelineError as exc:
-        console.print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
-        return 2
-    except KeyboardInterrupt:
-        console.print("[red]interrupted[/]")
-        return 130
+    except (Exception, KeyboardInterrupt) as exc:
+        return terminal.fail(exc)
+    finally:
+        terminal.close()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pipelines.ingest.config import DatasetConfig
 from pipelines.launch.config import BatchSettings
 from pipelines.registry import STAGES, StageConfig
 from pipelines.settings import Name, StrictModel
+from pipelines.tracking import TrackingConfig
 
 
 class PipelineConfig(StrictModel):
@@ -27,6 +28,7 @@ class PipelineConfig(StrictModel):
     runs_dir: str = "runs"
     keep_runs: PositiveInt | None = Field(default=None, description="after a successful run, keep the newest N")
     batch: BatchSettings = Field(default_factory=BatchSettings)
+    tracking: TrackingConfig | None = Field(default=None, description="log each run to MLflow (docs/TRACKING.md)")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -13,12 +15,14 @@ from pipelines.errors import ConfigError
 from pipelines.launch.batch import job_facts
 from pipelines.plan import require_valid_plan
 from pipelines.protocol import NotRestorable, StageContext, StageResult
+from pipelines.report import build_report
 from pipelines.runs import Run, config_diff, corrupt_outputs, run_session
+from pipelines.tracking import tracked
 
 log = logging.getLogger(__name__)
 
 # Config keys that say where a run goes or how it is launched, never what it computes.
-PLACEMENT_KEYS = ("runs_dir", "keep_runs", "batch", "engine.spark", "engine.dask")
+PLACEMENT_KEYS = ("runs_dir", "keep_runs", "batch", "engine.spark", "engine.dask", "tracking")
 
 
 class PipelineResult(NamedTuple):
@@ -79,7 +83,8 @@ def run_pipeline(
     require_valid_plan(config, config.name)
     root = runs_root or config.runs_dir
     engine_facts = {"kind": config.engine.kind, "partitions": config.engine.partitions}
-    with run_session(config.name, root, dump_config(config), engine_facts, resume, wait, config.keep_runs) as run:
+    session = run_session(config.name, root, dump_config(config), engine_facts, resume, wait, config.keep_runs)
+    with tracked(reported(session), config.tracking, [s.output_name for s in config.stages]) as run:
         start = 0
         if run.manifest.get("resumed"):
             start = first_changed_stage(config, run, force)
@@ -118,6 +123,24 @@ def run_pipeline(
             if owned:
                 engine.stop()
     return PipelineResult(run, ctx.results)
+
+
+@contextlib.contextmanager
+def reported(session: contextlib.AbstractContextManager[Run]) -> Iterator[Run]:
+    """A run session that leaves report.html in the run directory when it ends, succeeded or failed.
+
+    A report that cannot be written is logged; it never replaces the run's own outcome or error.
+    """
+    run: Run | None = None
+    try:
+        with session as run:
+            yield run
+    finally:
+        if run is not None:
+            try:
+                log.info("report: %s", build_report(run.dir))
+            except Exception:
+                log.exception("could not write the report of %s", run.dir)
 
 
 def supersede(run: Run, names: list[str]) -> None:

@@ -17,8 +17,9 @@ apt_install() {
   java_major=$( (java -version 2>&1 || true) | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
   if [ -z "$java_major" ] || [ "$java_major" -lt 17 ]; then want+=(openjdk-17-jre-headless); fi
   [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || want+=(dataset-fashion-mnist)
-  # A real single-node SLURM for the launch tests (tests/slurm.py) and crontab for `pipelines schedule`.
-  for pkg in slurmctld slurmd slurm-client munge cron; do
+  # A real single-node SLURM for the launch tests (tests/slurm.py), crontab for `pipelines schedule`,
+  # headless Chromium and its driver for the run report's browser test (tests/test_report.py).
+  for pkg in slurmctld slurmd slurm-client munge cron chromium chromium-driver; do
     dpkg -s "$pkg" >/dev/null 2>&1 || want+=("$pkg")
   done
   [ ${#want[@]} -eq 0 ] && return 0

@@ -69,7 +69,7 @@ def test_linear_regression_stage_matches_statsmodels(engine, tmp_path):
             for s in range(3)
         ]
     )
-    assert abs(metrics["forest"]["r2"] - ref_r2) <= 0.01
+    assert abs(metrics["forest"]["test_r2"] - ref_r2) <= 0.01
     assert (run.dir / "plots" / "forest" / "importances.png").stat().st_size > 1000
     # a saved model reloads and predicts the same, and keeps its summary
     again = load_model(run.dir / "models" / "lm")
@@ -88,8 +88,8 @@ def test_binomial_glm_stage_matches_statsmodels(engine, tmp_path):
     np.testing.assert_allclose(est, ref.params, rtol=1e-3)
     np.testing.assert_allclose(se, ref.bse, rtol=1e-3)
     xt, yt = _split(run, "test", features, "target")
-    assert metrics["glm"]["accuracy"] == pytest.approx(np.mean((ref.predict(sm.add_constant(xt)) > 0.5) == yt))
-    assert 0.9 < metrics["glm"]["roc_auc"] <= 1.0
+    assert metrics["glm"]["test_accuracy"] == pytest.approx(np.mean((ref.predict(sm.add_constant(xt)) > 0.5) == yt))
+    assert 0.9 < metrics["glm"]["test_roc_auc"] <= 1.0
     assert {"confusion.png", "roc.png"} <= set(metrics["glm"]["plots"])
 
 
@@ -102,7 +102,7 @@ def test_digits_softmax_pca_kmeans_forest_stages(engine, tmp_path):
     ours = state["softmax"].model
     ref = sklin.LogisticRegression(C=1.0, tol=1e-12, max_iter=20000).fit(x, y)
     assert np.max(np.abs(ours.coef_ - ref.coef_)) / np.max(np.abs(ref.coef_)) < 1e-3
-    assert metrics["softmax"]["accuracy"] == pytest.approx(ref.score(xt, yt), abs=1 / len(yt) + 1e-12)
+    assert metrics["softmax"]["test_accuracy"] == pytest.approx(ref.score(xt, yt), abs=1 / len(yt) + 1e-12)
     # PCA: explained variance ratio to 1e-6; k for 80/90/95 % as scikit-learn picks it
     pca = SkPCA().fit(x)
     np.testing.assert_allclose(
@@ -112,11 +112,11 @@ def test_digits_softmax_pca_kmeans_forest_stages(engine, tmp_path):
         assert k == SkPCA(float(target.rstrip("%")) / 100).fit(x).n_components_
     # k-means||: inertia within 1 % of scikit-learn's best of 10
     sk_inertia = SkKMeans(10, n_init=10, random_state=0).fit(x).inertia_
-    assert metrics["kmeans"]["inertia"] <= 1.01 * sk_inertia
+    assert metrics["kmeans"]["train_inertia"] <= 1.01 * sk_inertia
     assert sum(metrics["kmeans"]["cluster_sizes"]) == len(y) and set(metrics["kmeans"]["elbow"]) == {"4", "8"}
     # forest: accuracy within 1 point of scikit-learn forests of the same size (mean of 3 seeds)
     ref_acc = np.mean([skens.RandomForestClassifier(200, random_state=s).fit(x, y).score(xt, yt) for s in range(3)])
-    assert abs(metrics["forest"]["accuracy"] - ref_acc) <= 0.01
+    assert abs(metrics["forest"]["test_accuracy"] - ref_acc) <= 0.01
     manifest = json.loads((run.dir / "manifest.json").read_text())
     assert [s["name"] for s in manifest["stages"]] == ["ingest", "softmax", "pca", "kmeans", "forest"]
     assert all(s["status"] == "succeeded" for s in manifest["stages"])

@@ -205,7 +205,7 @@ def test_cli_run_refuses_to_overlap_and_retention_keeps_the_newest(tmp_path):
     conf.write_text(json.dumps(fair(tmp_path, keep_runs=2)))
     with pipeline_lock(tmp_path / "runs", "fair"):
         busy = subprocess.run([PIPELINES, "run", str(conf)], capture_output=True, text=True, cwd=ROOT)
-    assert busy.returncode == 2 and "another run of pipeline 'fair' is in progress" in busy.stderr
+    assert busy.returncode == 5 and "another run of pipeline 'fair' is in progress" in busy.stderr
     for _ in range(3):
         assert subprocess.run([PIPELINES, "run", str(conf)], capture_output=True, cwd=ROOT).returncode == 0
     runs = sorted(p for p in (tmp_path / "runs" / "fair").iterdir() if p.is_dir() and not p.is_symlink())

@@ -15,6 +15,8 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"base": ("pipelines", "pipelines.errors", "pipelines.atomic", "pipelines.settings", "pipelines.javacheck")},
     {"plotting": ("pipelines.plotting",)},
     {"runs": ("pipelines.runs",)},
+    {"report": ("pipelines.report",)},
+    {"tracking": ("pipelines.tracking",)},
     {"launch": ("pipelines.launch",)},
     {"engines": ("pipelines.engines",)},
     {"data": ("pipelines.data",)},
@@ -24,7 +26,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"registry": ("pipelines.registry",)},
     {"config": ("pipelines.config",)},
     {"plan": ("pipelines.plan",)},
-    {"pipeline": ("pipelines.pipeline",)},
+    {"pipeline": ("pipelines.pipeline",), "predict": ("pipelines.predict",)},
     {"console": ("pipelines.console",)},
     {"cli": ("pipelines.cli", "pipelines.__main__")},
 ]

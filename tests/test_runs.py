@@ -100,7 +100,7 @@ def test_failed_run_is_marked_failed_and_leaves_earlier_run_intact(tmp_path):
         "-s",
         "dataset.categories.age=['1']",
     )
-    assert bad.returncode == 2 and "above max_rejected_fraction" in bad.stderr
+    assert bad.returncode == 3 and "above max_rejected_fraction" in bad.stderr
     runs = sorted(p for p in (tmp_path / "fair").iterdir() if p.is_dir() and p.name != "latest")  # not .lock
     failed = next(p for p in runs if p != first)
     manifest = json.loads((failed / "manifest.json").read_text())

@@ -28,7 +28,7 @@ def _named(model: Any, x: np.ndarray) -> Any:
 
 
 def classification(model: Any, test: Blocks, plot_dir: Path | None) -> dict[str, Any]:
-    """Accuracy, log loss, ROC AUC (one-vs-rest for several classes), confusion matrix."""
+    """Test-split accuracy, log loss, ROC AUC (one-vs-rest for several classes), confusion matrix (`test_*`)."""
     y = gather(test, lambda block: block["y"])
     proba = model.predict_proba(test)
     classes = model.classes_
@@ -37,18 +37,18 @@ def classification(model: Any, test: Blocks, plot_dir: Path | None) -> dict[str,
     matrix = skm.confusion_matrix(y, pred, labels=classes)
     out: dict[str, Any] = {
         "test_rows": int(len(y)),
-        "accuracy": float(skm.accuracy_score(y, pred)),
-        "log_loss": float(skm.log_loss(y, np.clip(proba, 1e-15, 1.0), labels=classes)),
-        "confusion_matrix": {"labels": names, "counts": matrix.tolist()},
+        "test_accuracy": float(skm.accuracy_score(y, pred)),
+        "test_log_loss": float(skm.log_loss(y, np.clip(proba, 1e-15, 1.0), labels=classes)),
+        "test_confusion_matrix": {"labels": names, "counts": matrix.tolist()},
     }
     present = np.isin(classes, y)
     curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
     if len(classes) == 2 and present.all():
-        out["roc_auc"] = float(skm.roc_auc_score(y == classes[1], proba[:, 1]))
+        out["test_roc_auc"] = float(skm.roc_auc_score(y == classes[1], proba[:, 1]))
         fpr, tpr, _ = skm.roc_curve(y == classes[1], proba[:, 1])
-        curves[names[1]] = (fpr, tpr, out["roc_auc"])
+        curves[names[1]] = (fpr, tpr, out["test_roc_auc"])
     elif present.all():
-        out["roc_auc_ovr"] = float(skm.roc_auc_score(y, proba, multi_class="ovr", labels=classes))
+        out["test_roc_auc_ovr"] = float(skm.roc_auc_score(y, proba, multi_class="ovr", labels=classes))
         for i, name in enumerate(names):
             fpr, tpr, _ = skm.roc_curve(y == classes[i], proba[:, i])
             curves[name] = (fpr, tpr, float(skm.auc(fpr, tpr)))
@@ -60,14 +60,14 @@ def classification(model: Any, test: Blocks, plot_dir: Path | None) -> dict[str,
 
 
 def regression(model: Any, test: Blocks, plot_dir: Path | None) -> dict[str, Any]:
-    """RMSE, MAE and R² on the test split."""
+    """RMSE, MAE and R² on the test split (`test_*`)."""
     y = gather(test, lambda block: block["y"])
     pred = model.predict(test)
     out: dict[str, Any] = {
         "test_rows": int(len(y)),
-        "rmse": float(np.sqrt(skm.mean_squared_error(y, pred))),
-        "mae": float(skm.mean_absolute_error(y, pred)),
-        "r2": float(skm.r2_score(y, pred)),
+        "test_rmse": float(np.sqrt(skm.mean_squared_error(y, pred))),
+        "test_mae": float(skm.mean_absolute_error(y, pred)),
+        "test_r2": float(skm.r2_score(y, pred)),
     }
     if plot_dir is not None:
         keep = np.random.default_rng(0).permutation(len(y))[:5000]
@@ -78,19 +78,19 @@ def regression(model: Any, test: Blocks, plot_dir: Path | None) -> dict[str, Any
 def clustering(
     model: KMeans, train: Blocks, plot_dir: Path | None, sample: int, elbow_ks: list[int] | None
 ) -> dict[str, Any]:
-    """Inertia, cluster sizes and centres, silhouette on a sample, an elbow curve over ks (one run per k)."""
+    """Inertia, cluster sizes and centres, silhouette on a train sample (`train_*`), an elbow curve over ks."""
     x, y = sample_rows(train, sample, seed=seed_of(model.random_state))
     labels = model.predict(_named(model, x))
     out: dict[str, Any] = {
-        "inertia": float(model.inertia_),
+        "train_inertia": float(model.inertia_),
         "n_iter": int(model.n_iter_),
         "cluster_sizes": model.cluster_sizes_.tolist(),
         "cluster_centers": model.cluster_centers_.tolist(),
-        "silhouette_sample": float(skm.silhouette_score(x, labels)) if len(set(labels)) > 1 else float("nan"),
-        "silhouette_rows": int(len(x)),
+        "train_silhouette_sample": float(skm.silhouette_score(x, labels)) if len(set(labels)) > 1 else float("nan"),
+        "train_silhouette_rows": int(len(x)),
     }
     if y is not None and len(np.unique(y)) > 1:
-        out["adjusted_rand_index_sample"] = float(skm.adjusted_rand_score(y, labels))
+        out["train_adjusted_rand_index_sample"] = float(skm.adjusted_rand_score(y, labels))
     plot_list: list[str] = []
     if elbow_ks:
         params = {k: v for k, v in model.get_params().items() if k not in ("n_clusters", "n_init")}

@@ -25,7 +25,10 @@ from pipelines.protocol import PipelineSettings, Problem, Stage, StageContext, S
 
 log = logging.getLogger(__name__)
 
-HEADLINE = ("accuracy", "roc_auc", "roc_auc_ovr", "log_loss", "r2", "rmse", "inertia", "silhouette_sample")
+# Headline facts: `train_` facts describe the fit on the train split, `test_` ones the held-out test split.
+HEADLINE = ("test_accuracy", "test_roc_auc", "test_roc_auc_ovr", "test_log_loss", "test_r2", "test_rmse")
+HEADLINE += ("train_r_squared", "train_adj_r_squared", "train_inertia", "train_silhouette_sample")
+FIT_SUMMARY = {"r_squared": "train_r_squared", "adj_r_squared": "train_adj_r_squared"}
 ModelKind = Literal[tuple(ESTIMATORS)]  # type: ignore[valid-type]  # the one list of names: the registry
 
 
@@ -45,9 +48,6 @@ class ModelResult(StageResult):
         """Headline facts for the manifest and the console: train-split fit facts, test-split metrics."""
         facts = {k: self.values[k] for k in ("model", "train_rows", "fit_seconds") if k in self.values}
         facts.update({k: self.values[k] for k in HEADLINE if k in self.values})
-        for key in ("r_squared", "adj_r_squared"):
-            if key in self.values.get("summary", {}):
-                facts[key] = self.values["summary"][key]
         if "components_for_variance" in self.values:
             facts["components_for_variance"] = self.values["components_for_variance"]
         return facts
@@ -143,6 +143,7 @@ def _evaluate(stage: ModelStage, model: Any, train: Blocks, test: Blocks | None,
     out: dict[str, Any] = {}
     if hasattr(model, "summary_"):
         out["summary"] = model.summary_.to_dict()
+        out.update({named: out["summary"][key] for key, named in FIT_SUMMARY.items() if key in out["summary"]})
     if is_clusterer(model):
         out.update(evaluate.clustering(model, train, plot_dir, stage.sample, stage.elbow))
     elif is_classifier(model):

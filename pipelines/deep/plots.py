@@ -1,4 +1,5 @@
-"""Figures of a training run: curves, misclassified test images, reconstructions (confusion matrix is shared)."""
+"""Figures of a training run: curves, misclassified test images, reconstructions, first-layer filters (confusion
+matrix is shared)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 from pipelines.plotting import confusion, plt
 from pipelines.plotting import save as _save
 
-__all__ = ["confusion", "curves", "misclassified", "reconstructions"]
+__all__ = ["confusion", "curves", "filters", "first_conv_kernel", "misclassified", "reconstructions"]
 
 
 def curves(path: Path, history: list[dict[str, Any]]) -> str:
@@ -55,4 +56,34 @@ def reconstructions(path: Path, examples: list[tuple[np.ndarray, np.ndarray, np.
             axes[row, i].imshow(np.squeeze(img), cmap="gray_r")
             axes[row, i].axis("off")
     fig.suptitle("test images (top) and reconstructions (bottom)")
+    return _save(fig, path)
+
+
+def first_conv_kernel(model: Any) -> np.ndarray | None:
+    """The kernel (height, width, in, out) of a network's first weighted layer when it is a Conv2D, else None.
+
+    A nested model (a transfer network's base) counts by its own first layer.
+    """
+    for layer in model.layers:
+        if hasattr(layer, "layers"):
+            return first_conv_kernel(layer)
+        if layer.weights:
+            return np.asarray(layer.get_weights()[0]) if type(layer).__name__ == "Conv2D" else None
+    return None
+
+
+def filters(path: Path, kernel: np.ndarray, limit: int = 64) -> str:
+    """The first conv layer's filters as small images (input channels averaged; red positive, blue negative)."""
+    weights = np.asarray(kernel, dtype=float).mean(axis=2)[..., :limit]  # (h, w, filters)
+    count = weights.shape[-1]
+    cols = min(8, count)
+    rows = (count + cols - 1) // cols
+    top = float(np.abs(weights).max()) or 1.0
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 0.9 + 0.5), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i, ax in enumerate(axes.ravel()[:count]):
+        ax.imshow(weights[..., i], cmap="RdBu_r", vmin=-top, vmax=top)
+    shape = "x".join(str(n) for n in kernel.shape[:2])
+    fig.suptitle(f"first-layer filters ({count} of {kernel.shape[-1]}, {shape})", fontsize=9)
     return _save(fig, path)

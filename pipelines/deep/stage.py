@@ -104,6 +104,9 @@ class DeepStage(Stage):
     profile_steps: int = Field(default=0, ge=0, description="time this many steps with and without allreduce first")
     timeout_s: PositiveInt = 24 * 3600
     plots: bool = True
+    tensorboard_every_steps: int = Field(
+        default=50, ge=0, description="rank 0 logs the training loss to TensorBoard every N steps (0: per epoch only)"
+    )
 
     output_dir: ClassVar[str] = "deep"
     placement_fields: ClassVar[frozenset[str]] = frozenset(
@@ -117,6 +120,7 @@ class DeepStage(Stage):
             "cache_mb",
             "profile_steps",
             "timeout_s",
+            "tensorboard_every_steps",
         }
     )
 
@@ -272,6 +276,7 @@ def run_deep(
         "stage": stage.model_dump(mode="json"),
         "tensors": str(shards.dir),
         "checkpoints": str(checkpoints),
+        "tensorboard": str(run.dir / "tensorboard" / name),  # rank 0's events; a folder every rank's host sees
         "transfer_model": _transfer_model(stage, run),
         "class_names": [str(c) for c in classes],
     }

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.deep import checkpoint, feed
+from pipelines.deep.board import Board
 from pipelines.deep.models import NETWORKS, build
 from pipelines.deep.shards import TensorShards
 from pipelines.deep.stage import DeepStage
@@ -99,9 +100,17 @@ class Epoch:
 
 
 class Trainer:
-    """One rank's model, optimizer, data share and loop; rank 0 also checkpoints and writes outputs."""
+    """One rank's model, optimizer, data share and loop; rank 0 also checkpoints and writes outputs and events."""
 
-    def __init__(self, stage: DeepStage, tensors: str, checkpoints: str, transfer_model: str | None, hvd: Any):
+    def __init__(
+        self,
+        stage: DeepStage,
+        tensors: str,
+        checkpoints: str,
+        transfer_model: str | None,
+        hvd: Any,
+        tensorboard: str | None = None,
+    ):
         import keras
         import tensorflow as tf
 
@@ -116,6 +125,7 @@ class Trainer:
         self.network = NETWORKS[stage.model]
         self.task = self.network.task
         self.checkpoints = Path(checkpoints)
+        self.board = Board(tensorboard if self.rank == 0 else None, stage.tensorboard_every_steps)
         if stage.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_bfloat16")
         keras.utils.set_random_seed(stage.seed)
@@ -214,6 +224,7 @@ class Trainer:
             self.best_weights = found.best
         self._sync_variables()
         self.state = broadcast_json(self.hvd, self.state)
+        self.board.open(fresh=self.state.get("resumed_from") is None)
         return self.state.get("resumed_from")
 
     # --- loop ------------------------------------------------------------------------------------------
@@ -253,8 +264,12 @@ class Trainer:
         for i, (x, y) in enumerate(
             feed.train_dataset(self.train, self.rank, self.size, self.stage.batch_size, epoch, self.stage.seed)
         ):
-            self.optimizer.learning_rate.assign(learning_rate(self.stage, self.size, step0 + i, self.steps))
+            rate = learning_rate(self.stage, self.size, step0 + i, self.steps)
+            self.optimizer.learning_rate.assign(rate)
             loss, correct = self._train_step(x, y)
+            if self.board.wants_step(step0 + i + 1):  # every rank: the mean over ranks is a collective
+                mean = self.hvd.allreduce(loss, op=self.hvd.Average, name="step_loss")
+                self.board.step(step0 + i + 1, float(mean), rate)
             n = int(x.shape[0])
             sums += [float(loss) * n, int(correct), n]
         seconds = time.perf_counter() - t0
@@ -284,6 +299,7 @@ class Trainer:
             if self.rank == 0:
                 log(_progress(epoch + 1, stage.epochs, values))
                 self._checkpoint()
+                self.board.epoch(epoch + 1, self.state["history"][-1])
             if stop:
                 if self.rank == 0:
                     log(f"early stop: val_loss has not improved for {stage.early_stopping_patience} epochs")

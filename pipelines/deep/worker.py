@@ -36,15 +36,21 @@ def _write_outputs(trainer: Any, spec: dict[str, Any], out: Path, info: dict[str
         results[split_name] = {k: v for k, v in ev.items() if k != "confusion"}
         if "confusion" in ev:
             results[split_name]["confusion_matrix"] = {"labels": names, "counts": ev["confusion"]}
+            if split_name == "test":
+                trainer.board.misclassified(examples, names, trainer.state["epoch"])
         if split_name == "test" and trainer.stage.plots:
             if "confusion" in ev:
                 figures.append(plots.confusion(out / "confusion.png", np.array(ev["confusion"]), names))
                 figures.append(plots.misclassified(out / "misclassified.png", examples, names))
+                kernel = plots.first_conv_kernel(trainer.model)
+                if kernel is not None:
+                    figures.append(plots.filters(out / "filters.png", kernel))
             elif examples:
                 figures.append(plots.reconstructions(out / "reconstructions.png", examples))
     if trainer.stage.plots:
         figures.append(plots.curves(out / "curves.png", trainer.state["history"]))
     results["plots"] = figures
+    trainer.board.close()
     atomic_write_json(out / "results.json", results)
 
 
@@ -96,7 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     pids.mkdir(parents=True, exist_ok=True)
     (pids / f"rank-{hvd.rank()}.pid").write_text(str(os.getpid()))
     t0 = time.perf_counter()
-    trainer = Trainer(stage, spec["tensors"], spec["checkpoints"], spec.get("transfer_model"), hvd)
+    trainer = Trainer(
+        stage, spec["tensors"], spec["checkpoints"], spec.get("transfer_model"), hvd, spec.get("tensorboard")
+    )
     place = {"rank": hvd.rank(), "host": socket.gethostname(), "pid": os.getpid(), "ppid": os.getppid()}
     place["device"] = trainer.device
     atomic_write_json(pids / f"rank-{hvd.rank()}.json", place)

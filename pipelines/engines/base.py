@@ -107,6 +107,15 @@ class Engine(abc.ABC):
     def write_parquet(self, frame: Any, path: str, schema: pa.Schema) -> None:
         """Write a frame with the given schema as a directory of Parquet part files (path must not exist)."""
 
+    def write_parquet_reduce(self, frame: Any, path: str, schema: pa.Schema, fn: ReduceFn) -> list[dict[str, Any]]:
+        """Write as `write_parquet` does and return fn of each partition written, in partition order.
+
+        This default runs fn in a second job over the frame (its parents are recomputed unless persisted);
+        an engine that can give one partition to both the writer and fn overrides it.
+        """
+        self.write_parquet(frame, path, schema)
+        return self.reduce_partitions(frame, fn)
+
     @abc.abstractmethod
     def read_parquet(self, path: str) -> Any:
         """Read a directory of Parquet files as a frame."""

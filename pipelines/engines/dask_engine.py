@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,9 +28,19 @@ from pipelines.engines.base import (
     encode_result,
 )
 from pipelines.engines.config import DaskSettings
+from pipelines.engines.quiet import engine_log_dir, stderr_to, translated, verbose
 from pipelines.launch.ranks import RankJob, run_dask_ranks
 
 log = logging.getLogger(__name__)
+
+
+def quiet_logger(name: str) -> None:
+    """Send a library logger's records through the root logger only (our handlers decide where they show)."""
+    logger = logging.getLogger(name)
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            logger.removeHandler(handler)
+    logger.propagate = True
 
 
 def _reduce_one(fn: ReduceFn, part: pd.DataFrame) -> str:
@@ -49,6 +61,7 @@ class DaskEngine(Engine):
         self.client = client
         self._owns_client = client is None
         self._cluster: Any = None
+        self.log_file: Any = None
 
     def start(self) -> None:
         from distributed import Client, LocalCluster
@@ -57,6 +70,8 @@ class DaskEngine(Engine):
         dask.config.set({"dataframe.convert-string": False})
         for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        if not verbose():  # distributed's records go to the run log through the root logger, not to stderr
+            quiet_logger("distributed")
         if self.client is not None:
             return
         wait = self.settings.wait_for_workers
@@ -79,18 +94,34 @@ class DaskEngine(Engine):
         elif self.settings.scheduler:
             self.client = Client(self.settings.scheduler)
         else:
-            self._cluster = LocalCluster(
-                n_workers=self.settings.n_workers,
-                threads_per_worker=self.settings.threads_per_worker,
-                memory_limit=self.settings.memory_limit,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=logging.WARNING,
-            )
+            if not verbose():  # worker processes keep the log file as their stderr
+                self.log_file = engine_log_dir() / f"dask-{os.getpid()}.log"
+            with stderr_to(self.log_file) if self.log_file else contextlib.nullcontext():
+                self._cluster = LocalCluster(
+                    n_workers=self.settings.n_workers,
+                    threads_per_worker=self.settings.threads_per_worker,
+                    memory_limit=self.settings.memory_limit,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.WARNING,
+                )
             self.client = Client(self._cluster)
         if wait:
             self.client.wait_for_workers(wait, timeout=600)
         log.info("dask client ready: %s", self.client.scheduler.address)
+        if self.log_file:
+            log.info("dask worker logs: %s", self.log_file)
+        link = self.dashboard()
+        if link:
+            log.info("dask dashboard: %s", link, extra={"dashboard": link})
+
+    def dashboard(self) -> str | None:
+        """The Dask dashboard's address, when the scheduler serves one."""
+        try:
+            served = self.client.scheduler_info().get("services", {}).get("dashboard")
+            return self.client.dashboard_link if served else None
+        except Exception:  # no scheduler info: no dashboard to show
+            return None
 
     def stop(self) -> None:
         """Close the client; a cluster we started (local, or jobqueue jobs) is shut down, its jobs cancelled."""
@@ -111,6 +142,7 @@ class DaskEngine(Engine):
 
         return "horovodrun" if isinstance(self._cluster, LocalCluster) else "dask"
 
+    @translated
     def run_ranks(self, job: RankJob) -> list[dict[str, Any]]:
         """The ranks as tasks pinned to distinct workers (GPUs as worker resources); rendezvous on the client."""
         return run_dask_ranks(self.client, job)
@@ -123,8 +155,10 @@ class DaskEngine(Engine):
             "workers": len(self.client.nthreads()),
             "threads": self.parallelism,
             **({"jobqueue": self.settings.jobqueue.scheduler} if self.settings.jobqueue else {}),
+            **({"log": str(self.log_file)} if self.log_file else {}),
         }
 
+    @translated
     def run_tasks(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         futures = self.client.map(fn, list(items), pure=False)
         return self.client.gather(futures)
@@ -141,13 +175,16 @@ class DaskEngine(Engine):
 
         return frame.map_partitions(part, meta=empty_frame(schema), enforce_metadata=False)
 
+    @translated
     def reduce_partitions(self, frame: Any, fn: ReduceFn) -> list[dict[str, Any]]:
         parts = [dask.delayed(_reduce_one)(fn, p) for p in frame.to_delayed()]
         return [decode_result(text) for text in dask.compute(*parts)]
 
+    @translated
     def persist(self, frame: Any) -> Any:
         return self.client.persist(frame)
 
+    @translated
     def to_blocks(self, frame: Any, fn: BlockFn) -> Any:
         parts = [dask.delayed(_with_part)(fn, p, i) for i, p in enumerate(frame.to_delayed())]
         futures = self.client.compute(parts)
@@ -157,6 +194,7 @@ class DaskEngine(Engine):
                 future.result()  # raises the worker's exception here
         return futures
 
+    @translated
     def map_blocks(self, blocks: Any, fn: Callable[[Block], R]) -> list[R]:
         return self.client.gather(self.client.map(fn, blocks, pure=False))
 
@@ -167,12 +205,24 @@ class DaskEngine(Engine):
     def release(self, frame: Any) -> None:
         del frame
 
+    @translated
     def write_parquet(self, frame: Any, path: str, schema: pa.Schema) -> None:
         frame.to_parquet(path, write_index=False, engine="pyarrow", schema=schema, write_metadata_file=False)
+
+    @translated
+    def write_parquet_reduce(self, frame: Any, path: str, schema: pa.Schema, fn: ReduceFn) -> list[dict[str, Any]]:
+        """One computation: each partition goes to its part file and to fn (one task graph, computed once)."""
+        write = frame.to_parquet(
+            path, write_index=False, engine="pyarrow", schema=schema, write_metadata_file=False, compute=False
+        )
+        parts = [dask.delayed(_reduce_one)(fn, p) for p in frame.to_delayed()]
+        _, *texts = dask.compute(write, *parts)
+        return [decode_result(text) for text in texts]
 
     def read_parquet(self, path: str) -> Any:
         return dd.read_parquet(path, engine="pyarrow")
 
+    @translated
     def to_pandas(self, frame: Any) -> pd.DataFrame:
         return frame.compute().reset_index(drop=True)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +29,7 @@ from pipelines.engines.base import (
     to_arrow,
 )
 from pipelines.engines.config import SparkSettings
+from pipelines.engines.quiet import engine_log_dir, log4j2_config, stderr_to, translated, verbose
 from pipelines.javacheck import require_java
 from pipelines.launch.ranks import RankJob, run_spark_ranks
 
@@ -81,6 +84,7 @@ class SparkEngine(Engine):
         self.partitions = partitions
         self.spark = session
         self._owns_session = session is None
+        self.log_file: Any = None
 
     def start(self) -> None:
         if self.spark is not None:
@@ -103,11 +107,23 @@ class SparkEngine(Engine):
             builder = builder.config("spark.sql.shuffle.partitions", str(self.partitions))
             builder = builder.config("spark.driver.memory", os.environ.get("PIPELINES_SPARK_DRIVER_MEMORY", "4g"))
         builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
-        for key, value in self.settings.conf.items():
+        conf = dict(self.settings.conf)
+        quiet = not verbose() and not under_spark_submit()
+        if quiet:  # the JVM's log and its own stderr lines go to a file (the path is logged and in the manifest)
+            log4j, self.log_file = log4j2_config(engine_log_dir(), "warn")
+            ours = "-Dlog4j2.configurationFile=" + shlex.quote(log4j.as_uri())
+            conf["spark.driver.extraJavaOptions"] = f"{ours} {conf.get('spark.driver.extraJavaOptions', '')}".strip()
+        for key, value in conf.items():
             builder = builder.config(key, value)
-        self.spark = builder.getOrCreate()
-        self.spark.sparkContext.setLogLevel("ERROR")
+        with stderr_to(self.log_file) if quiet and self.log_file else contextlib.nullcontext():
+            self.spark = builder.getOrCreate()
+        self.spark.sparkContext.setLogLevel("WARN" if quiet or verbose() else "ERROR")
         log.info("spark session ready: %s", self.spark.sparkContext.master)
+        if self.log_file:
+            log.info("spark logs: %s", self.log_file)
+        ui = self.spark.sparkContext.uiWebUrl
+        if ui:
+            log.info("spark UI: %s", ui, extra={"dashboard": ui})
 
     def stop(self) -> None:
         if self._owns_session and self.spark is not None and not under_spark_submit():
@@ -127,6 +143,7 @@ class SparkEngine(Engine):
             "app_id": sc.applicationId,
             "parallelism": self.parallelism,
             "spark_submit": under_spark_submit(),
+            **({"log": str(self.log_file)} if self.log_file else {}),
         }
 
     def rank_launcher(self) -> str:
@@ -134,10 +151,12 @@ class SparkEngine(Engine):
         remote = not self.spark.sparkContext.master.startswith("local")
         return "spark" if under_spark_submit() or remote else "horovodrun"
 
+    @translated
     def run_ranks(self, job: RankJob) -> list[dict[str, Any]]:
         """The ranks as one barrier stage of this Spark application (GPUs as Spark task resources)."""
         return run_spark_ranks(self.spark.sparkContext, job)
 
+    @translated
     def run_tasks(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         items = list(items)
         if not items:
@@ -166,6 +185,7 @@ class SparkEngine(Engine):
 
         return frame.mapInArrow(run, _spark_schema(schema))
 
+    @translated
     def reduce_partitions(self, frame: Any, fn: ReduceFn) -> list[dict[str, Any]]:
         empty = frame.schema
 
@@ -180,6 +200,7 @@ class SparkEngine(Engine):
         rows = frame.mapInArrow(run, _spark_schema(_RESULT_SCHEMA)).collect()
         return [decode_result(row["result"]) for row in rows]
 
+    @translated
     def persist(self, frame: Any) -> Any:
         from pyspark import StorageLevel
 
@@ -190,6 +211,7 @@ class SparkEngine(Engine):
     def release(self, frame: Any) -> None:
         frame.unpersist()
 
+    @translated
     def to_blocks(self, frame: Any, fn: BlockFn) -> Any:
         from pyspark import StorageLevel
 
@@ -203,18 +225,21 @@ class SparkEngine(Engine):
         blocks.count()
         return blocks
 
+    @translated
     def map_blocks(self, blocks: Any, fn: Callable[[Block], R]) -> list[R]:
         return blocks.map(fn).collect()
 
     def release_blocks(self, blocks: Any) -> None:
         blocks.unpersist()
 
+    @translated
     def write_parquet(self, frame: Any, path: str, schema: pa.Schema) -> None:
         frame.write.mode("errorifexists").parquet(path)
 
     def read_parquet(self, path: str) -> Any:
         return self.spark.read.parquet(path)
 
+    @translated
     def to_pandas(self, frame: Any) -> pd.DataFrame:
         table = frame.toArrow() if hasattr(frame, "toArrow") else pa.Table.from_pandas(frame.toPandas())
         return table.to_pandas()

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
+from pipelines.protocol import Problem
 from pipelines.settings import StrictModel
 
 ColumnType = Literal["float", "int", "str", "category", "bool"]
@@ -26,6 +27,9 @@ class NpzKeys(StrictModel):
     labels: str = "y"
 
 
+DECLARED_SPLITS = ("test", "val")
+
+
 class DatasetConfig(StrictModel):
     """Where the data is and what it must look like."""
 
@@ -33,6 +37,10 @@ class DatasetConfig(StrictModel):
     format: Literal["csv", "parquet", "idx", "npz"]
     path: str | list[str]
     labels_path: str | None = None
+    test_path: str | list[str] | None = Field(default=None, description="files whose rows all go to the test split")
+    test_labels_path: str | None = None
+    val_path: str | list[str] | None = Field(default=None, description="files whose rows all go to the val split")
+    val_labels_path: str | None = None
     features: list[str] | None = None
     label: str | None = None
     types: dict[str, ColumnType] = Field(default_factory=dict)
@@ -66,7 +74,24 @@ class DatasetConfig(StrictModel):
             raise ValueError(f"format {self.format!r} needs an 'image' section (shape, classes)")
         if self.format == "idx" and not self.labels_path:
             raise ValueError("format 'idx' needs 'labels_path' (the labels IDX file)")
+        for split in DECLARED_SPLITS:
+            path, labels = getattr(self, f"{split}_path"), getattr(self, f"{split}_labels_path")
+            if labels and self.format != "idx":
+                raise ValueError(f"'{split}_labels_path' is for format 'idx' (a {self.format} file holds its labels)")
+            if labels and not path:
+                raise ValueError(f"'{split}_labels_path' needs '{split}_path' (the {split} images)")
+            if path and self.format == "idx" and not labels:
+                raise ValueError(f"format 'idx' with '{split}_path' needs '{split}_labels_path' (its labels IDX file)")
         return self
+
+    def declared(self) -> list[tuple[str, str | list[str], str | None]]:
+        """(split, path, labels path) of each split the dataset names its own files for."""
+        out = []
+        for split in DECLARED_SPLITS:
+            path = getattr(self, f"{split}_path")
+            if path:
+                out.append((split, path, getattr(self, f"{split}_labels_path")))
+        return out
 
 
 class SplitConfig(StrictModel):
@@ -81,3 +106,16 @@ class SplitConfig(StrictModel):
         if self.test_fraction + self.val_fraction >= 1.0:
             raise ValueError("test_fraction + val_fraction must be below 1")
         return self
+
+
+def declared_split_problems(dataset: DatasetConfig, split: SplitConfig) -> list[Problem]:
+    """A split both declared by files and drawn by a fraction: refused, its rows would come from both."""
+    return [
+        Problem(
+            f"split.{name}_fraction",
+            f"dataset.{name}_path declares the {name} split; set split.{name}_fraction: 0 "
+            f"(the seeded split then divides the main files among the other splits)",
+        )
+        for name, _, _ in dataset.declared()
+        if getattr(split, f"{name}_fraction") != 0
+    ]

@@ -15,7 +15,7 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64 finalizer, vectorized (uint64 arithmetic wraps)."""
     with np.errstate(over="ignore"):
         x = x + _GOLDEN
@@ -28,7 +28,7 @@ def uniform_keys(source: str, rows: np.ndarray, seed: int) -> np.ndarray:
     """A uniform number in [0, 1) per (source, row, seed)."""
     base = np.uint64(zlib.crc32(source.encode("utf-8"))) ^ (np.uint64(seed & 0xFFFFFFFF) << np.uint64(32))
     with np.errstate(over="ignore"):
-        mixed = _splitmix64(_splitmix64(np.full(len(rows), base, dtype=np.uint64)) + rows.astype(np.uint64))
+        mixed = splitmix64(splitmix64(np.full(len(rows), base, dtype=np.uint64)) + rows.astype(np.uint64))
     return (mixed >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 

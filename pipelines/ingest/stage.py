@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -16,9 +19,10 @@ from pydantic import Field, PositiveInt
 from pipelines.atomic import atomic_write_bytes
 from pipelines.data.bundled import resolve_path
 from pipelines.engines.base import Engine
-from pipelines.errors import DataError
+from pipelines.errors import ConfigError, DataError
 from pipelines.ingest import readers, sources
-from pipelines.ingest.config import DatasetConfig, SplitConfig
+from pipelines.ingest.config import DatasetConfig, SplitConfig, declared_split_problems
+from pipelines.ingest.digest import combine_digests, partition_digest
 from pipelines.ingest.schema import TableSchema, resolve_table_schema
 from pipelines.ingest.split import SPLIT_NAMES, assign_split
 from pipelines.ingest.transform import (
@@ -32,14 +36,28 @@ from pipelines.ingest.transform import (
     transform_table,
 )
 from pipelines.ingest.validate import image_arrow_schema, table_arrow_schema, validate_images, validate_table
-from pipelines.protocol import NotRestorable, Stage, StageContext, StageResult
+from pipelines.protocol import NotRestorable, PipelineSettings, Problem, Stage, StageContext, StageResult
 
 log = logging.getLogger(__name__)
+SPLIT_CODES = {name: code for code, name in SPLIT_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One images file of an image data set: its labels file (None: unlabelled) and what is wrong with its shape."""
+
+    images: sources.SourceFile
+    labels: sources.SourceFile | None
+    problem: str | None = None
 
 
 @dataclass
 class Plan:
-    """What to read: the files, their balanced segments, and the declared schema."""
+    """What to read: the files, their balanced segments, and the declared schema.
+
+    `declared` maps the name of each file a dataset declares for a split (`test_path`, `val_path`) to that
+    split's code; the seeded split divides the other files. `images` holds each images file of an image set.
+    """
 
     dataset: DatasetConfig
     files: list[sources.SourceFile]
@@ -47,53 +65,136 @@ class Plan:
     table: TableSchema | None = None
     labels: sources.SourceFile | None = None
     image_problem: str | None = None
+    labelled: bool = True
+    declared: dict[str, int] = field(default_factory=dict)
+    images: dict[str, ImageInput] = field(default_factory=dict)
+
+    def declared_files(self) -> dict[str, list[str]]:
+        """File names per declared split."""
+        out: dict[str, list[str]] = {}
+        for name, code in self.declared.items():
+            out.setdefault(SPLIT_NAMES[code], []).append(name)
+        return out
 
     @property
     def records(self) -> int:
         return sum(seg.stop - seg.start for part in self.parts for seg in part)
 
 
-def plan_ingest(dataset: DatasetConfig, partitions: int, engine: Engine, block_mb: int = 32) -> Plan:
-    """Index the input files and cut them into `partitions` balanced segments."""
+def plan_ingest(
+    dataset: DatasetConfig,
+    partitions: int,
+    engine: Engine,
+    block_mb: int = 32,
+    table: TableSchema | None = None,
+    labels_optional: bool = False,
+) -> Plan:
+    """Index the input files and cut them into `partitions` balanced segments.
+
+    `table` (a finished run's schema) is checked against the files instead of resolved from them; with
+    `labels_optional` (new data to score) a label column or labels file the data lacks is left out.
+    """
     fmt = dataset.format
+    declared = dataset.declared()
     if fmt in ("csv", "parquet"):
         suffix = sources.CSV_SUFFIXES if fmt == "csv" else (".parquet", ".pq")
-        paths = sources.expand_paths(resolve_path(dataset.path), suffix)
+        groups = [(None, sources.expand_paths(resolve_path(dataset.path), suffix))]
+        groups += [(SPLIT_CODES[name], sources.expand_paths(resolve_path(path), suffix)) for name, path, _ in declared]
+        paths = [p for _, group in groups for p in group]
         if fmt == "csv":
             files = sources.index_csv_files(
                 paths, dataset.delimiter, block_mb << 20, engine.run_tasks, dataset.encoding
             )
         else:
             files = sources.index_parquet_files(paths)
-        table = resolve_table_schema(dataset, list(files[0].columns), files[0].path)
-        for f in files[1:]:
-            resolve_table_schema(dataset, list(f.columns), f.path)
-        return Plan(dataset, files, sources.balanced_segments(files, partitions), table=table)
+        _unique_names(files)
+        if table is None:
+            table = resolve_table_schema(dataset, list(files[0].columns), files[0].path)
+            for f in files[1:]:
+                resolve_table_schema(dataset, list(f.columns), f.path)
+        else:
+            table = _given_table(table, files, labels_optional)
+        codes = {os.path.basename(p): code for code, group in groups if code is not None for p in group}
+        return Plan(dataset, files, sources.balanced_segments(files, partitions), table=table, declared=codes)
+    inputs = [_image_input(dataset, dataset.path, dataset.labels_path, labels_optional)]
+    inputs += [_image_input(dataset, path, labels, False) for _, path, labels in declared]
+    main = inputs[0]
+    _unique_names([i.images for i in inputs])
+    for other in inputs[1:]:
+        if np.dtype(other.images.dtype) != np.dtype(main.images.dtype):
+            raise DataError(
+                f"{other.images.path}: {np.dtype(other.images.dtype)} records, but {main.images.path} holds "
+                f"{np.dtype(main.images.dtype)}; every split's images need one element type"
+            )
+    combined = [
+        dataclasses.replace(i.images, records=max(i.images.records, i.labels.records if i.labels else 0))
+        for i in inputs
+    ]
+    return Plan(
+        dataset,
+        [i.images for i in inputs],
+        sources.balanced_segments(combined, partitions),
+        labels=main.labels,
+        image_problem=main.problem,
+        labelled=main.labels is not None,
+        declared={i.images.name: SPLIT_CODES[name] for i, (name, _, _) in zip(inputs[1:], declared, strict=True)},
+        images={i.images.name: i for i in inputs},
+    )
+
+
+def _image_input(
+    dataset: DatasetConfig, path: str | list[str], labels_path: str | None, labels_optional: bool
+) -> ImageInput:
+    """Index one images file (and its labels) and check its record shape against the declared one."""
     assert dataset.image is not None
-    image_path = resolve_path(dataset.path)
+    image_path = resolve_path(path)
     if not isinstance(image_path, str):
         raise DataError(f"dataset {dataset.name!r}: image formats take one file in 'path', got {image_path}")
-    if fmt == "idx":
+    labels: sources.SourceFile | None = None
+    if dataset.format == "idx":
         images = sources.index_idx_file(sources.expand_paths(image_path, (".gz",))[0])
-        labels = sources.index_idx_file(sources.expand_paths(resolve_path(dataset.labels_path), (".gz",))[0])
+        if labels_path or not labels_optional:
+            labels = sources.index_idx_file(sources.expand_paths(resolve_path(labels_path), (".gz",))[0])
     else:
-        path = sources.expand_paths(image_path, (".npz",))[0]
-        images = sources.index_npz_file(path, dataset.npz_keys.images)
-        labels = sources.index_npz_file(path, dataset.npz_keys.labels)
+        found = sources.expand_paths(image_path, (".npz",))[0]
+        images = sources.index_npz_file(found, dataset.npz_keys.images)
+        if not labels_optional or dataset.npz_keys.labels in sources.npz_names(found):
+            labels = sources.index_npz_file(found, dataset.npz_keys.labels)
     declared = tuple(dataset.image.shape)
     problem = None
     if int(np.prod(images.shape)) != int(np.prod(declared)):
         problem = f"image shape {images.shape} does not match declared shape {declared}"
-    combined = dataclasses.replace(images, records=max(images.records, labels.records))
-    return Plan(
-        dataset, [images], sources.balanced_segments([combined], partitions), labels=labels, image_problem=problem
-    )
+    return ImageInput(images, labels, problem)
 
 
-def _with_split(frame: pd.DataFrame, split: SplitConfig) -> pd.DataFrame:
+def _unique_names(files: Sequence[sources.SourceFile]) -> None:
+    """Rows are known by file name (quarantine, split membership): two input files may not share one."""
+    seen: dict[str, str] = {}
+    for f in files:
+        if f.name in seen:
+            same = seen[f.name] == f.path
+            what = f"{f.path} is given twice" if same else f"{seen[f.name]} and {f.path} have the same name"
+            raise DataError(f"{what}; rows are known by file name (quarantine, split membership)")
+        seen[f.name] = f.path
+
+
+def _given_table(table: TableSchema, files: list[sources.SourceFile], labels_optional: bool) -> TableSchema:
+    """A recorded schema checked against each file's columns (its label dropped where optional and absent)."""
+    if table.label is not None and labels_optional and not any(table.label.name in f.columns for f in files):
+        table = dataclasses.replace(table, label=None)
+    for f in files:
+        missing = [n for n in table.names if n not in f.columns]
+        if missing:
+            raise DataError(f"{f.path}: missing column(s) {missing}; the file has {list(f.columns)}")
+    return table
+
+
+def _with_split(frame: pd.DataFrame, split: SplitConfig, declared: dict[str, int]) -> pd.DataFrame:
+    """The split code of each row: its file's declared split, else the seeded split's draw."""
     codes = np.zeros(len(frame), dtype=np.int8)
     for source, idx in frame.groupby("_source", sort=False).indices.items():
-        codes[idx] = assign_split(str(source), frame["_row"].to_numpy()[idx], split)
+        name = str(source)
+        codes[idx] = declared[name] if name in declared else assign_split(name, frame["_row"].to_numpy()[idx], split)
     frame["_split"] = codes
     return frame
 
@@ -109,18 +210,20 @@ def read_part(plan: Plan, part: list[sources.Segment], split: SplitConfig) -> pd
                 chunk = readers.read_parquet_segment(seg, plan.table)
             frames.append(validate_table(chunk, plan.table))
         else:
-            image_file = plan.files[0]
-            img_seg = sources.Segment(image_file, seg.start, seg.stop)
-            lbl_seg = sources.Segment(plan.labels, seg.start, seg.stop) if plan.labels else None
+            source = plan.images[seg.file.name]
+            img_seg = sources.Segment(source.images, seg.start, seg.stop)
+            lbl_seg = sources.Segment(source.labels, seg.start, seg.stop) if source.labels else None
             keys = (plan.dataset.npz_keys.images, plan.dataset.npz_keys.labels)
             x, y = readers.read_image_segment(img_seg, lbl_seg, plan.dataset.format, keys)
             image = plan.dataset.image
             rows = np.arange(seg.start, seg.stop, dtype=np.int64)
             frames.append(
-                validate_images(image_file.name, rows, x, y, tuple(image.shape), image.classes, plan.image_problem)
+                validate_images(
+                    source.images.name, rows, x, y, tuple(image.shape), image.classes, source.problem, plan.labelled
+                )
             )
     frame = pd.concat(frames, ignore_index=True) if len(frames) != 1 else frames[0]
-    return _with_split(frame, split)
+    return _with_split(frame, split, plan.declared)
 
 
 @dataclass
@@ -143,6 +246,9 @@ class IngestResult(StageResult):
     image_shape: tuple[int, ...] | None = None
     encode: str = "onehot"
     input_columns: list[str] = field(default_factory=list)
+    split_rejected: dict[str, int] = field(default_factory=dict)
+    declared_files: dict[str, list[str]] = field(default_factory=dict)
+    splits_digest: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def model_columns(self) -> tuple[list[str], str | None]:
         """Numeric feature columns and the label column of the written tabular splits."""
@@ -160,6 +266,9 @@ class IngestResult(StageResult):
             "accepted": self.accepted,
             "rejected": self.rejected,
             "splits": self.splits,
+            "split_rejected": self.split_rejected,
+            "declared_files": self.declared_files,
+            "splits_digest": self.splits_digest,
             "partitions": len(self.partition_rows),
             "partition_rows": self.partition_rows,
             "split_partition_rows": self.split_partition_rows,
@@ -176,12 +285,24 @@ class IngestResult(StageResult):
         cls, facts: dict[str, Any], dataset: DatasetConfig, stage: IngestStage, run: Any, engine: Engine
     ) -> IngestResult:
         """Rebuild a finished ingest from its manifest facts and written splits (no input file is read)."""
+        result = cls.from_facts(facts, dataset, stage.encode, engine.kind)
+        for name in SPLIT_NAMES.values():
+            path = run.dir / "data" / name
+            if f"data/{name}" in run.manifest["outputs"] and path.exists():
+                result.outputs[name] = str(path)
+                result.frames[name] = engine.read_parquet(str(path))
+        log.info("resume: ingest restored from %s (%d rows accepted)", run.dir, result.accepted)
+        return result
+
+    @classmethod
+    def from_facts(cls, facts: dict[str, Any], dataset: DatasetConfig, encode: str, engine: str) -> IngestResult:
+        """The counts, schema and fitted encoding a finished ingest recorded (no frames)."""
         schema = None
         if facts["image_shape"] is None:
             schema = resolve_table_schema(dataset, facts["input_columns"], "the recorded header")
-        result = cls(
+        return cls(
             dataset=facts["dataset"],
-            engine=engine.kind,
+            engine=engine,
             read=facts["read"],
             accepted=facts["accepted"],
             rejected=facts["rejected"],
@@ -194,18 +315,14 @@ class IngestResult(StageResult):
                 constant=facts["constant_columns"],
             ),
             schema=schema,
-            encode=stage.encode,
+            encode=encode,
             input_columns=facts["input_columns"],
             image_dtype=facts["image_dtype"],
             image_shape=tuple(facts["image_shape"]) if facts["image_shape"] else None,
+            split_rejected=facts.get("split_rejected", {}),  # absent from runs recorded before these facts
+            declared_files=facts.get("declared_files", {}),
+            splits_digest=facts.get("splits_digest", {}),
         )
-        for name in SPLIT_NAMES.values():
-            path = run.dir / "data" / name
-            if f"data/{name}" in run.manifest["outputs"] and path.exists():
-                result.outputs[name] = str(path)
-                result.frames[name] = engine.read_parquet(str(path))
-        log.info("resume: ingest restored from %s (%d rows accepted)", run.dir, result.accepted)
-        return result
 
 
 class IngestStage(Stage):
@@ -222,6 +339,10 @@ class IngestStage(Stage):
 
     placement_fields: ClassVar[frozenset[str]] = frozenset({"index_block_mb"})
 
+    def check(self, earlier: Sequence[Stage], config: PipelineSettings) -> list[Problem]:
+        """A split the dataset declares files for is not also drawn by a fraction."""
+        return declared_split_problems(config.dataset, self.split)
+
     def run(self, ctx: StageContext) -> IngestResult:
         """Ingest the pipeline's dataset on the context's engine into the run."""
         return run_ingest(ctx.engine, ctx.config.dataset, self, ctx.config.engine.partitions, ctx.run)
@@ -234,7 +355,8 @@ class IngestStage(Stage):
             raise NotRestorable(f"stage {self.output_name!r}: the manifest lacks {exc}") from None
 
 
-def _rejected_rows(pdf: pd.DataFrame) -> pd.DataFrame:
+def rejected_rows(pdf: pd.DataFrame) -> pd.DataFrame:
+    """The rejected rows of a validated partition as quarantine records."""
     bad = pdf[pdf["_reason"].notna()]
     return pd.DataFrame(
         {
@@ -268,6 +390,9 @@ def run_ingest(
     engine: Engine, dataset: DatasetConfig, stage: IngestStage, partitions: int, run: Any = None
 ) -> IngestResult:
     """Ingest a dataset on an engine; with a Run, write quarantine, splits and manifest facts into it."""
+    problems = declared_split_problems(dataset, stage.split)
+    if problems:
+        raise ConfigError("; ".join(str(p) for p in problems))
     plan = plan_ingest(dataset, partitions, engine, stage.index_block_mb)
     log.info(
         "%s: %d records in %d file(s), %d partitions", dataset.name, plan.records, len(plan.files), len(plan.parts)
@@ -297,12 +422,14 @@ def run_ingest(
             schema=plan.table,
             encode=stage.encode,
             input_columns=list(plan.files[0].columns),
+            split_rejected={name: sum(s["split_rejected"][name] for s in stats) for name in SPLIT_NAMES.values()},
+            declared_files=plan.declared_files(),
         )
         if plan.table is None:
             result.image_dtype = stored_image_dtype(plan.files[0].dtype, stage.image_scale)
             result.image_shape = tuple(dataset.image.shape)
         if run is not None:
-            quarantine = engine.to_pandas(engine.map_partitions(validated, _rejected_rows, QUARANTINE_SCHEMA))
+            quarantine = engine.to_pandas(engine.map_partitions(validated, rejected_rows, QUARANTINE_SCHEMA))
             write_quarantine(run.dir / "quarantine.csv", quarantine)
             run.manifest["quarantine"] = {"file": "quarantine.csv", "rows": rejected}
             run.save()
@@ -311,6 +438,10 @@ def run_ingest(
             raise DataError(f"{dataset.name}: no records to read")
         if fraction > stage.max_rejected_fraction:
             where = f" (see {run.dir / 'quarantine.csv'})" if run is not None else ""
+            if run is not None and len(quarantine):  # name the first rejected row: file, row, column, reason
+                row = quarantine.sort_values(["source", "row"]).iloc[0]
+                reason = str(row["reason"]).replace("\n", "\\n")
+                where = f"; first: {row['source']} row {row['row']}, column {row['column']}: {reason}{where}"
             raise DataError(
                 f"{dataset.name}: {rejected} of {read} rows rejected ({fraction:.2%}), above "
                 f"max_rejected_fraction={stage.max_rejected_fraction:.2%}{where}"
@@ -339,7 +470,12 @@ def _write_splits(
             frame = engine.map_partitions(
                 validated, lambda pdf, c=code: transform_images(pdf, c, dtype, stage.image_scale), schema
             )
-        with run.output(f"data/{name}") as tmp:
-            engine.write_parquet(frame, str(tmp), schema)
+        digest_of = functools.partial(partition_digest, schema=schema)
+        with run.output(f"data/{name}") as tmp:  # the digest comes from the partitions as they are written
+            parts = engine.write_parquet_reduce(frame, str(tmp), schema, digest_of)
+            digest = combine_digests(parts)
+            if digest["rows"] != result.splits[name]:
+                raise DataError(f"data/{name}: wrote {digest['rows']} rows where {result.splits[name]} were accepted")
+        result.splits_digest[name] = digest
         result.outputs[name] = str(run.dir / "data" / name)
         result.frames[name] = engine.read_parquet(result.outputs[name])

@@ -17,13 +17,15 @@ KEEP_META = [pa.field("_source", pa.string()), pa.field("_row", pa.int64())]
 
 
 def partition_stats(pdf: pd.DataFrame, schema: TableSchema | None) -> dict[str, Any]:
-    """Counts per split, training-split moments of numeric features and category levels for one partition."""
+    """Counts per split (accepted; rejected by the split their record was assigned), training-split moments of
+    numeric features and category levels for one partition."""
     ok = pdf["_reason"].isna().to_numpy()
     split = pdf["_split"].to_numpy()
     out: dict[str, Any] = {
         "read": int(len(pdf)),
         "rejected": int((~ok).sum()),
         "splits": {name: int((ok & (split == code)).sum()) for code, name in SPLIT_NAMES.items()},
+        "split_rejected": {name: int((~ok & (split == code)).sum()) for code, name in SPLIT_NAMES.items()},
         "moments": {},
         "levels": {},
     }

@@ -172,8 +172,12 @@ def validate_images(
     shape: tuple[int, ...],
     classes: int | None,
     file_problem: str | None = None,
+    labelled: bool = True,
 ) -> pd.DataFrame:
-    """Checked frame for image records: shape, missing image or label, NaN/inf pixels, label range."""
+    """Checked frame for image records: shape, missing image or label, NaN/inf pixels, label range.
+
+    Unlabelled records (`labelled` False: new data to score) are not rejected for a missing label; theirs is -1.
+    """
     n = len(rows)
     reason = np.full(n, None, dtype=object)
     column = np.full(n, None, dtype=object)
@@ -201,7 +205,8 @@ def validate_images(
         contiguous = np.ascontiguousarray(images.reshape((n_img, *shape)))
         blobs[:n_img] = [rec.tobytes() for rec in contiguous]
     label_values = np.full(n, -1, dtype=np.int64)
-    reject(np.arange(n) >= n_lbl, "label", "missing label")
+    if labelled:
+        reject(np.arange(n) >= n_lbl, "label", "missing label")
     if n_lbl:
         lab = labels.reshape(n_lbl, -1)
         if lab.shape[1] != 1:

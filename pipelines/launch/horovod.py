@@ -57,7 +57,7 @@ def run_ranks(command: list[str], log_path: Path, timeout_s: int) -> None:
                 text = match.group(3) if match else line.rstrip("\n")
                 tail = (tail + [line.rstrip("\n")])[-20:]
                 if (match is None or match.group(1) == "0") and is_progress(text):
-                    log.info("%s", text.strip())
+                    log.info("%s", text.strip(), extra={"progress": True})
             rc = proc.wait()
         except BaseException:
             proc.kill()

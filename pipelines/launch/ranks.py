@@ -205,7 +205,7 @@ def relay_progress(path: Path, is_progress: Callable[[str], bool]) -> Iterator[N
                         break
                     offset += len(line.encode("utf-8"))
                     if is_progress(line):
-                        log.info("%s", line.strip())
+                        log.info("%s", line.strip(), extra={"progress": True})
             stop.wait(0.5)
 
     thread = threading.Thread(target=follow, daemon=True, name="rank-0-progress")

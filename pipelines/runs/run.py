@@ -130,7 +130,7 @@ class Run:
         self.manifest["stages"].append(entry)
         self.save()
         t0 = time.perf_counter()
-        log.info("stage %s started", name)
+        log.info("stage %s started", name, extra={"stage_event": (self.pipeline, name, "started", None)})
         try:
             yield entry
         except BaseException as exc:
@@ -142,7 +142,8 @@ class Run:
             entry["seconds"] = round(time.perf_counter() - t0, 3)
             entry["finished"] = now()
             self.save()
-            log.info("stage %s %s in %.2fs", name, entry["status"], entry["seconds"])
+            event = (self.pipeline, name, entry["status"], entry["seconds"])
+            log.info("stage %s %s in %.2fs", name, entry["status"], entry["seconds"], extra={"stage_event": event})
 
     @contextlib.contextmanager
     def output(self, name: str) -> Iterator[Path]:

@@ -1,0 +1,120 @@
+"""Scoring one validated partition where it lives: the run's fitted transform, then the saved model.
+
+The model is loaded from the run directory once per worker process and kept (keyed by its path and the
+digest of its recorded checksums), so tasks after the first on a worker reuse it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pipelines.ingest.schema import TableSchema
+from pipelines.ingest.split import TRAIN
+from pipelines.ingest.transform import Fitted, stored_image_dtype, transform_images, transform_table
+from pipelines.predict.saved import ModelRef
+
+KERAS_BATCH = 1024
+
+_models: dict[tuple[str, str], Any] = {}
+_lock = threading.Lock()
+
+
+def cached_model(ref: ModelRef) -> Any:
+    """The saved model, loaded on first use in this process and kept."""
+    key = (ref.path, ref.digest)
+    with _lock:
+        if key not in _models:
+            _models[key] = _load(ref)
+        return _models[key]
+
+
+def loaded_models() -> list[str]:
+    """Paths of the models this process has loaded (each once)."""
+    return [path for path, _ in _models]
+
+
+def _load(ref: ModelRef) -> Any:
+    if ref.kind == "classical":
+        from pipelines.classical.persist import load_model
+
+        return load_model(ref.path)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    return keras.saving.load_model(ref.path, compile=False, safe_mode=True)
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """Transform a validated partition as the run did and score its accepted rows (pickled to the workers)."""
+
+    model: ModelRef
+    task: str
+    schema: pa.Schema
+    fitted: Fitted
+    encode: str
+    table: TableSchema | None
+    features: tuple[str, ...]
+    image: tuple[str, tuple[int, ...], str] | None  # the file's dtype, sample shape, ingest's image_scale
+    label: str | None  # label column of the transformed rows, when the new data has labels
+    classes: tuple[Any, ...]  # model class values in output order
+    names: tuple[Any, ...]  # what each class is written as (category levels for a category label)
+
+    def __call__(self, pdf: pd.DataFrame) -> pd.DataFrame:
+        if self.table is not None:
+            rows = transform_table(pdf, TRAIN, self.table, self.fitted, self.encode)
+            x = rows[list(self.features)].to_numpy(dtype="float64")
+        else:
+            dtype, shape, scale = self.image
+            rows = transform_images(pdf, TRAIN, dtype, scale)
+            raw = b"".join(rows["image"].to_numpy()) if len(rows) else b""
+            x = np.frombuffer(raw, dtype=stored_image_dtype(dtype, scale)).reshape((len(rows), *shape))
+        out: dict[str, Any] = {"source_file": rows["_source"].to_numpy(), "row": rows["_row"].to_numpy()}
+        if len(rows):
+            out.update(self._keras(x) if self.model.kind == "keras" else self._classical(x))
+        if self.label is not None:
+            out["label"] = self._names(rows[self.label].to_numpy()) if self.names else rows[self.label].to_numpy()
+        frame = pd.DataFrame(out)
+        return frame.reindex(columns=self.schema.names) if len(frame) else self.schema.empty_table().to_pandas()
+
+    def _names(self, values: np.ndarray) -> np.ndarray:
+        """Class values as written: category codes become their levels; others stay as they are."""
+        if self.names == self.classes:
+            return values
+        lookup = dict(zip(self.classes, self.names, strict=True))
+        return np.array([lookup.get(v) for v in values.tolist()], dtype=object)
+
+    def _classical(self, x: np.ndarray) -> dict[str, Any]:
+        model = cached_model(self.model)
+        columns = list(getattr(model, "feature_names_in_", [])) or [f"x{i}" for i in range(x.shape[1])]
+        frame = pd.DataFrame(x.reshape(len(x), -1).astype("float64"), columns=columns)
+        out: dict[str, Any] = {"prediction": model.predict(frame)}
+        if self.task == "classify":
+            out["prediction"] = self._names(out["prediction"])
+            if hasattr(model, "predict_proba"):
+                proba = model.predict_proba(frame)
+                out.update({f"probability_{n}": proba[:, i] for i, n in enumerate(self.names)})
+        return out
+
+    def _keras(self, x: np.ndarray) -> dict[str, Any]:
+        model = cached_model(self.model)
+        x = x.astype("float32")
+        if x.ndim == 3:  # (h, w) images get the channel axis the network was built with
+            x = x[..., None]
+        outputs = np.concatenate(
+            [np.asarray(model(x[i : i + KERAS_BATCH], training=False)) for i in range(0, len(x), KERAS_BATCH)]
+        )
+        if self.task == "reconstruct":
+            error = np.square(outputs.astype("float32") - x).reshape(len(x), -1).mean(axis=1)
+            return {"reconstruction_error": error.astype("float64")}
+        best = np.argmax(outputs, axis=1)
+        out: dict[str, Any] = {"prediction": np.asarray(self.names, dtype=object)[best]}
+        out.update({f"probability_{n}": outputs[:, i].astype("float64") for i, n in enumerate(self.names)})
+        return out
