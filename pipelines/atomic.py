@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -11,6 +12,35 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from pipelines.errors import EnvironmentProblem, PipelineError
+
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a full disk, a full quota, a file-size limit (ulimit -f)
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """What filled up, when an error says a disk, quota or file-size limit is full (also as an engine words it)."""
+    if isinstance(exc, OSError) and exc.errno in FULL:
+        return os.strerror(exc.errno)
+    try:
+        text = str(exc)
+    except Exception:  # a Py4J error whose JVM is gone
+        return None
+    return next((os.strerror(code) for code in FULL if os.strerror(code) in text), None)
+
+
+@contextlib.contextmanager
+def full_disk_named(path: str | os.PathLike[str]) -> Iterator[None]:
+    """A full disk met in the block ends it as one EnvironmentProblem naming `path` (exit code 4), not a traceback."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except Exception as exc:
+        reason = disk_full(exc)
+        if reason is None:
+            raise
+        raise EnvironmentProblem(f"{reason[0].lower()}{reason[1:]} writing {path}") from exc
 
 
 def _fsync_dir(path: Path) -> None:
@@ -25,14 +55,15 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write bytes to path atomically (same-directory temp file, fsync, rename)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        with full_disk_named(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -56,23 +87,24 @@ def atomic_dir(path: str | os.PathLike[str], before_publish: Callable[[Path], No
 
     `before_publish(tmp)` runs after the block and before the rename (e.g. to record checksums first).
     An existing directory at path is replaced only after the new one is complete; on error the
-    temp directory is removed and the earlier output stays untouched.
+    temp directory is removed and the earlier output stays untouched (a full disk is named as writing path).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
-        yield tmp
-        if before_publish is not None:
-            before_publish(tmp)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        with full_disk_named(target):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
+            if before_publish is not None:
+                before_publish(tmp)
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+            _fsync_dir(target.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -186,7 +187,7 @@ def _value_text(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-STATUS_STYLE = {"succeeded": "green", "failed": "red", "running": "yellow"}
+STATUS_STYLE = {"succeeded": "green", "failed": "red", "running": "yellow", "interrupted": "yellow"}
 
 
 def runs_table(records: Sequence[RunRecord], metrics: int = 4) -> Table:
@@ -305,9 +306,16 @@ class Terminal:
             console.print("[red]interrupted[/]")
             return INTERRUPTED
         path = self.log_file()
-        with open(path, "a", encoding="utf-8") as out:
-            out.write(f"{dt.datetime.now().isoformat(timespec='seconds')} command failed:\n")
-            out.write("".join(traceback.format_exception(exc)))
+        text = f"{dt.datetime.now().isoformat(timespec='seconds')} command failed:\n"
+        text += "".join(traceback.format_exception(exc))
+        try:
+            with open(path, "a", encoding="utf-8") as out:
+                out.write(text)
+        except OSError:  # the run's disk is full: the temp folder instead
+            self.run_logs.last = None
+            path = self.log_file()
+            with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as out:
+                out.write(text)
         where = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else str(path)
         if isinstance(exc, PipelineError):
             line = error_line(str(exc))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -11,7 +12,7 @@ from typing import NamedTuple
 from pipelines.config import PipelineConfig, dump_config
 from pipelines.engines import make_engine
 from pipelines.engines.base import Engine
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, EnvironmentProblem
 from pipelines.launch.batch import job_facts
 from pipelines.plan import require_valid_plan
 from pipelines.protocol import NotRestorable, StageContext, StageResult
@@ -129,16 +130,20 @@ def run_pipeline(
 def reported(session: contextlib.AbstractContextManager[Run]) -> Iterator[Run]:
     """A run session that leaves report.html in the run directory when it ends, succeeded or failed.
 
-    A report that cannot be written is logged; it never replaces the run's own outcome or error.
+    A report that cannot be written is logged; it never replaces the run's own outcome or error (a full disk
+    that already failed the run is not said twice).
     """
     run: Run | None = None
     try:
         with session as run:
             yield run
     finally:
+        failing = sys.exc_info()[1] is not None
         if run is not None:
             try:
                 log.info("report: %s", build_report(run.dir))
+            except EnvironmentProblem as exc:
+                (log.info if failing else log.warning)("no report for %s: %s", run.dir, exc)
             except Exception:
                 log.exception("could not write the report of %s", run.dir)
 

@@ -35,6 +35,21 @@ def spark_engine():
     engine.stop()
 
 
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """A real single-node SLURM (slurmctld, slurmd, munge) for one test module; skipped where it cannot run."""
+    from slurm import LocalSlurm, missing
+
+    why = missing()
+    if why:
+        pytest.skip(f"real SLURM unavailable: {why}")
+    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm")).start()
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    yield cluster
+    cluster.stop()
+    os.environ.pop("SLURM_CONF", None)
+
+
 @pytest.fixture(params=["dask", "spark"])
 def engine(request):
     """Each test using this runs once per engine."""

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-from slurm import LocalSlurm, missing
 from spark_standalone import standalone, submit
 
 from pipelines.config import load_config, parse_config
@@ -36,18 +35,6 @@ HOSTILE = "$(touch /tmp/pipelines-pwned); echo 'single' \"double\" `id` ; exit 7
 def fair(tmp_path: Path, **top) -> dict:
     data = load_config(ROOT / "conf" / "fair.yaml").model_dump(mode="json")
     return {**data, "runs_dir": str(tmp_path / "runs"), **top}
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    why = missing()
-    if why:
-        pytest.skip(f"real SLURM unavailable: {why}")
-    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm")).start()
-    os.environ["SLURM_CONF"] = str(cluster.conf)
-    yield cluster
-    cluster.stop()
-    os.environ.pop("SLURM_CONF", None)
 
 
 def _no_processes_mention(text: str) -> list[str]:

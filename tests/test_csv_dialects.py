@@ -147,6 +147,7 @@ def test_compressed_csv_is_one_segment_and_reads_like_plain(dask_engine, tmp_pat
     got, plan = _read(dask_engine, _dataset(tmp_path / "*.csv*"), partitions=4)
     packed_file = next(f for f in plan.files if f.name == packed.name)
     assert packed_file.compression == codec and not packed_file.splittable
+    assert plan.unsplit() == [packed.name]  # what the manifest records as the ingest's `unsplit_files`
     owners = [part for part in plan.parts if any(s.file.name == packed.name for s in part)]
     assert len(owners) == 1 and len(owners[0]) == 1  # the compressed file is one whole segment
     by_source = {name: frame for name, frame in got.groupby("_source")}

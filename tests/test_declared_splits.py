@@ -16,6 +16,7 @@ from pipelines.config import PipelineConfig, dump_config, load_config
 from pipelines.data.bundled import fashion_mnist_available, idx_bytes
 from pipelines.errors import ConfigError, DataError
 from pipelines.ingest.config import DatasetConfig, SplitConfig
+from pipelines.ingest.digest import combine_digests, partition_digest
 from pipelines.ingest.stage import IngestStage, run_ingest
 from pipelines.plan import check_plan
 from pipelines.predict.data import new_dataset
@@ -37,11 +38,12 @@ def _csv(path, rows: int, seed: int, bad: dict[int, str] | None = None) -> pd.Da
     return frame.drop(index=list(bad or {}))
 
 
-def _ingest(engine, tmp_path, dataset: dict, split: dict, partitions: int = 3, name: str = "declared"):
+def _ingest(engine, tmp_path, dataset: dict, split: dict, partitions: int = 3, **stage):
+    name = "declared"
     cfg = PipelineConfig(
         name=name,
         dataset=DatasetConfig(name=name, **dataset),
-        stages=[IngestStage(split=SplitConfig(**split), max_rejected_fraction=1.0)],
+        stages=[IngestStage(split=SplitConfig(**split), max_rejected_fraction=1.0, **stage)],
         runs_dir=str(tmp_path / "runs"),
     )
     run = Run.create(cfg.name, cfg.runs_dir, dump_config(cfg), {"kind": engine.kind})
@@ -129,18 +131,24 @@ def test_declared_file_needs_its_fraction_at_zero(dask_engine, tmp_path):
         DatasetConfig(name="d", format="idx", path="i", labels_path="l", test_path="t", image={"shape": [2]})
 
 
-def test_declared_file_named_like_a_main_file_is_refused(dask_engine, tmp_path):
-    (tmp_path / "other").mkdir()
-    _csv(tmp_path / "d.csv", 10, seed=1)
-    _csv(tmp_path / "other" / "d.csv", 5, seed=2)
+def test_files_sharing_a_name_are_known_by_their_paths(dask_engine, tmp_path):
+    """train/d.csv and test/d.csv: rows are known by the paths below the common folder; one file twice is refused."""
+    for folder, n, seed in (("train", 10, 1), ("test", 5, 2)):
+        (tmp_path / folder).mkdir()
+        _csv(tmp_path / folder / "d.csv", n, seed=seed, bad={2: "?"})
     dataset = {
         "format": "csv",
-        "path": str(tmp_path / "d.csv"),
-        "test_path": str(tmp_path / "other" / "d.csv"),
+        "path": str(tmp_path / "train" / "d.csv"),
+        "test_path": str(tmp_path / "test" / "d.csv"),
         **TABLE,
     }
-    with pytest.raises(DataError, match="same name"):
-        _ingest(dask_engine, tmp_path, dataset, {"test_fraction": 0.0})
+    result, quarantine, _, _ = _ingest(dask_engine, tmp_path, dataset, {"test_fraction": 0.0})
+    assert sorted(quarantine["source"]) == ["test/d.csv", "train/d.csv"]
+    assert result.declared_files == {"test": ["test/d.csv"]}
+    assert result.splits["test"] == 4 and result.splits["train"] + result.splits["val"] == 9
+    twice = {**dataset, "test_path": dataset["path"]}
+    with pytest.raises(DataError, match="the same input file is given twice"):
+        _ingest(dask_engine, tmp_path / "again", twice, {"test_fraction": 0.0})
 
 
 @pytest.mark.slow
@@ -156,18 +164,30 @@ def test_fashion_mnist_official_test_set(dask_engine, tmp_path):
     assert result.splits_digest["test"]["rows"] == 10_000
 
 
+@pytest.mark.slow
 def test_split_digest_same_on_both_engines_and_runs(dask_engine, spark_engine, tmp_path):
     _csv(tmp_path / "main.csv", 80, seed=5, bad={3: "?"})
     _csv(tmp_path / "holdout.csv", 20, seed=6)
     dataset = {"format": "csv", "path": str(tmp_path / "main.csv"), "test_path": str(tmp_path / "holdout.csv"), **TABLE}
     split = {"test_fraction": 0.0, "val_fraction": 0.2, "seed": 7}
     runs = [
-        _ingest(dask_engine, tmp_path / "d1", dataset, split, partitions=3),
-        _ingest(dask_engine, tmp_path / "d2", dataset, split, partitions=2),  # other partitions, same rows
-        _ingest(spark_engine, tmp_path / "s1", dataset, split, partitions=3),
+        _ingest(dask_engine, tmp_path / "d1", dataset, split),
+        _ingest(dask_engine, tmp_path / "d2", dataset, split),
+        _ingest(spark_engine, tmp_path / "s1", dataset, split),
     ]
     digests = [r[0].splits_digest for r in runs]
     assert digests[0] == digests[1] == digests[2]
+    for result, *_ in runs:  # the recorded digest is that of the rows as written, read back from the Parquet files
+        for written, recorded in result.splits_digest.items():
+            table = pq.read_table(result.outputs[written])
+            assert combine_digests([partition_digest(table.to_pandas(), table.schema)]) == recorded, written
+    # the rows do not depend on the partitions (the fitted scaler may, in its last bits: compare unscaled)
+    unscaled = [
+        _ingest(e, tmp_path / f"u{p}", dataset, split, p, standardize=False)
+        for e, p in ((dask_engine, 2), (dask_engine, 5))
+    ]
+    assert unscaled[0][0].splits_digest == unscaled[1][0].splits_digest
+    assert unscaled[0][0].splits_digest["test"] != digests[0]["test"]
     assert {s: d["rows"] for s, d in digests[0].items()} == {s: n for s, n in runs[0][0].splits.items() if n}
     assert len({d["digest"] for d in digests[0].values()}) == 3
 
@@ -175,22 +195,44 @@ def test_split_digest_same_on_both_engines_and_runs(dask_engine, spark_engine, t
     frame = pd.read_csv(tmp_path / "holdout.csv")
     frame.loc[11, "a"] += 0.5
     frame.to_csv(tmp_path / "holdout.csv", index=False)
-    changed = _ingest(spark_engine, tmp_path / "s2", dataset, split, partitions=3)
+    changed = _ingest(dask_engine, tmp_path / "d3", dataset, split)
     assert changed[0].splits_digest["test"]["rows"] == digests[0]["test"]["rows"]
     assert changed[0].splits_digest["test"]["digest"] != digests[0]["test"]["digest"]
     assert {s: changed[0].splits_digest[s] for s in ("train", "val")} == {s: digests[0][s] for s in ("train", "val")}
 
     # `pipelines runs --compare` names the split whose digest differs, and only that one
     spark, dask = RunRecord.read(runs[2][3].dir), RunRecord.read(runs[0][3].dir)
-    _, metrics = compare_runs(spark, RunRecord.read(changed[3].dir))
+    _, metrics = compare_runs(dask, RunRecord.read(changed[3].dir))
     keys = [k for k, _, _ in metrics if "splits_digest" in k]
     assert keys == ["ingest.splits_digest.test.digest"]
-    assert same_splits(spark, dask) == ["ingest"] and same_splits(spark, RunRecord.read(changed[3].dir)) == []
+    assert same_splits(spark, dask) == ["ingest"] and same_splits(dask, RunRecord.read(changed[3].dir)) == []
 
 
-def _numbers(item: tuple[int, int]) -> pd.DataFrame:
-    n, part = item
-    return pd.DataFrame({"part": np.full(n, part, dtype=np.int64), "x": np.arange(n, dtype=np.float64)})
+def test_digest_ignores_order_and_partitions_and_sees_each_value():
+    schema = pa.schema([("_source", pa.string()), ("_row", pa.int64()), ("x", pa.float64()), ("img", pa.binary())])
+    rows = pd.DataFrame(
+        {
+            "_source": ["a.csv"] * 4 + ["b.csv"] * 2,
+            "_row": [2, 3, 4, 5, 2, 3],
+            "x": [0.0, 1.5, np.nan, -2.0, 7.0, 1e300],
+            "img": [b"", b"\x00", b"abc", b"abcdefghij", None, b"\x01" * 3136],
+        }
+    )
+
+    def digest(*parts: pd.DataFrame) -> dict:
+        return combine_digests([partition_digest(p, schema) for p in parts])
+
+    whole = digest(rows)
+    assert whole["rows"] == 6
+    assert digest(rows.iloc[::-1], rows.iloc[:0]) == whole  # order and empty partitions do not matter
+    assert digest(rows.iloc[[5, 0]], rows.iloc[[3, 1, 4]], rows.iloc[[2]]) == whole
+    negative_zero = rows.assign(x=rows["x"].replace(0.0, -0.0))
+    assert digest(negative_zero) == whole  # one canonical zero
+    for column, value in (("x", 1.5000000000000002), ("_row", 6), ("_source", "c.csv"), ("img", b"abd")):
+        changed = rows.copy()
+        changed.loc[2, column] = value
+        assert digest(changed)["digest"] != whole["digest"], column
+    assert digest(rows.iloc[:5])["digest"] != whole["digest"]
 
 
 def test_write_parquet_reduce_gives_each_written_partition(engine, tmp_path):
@@ -198,11 +240,15 @@ def test_write_parquet_reduce_gives_each_written_partition(engine, tmp_path):
     calls = tmp_path / "calls"
     calls.mkdir()
 
+    def numbers(item: tuple[int, int]) -> pd.DataFrame:  # nested: shipped by value to Spark's workers
+        n, part = item
+        return pd.DataFrame({"part": np.full(n, part, dtype=np.int64), "x": np.arange(n, dtype=np.float64)})
+
     def tagged(pdf: pd.DataFrame) -> pd.DataFrame:  # leaves one file per call: how often a partition is made
         (calls / uuid.uuid4().hex).touch()
         return pdf
 
-    frame = engine.map_partitions(engine.from_tasks(_numbers, [(5, 0), (0, 1), (7, 2)], schema), tagged, schema)
+    frame = engine.map_partitions(engine.from_tasks(numbers, [(5, 0), (0, 1), (7, 2)], schema), tagged, schema)
     parts = engine.write_parquet_reduce(frame, str(tmp_path / "out"), schema, lambda pdf: {"rows": len(pdf)})
     assert [p["rows"] for p in parts] == [5, 0, 7]
     assert pq.read_table(tmp_path / "out").num_rows == 12

@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-from slurm import LocalSlurm, missing
 
 from pipelines.config import load_config
 from pipelines.runs import corrupt_outputs
+from pipelines.runs.run import LEFTOVER
 
 pytestmark = pytest.mark.slow
 
@@ -36,11 +36,11 @@ ENVIRONMENT = 4
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
-def softmax_config(runs: Path, **softmax: Any) -> dict:
-    """Digits ingest and a multinomial logistic regression (many passes over blocks held on the workers)."""
+def softmax_config(runs: Path) -> dict:
+    """Digits ingest and a multinomial logistic regression by L-BFGS (256 passes over blocks held on the workers)."""
     data = load_config(ROOT / "conf" / "digits_classical.yaml").model_dump(mode="json")
     data["stages"] = data["stages"][:2]
-    data["stages"][1]["params"].update(softmax)
+    data["stages"][1]["params"].update(solver="lbfgs", max_iter=400, tol=0.0)
     data["stages"][1]["plots"] = False
     return {**data, "runs_dir": str(runs)}
 
@@ -129,22 +129,25 @@ def intact(run_dir: Path) -> None:
 def split(run_dir: Path, name: str) -> pd.DataFrame:
     """A written split by content: rows sorted by source and row, whatever the part files."""
     frame = pd.read_parquet(run_dir / "data" / name)
-    return frame.sort_values(["source", "row"], kind="stable").reset_index(drop=True)
+    return frame.sort_values(["_source", "_row"], kind="stable").reset_index(drop=True)
 
 
-def untimed(metrics: Any) -> Any:
-    """Metrics without wall times (they differ between any two runs)."""
+def untimed(metrics: Any, skip: tuple[str, ...] = ()) -> Any:
+    """Metrics without wall times (they differ between any two runs) and the `skip` keys."""
     if isinstance(metrics, dict):
-        return {k: untimed(v) for k, v in metrics.items() if not k.endswith("seconds")}
+        return {k: untimed(v, skip) for k, v in metrics.items() if not k.endswith("seconds") and k not in skip}
     return metrics
 
 
-def assert_same_outputs(run_dir: Path, reference: Path, model: str = "softmax") -> None:
+def assert_same_outputs(run_dir: Path, reference: Path, model: str = "softmax", skip: tuple[str, ...] = ()) -> None:
     """The same splits (by content), model coefficients within 1e-10 and metrics as the reference run."""
     intact(run_dir)
     for name in ("train", "test"):
         pd.testing.assert_frame_equal(split(run_dir, name), split(reference, name))
-    with np.load(run_dir / "models" / model / "arrays.npz") as ours, np.load(reference / "models" / model / "arrays.npz") as ref:
+    with (
+        np.load(run_dir / "models" / model / "arrays.npz") as ours,
+        np.load(reference / "models" / model / "arrays.npz") as ref,
+    ):
         assert sorted(ours.files) == sorted(ref.files)
         for key in ref.files:
             if np.issubdtype(ref[key].dtype, np.number):
@@ -152,7 +155,7 @@ def assert_same_outputs(run_dir: Path, reference: Path, model: str = "softmax") 
             else:
                 np.testing.assert_array_equal(ours[key], ref[key], err_msg=key)
     ours_m, ref_m = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, reference))
-    assert untimed(ours_m) == untimed(ref_m)
+    assert untimed(ours_m, skip) == untimed(ref_m, skip)
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +189,7 @@ def _killed_then_resumed(tmp_path: Path, ready: Callable[[Path], Path | None]) -
     done = cli(conf, "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     assert run_dirs(runs, "digits-classical") == [run_dir]  # the killed run was continued, no new one
+    assert [p for p in run_dir.rglob(".*") if LEFTOVER.match(p.name)] == []  # temp folders of cut writes removed
     assert (runs / "digits-classical" / "latest").resolve() == run_dir
     return run_dir, at_kill
 
@@ -218,10 +222,11 @@ def test_driver_killed_during_a_model_fit_resumes_without_ingesting_again(tmp_pa
 
 @pytest.fixture
 def small_disk(tmp_path) -> Iterator[Path]:
-    """A real 8 MiB tmpfs (root only; skipped where mounting is not permitted), unmounted afterwards."""
+    """A real 3 MiB tmpfs (root only; skipped where mounting is not permitted), unmounted afterwards."""
     mount = tmp_path / "small"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True, text=True)
+    argv = ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)]
+    done = subprocess.run(argv, capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip() or done.returncode}")
     try:
@@ -240,10 +245,12 @@ def fill(disk: Path, leave: int) -> Path:
     return ballast
 
 
-def one_line(stderr: str) -> str:
+def the_error(stderr: str) -> str:
+    """The one line a failed command ends with (before it only progress lines: no traceback, no logging noise)."""
     lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, stderr[-3000:]
-    return lines[0]
+    assert lines and "Traceback" not in stderr and "Logging error" not in stderr, stderr[-3000:]
+    assert [line for line in lines if "error" in line] == lines[-1:], stderr[-3000:]
+    return lines[-1]
 
 
 def test_a_full_disk_ends_the_run_in_one_line_and_leaves_the_earlier_run_intact(small_disk, tmp_path):
@@ -257,13 +264,15 @@ def test_a_full_disk_ends_the_run_in_one_line_and_leaves_the_earlier_run_intact(
     # room for the run's config and manifest, not for its data: the ingest stage fails, the run is marked failed
     ballasts = [fill(small_disk, leave=96 * 1024)]
     out = cli(conf)
-    line = one_line(out.stderr)
+    line = the_error(out.stderr)
     assert out.returncode == ENVIRONMENT, line
-    assert re.fullmatch(rf"environment error: no space left on device writing {runs / 'fair'}/\S+ .*", line), line
+    where = re.escape(str(runs / "fair"))
+    assert re.fullmatch(rf"environment error: no space left on device writing {where}/[^/\s]+/data/\w+", line), line
     failed = next(p for p in run_dirs(runs, "fair") if p != first)
     recorded = manifest(failed)
     assert recorded["status"] == "failed" and "no space left on device writing" in recorded["error"]
-    assert recorded["stages"][0]["status"] == "failed" and recorded["outputs"].keys() <= {"data/train"}
+    assert [(s["name"], s["status"]) for s in recorded["stages"]] == [("ingest", "failed")]
+    assert corrupt_outputs(failed, recorded) == []  # whatever it recorded is whole; the rest was removed
     assert (runs / "fair" / "latest").resolve() == first
     assert (first / "manifest.json").read_text() == before
     intact(first)
@@ -271,10 +280,12 @@ def test_a_full_disk_ends_the_run_in_one_line_and_leaves_the_earlier_run_intact(
     # no room at all, not even for a manifest: the run never looks succeeded, nothing earlier is touched
     ballasts.append(fill(small_disk, leave=0))
     out = cli(conf)
-    line = one_line(out.stderr)
-    assert out.returncode == ENVIRONMENT and line.startswith("environment error: no space left on device writing "), line
+    line = the_error(out.stderr)
+    assert out.returncode == ENVIRONMENT and line.startswith("environment error: no space left on device writing "), (
+        line
+    )
     newest = [p for p in run_dirs(runs, "fair") if p not in (first, failed)]
-    assert all(not (p / "manifest.json").exists() or manifest(p)["status"] != "succeeded" for p in newest)
+    assert all(manifest(p)["status"] != "succeeded" for p in newest)  # (a run that could not start left nothing)
     assert (runs / "fair" / "latest").resolve() == first
     assert (first / "manifest.json").read_text() == before
     intact(first)
@@ -293,23 +304,16 @@ def test_a_full_disk_ends_the_run_in_one_line_and_leaves_the_earlier_run_intact(
 # --- 3. a Dask worker retired by --lifetime on a real SLURM -------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory) -> Iterator[LocalSlurm]:
-    why = missing()
-    if why:
-        pytest.skip(f"real SLURM unavailable: {why}")
-    cluster = LocalSlurm(tmp_path_factory.mktemp("slurm")).start()
-    os.environ["SLURM_CONF"] = str(cluster.conf)
-    yield cluster
-    cluster.stop()
-    os.environ.pop("SLURM_CONF", None)
-
-
-RETIRED = re.compile(r"^(\S+ \S+) - distributed\.worker - INFO - .*worker-lifetime-reached", re.M)
+RETIRED = re.compile(
+    r"^(\S+ \S+) - distributed\.worker - INFO - Closing worker gracefully: .*worker-lifetime-reached", re.M
+)
 
 
 def test_a_worker_retired_by_its_lifetime_mid_stage_hands_its_work_on(slurm, tmp_path, reference):
     logs = tmp_path / "worker-logs"
+    # half the time the undisturbed run's stages took here: workers retire mid-run on a fast machine or a slow one,
+    # yet live longer than any one task (a task cut short on 4 workers in a row fails the run: Dask's KilledWorker)
+    life = max(6, round(sum(s["seconds"] for s in manifest(reference)["stages"]) / 2))
     jobqueue = {
         "cores": 1,
         "memory": "1GB",
@@ -318,12 +322,14 @@ def test_a_worker_retired_by_its_lifetime_mid_stage_hands_its_work_on(slurm, tmp
         "interface": "auto",
         "log_directory": str(logs),
         "jobs": 2,
-        "lifetime": "0:20",
-        "lifetime_stagger": "0:05",
+        "lifetime": f"{life // 60}:{life % 60:02d}",
+        "lifetime_stagger": f"0:{max(1, life // 5):02d}",
     }
     data = softmax_config(tmp_path / "runs")
     data["engine"]["dask"] = {"jobqueue": jobqueue}
-    done = cli(write_conf(tmp_path / "conf.json", data), timeout=420)
+    conf = write_conf(tmp_path / "conf.json", data)
+    env = {**os.environ, "DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "1s"}  # Dask forgets a gone worker soon
+    done = subprocess.run([PIPELINES, "run", str(conf)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=420)
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = (tmp_path / "runs" / "digits-classical" / "latest").resolve()
     assert manifest(run_dir)["engine"]["jobqueue"] == "slurm"
@@ -336,6 +342,7 @@ def test_a_worker_retired_by_its_lifetime_mid_stage_hands_its_work_on(slurm, tmp
     spans = [(dt.datetime.fromisoformat(s["started"]), dt.datetime.fromisoformat(s["finished"])) for s in entries]
     mid = [t for t in retired for a, b in spans if a <= t.replace(tzinfo=dt.UTC) <= b]
     assert mid, (retired, spans)
+    assert len(list(logs.glob("*.err"))) > 2  # retired workers' jobs were replaced by new ones
     assert_same_outputs(run_dir, reference)
 
 
@@ -354,7 +361,7 @@ def test_two_runs_of_one_pipeline_at_once_one_runs_and_the_other_stops_with_the_
     assert re.fullmatch(
         r"error: another run of pipeline 'fair' is in progress \(pid \d+ on \S+ since \S+\); "
         r"it was not started again \(use --wait to queue behind it\)",
-        one_line(loser),
+        the_error(loser),
     ), loser
     (only,) = run_dirs(runs, "fair")  # the stopped run left no run directory
     assert (runs / "fair" / "latest").resolve() == only
@@ -378,3 +385,21 @@ def test_runs_queued_with_wait_and_another_pipeline_beside_them_do_not_interfere
     for run_dir in (a, b, cancer):
         intact(run_dir)
     assert_same_outputs(b, a, model="lm")
+
+
+def test_a_file_size_limit_is_named_like_a_full_disk(tmp_path):
+    """RLIMIT_FSIZE (`ulimit -f`: EFBIG), the check that runs where a tmpfs cannot be mounted: the same error kind."""
+    target = tmp_path / "out" / "big.bin"
+    script = f"""
+import resource
+from pipelines.atomic import atomic_write_bytes
+from pipelines.errors import EnvironmentProblem
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    atomic_write_bytes({str(target)!r}, b"x" * 100_000)
+except EnvironmentProblem as exc:
+    print(exc)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.stdout.strip() == f"file too large writing {target}", out.stderr[-2000:]
+    assert list(target.parent.iterdir()) == []  # the temp file went with the failed write

@@ -9,9 +9,12 @@ from pydantic import Field, PositiveInt
 from pipelines.launch.config import JobqueueSettings
 from pipelines.settings import StrictModel
 
+# Local mode retries a failed task only when the master says so: 4 attempts, as spark.task.maxFailures on a cluster.
+LOCAL_MASTER = "local[*,4]"
+
 
 class SparkSettings(StrictModel):
-    """How to reach Spark; master None means the one spark-submit gave, else local[*]."""
+    """How to reach Spark; master None means the one spark-submit gave, else LOCAL_MASTER (a user's master wins)."""
 
     master: str | None = None
     app_name: str | None = None

@@ -12,7 +12,9 @@ import dask
 import dask.dataframe as dd
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from distributed import wait
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from pipelines.engines.base import (
     Block,
@@ -26,6 +28,7 @@ from pipelines.engines.base import (
     decode_result,
     empty_frame,
     encode_result,
+    to_arrow,
 )
 from pipelines.engines.config import DaskSettings
 from pipelines.engines.quiet import engine_log_dir, stderr_to, translated, verbose
@@ -43,7 +46,25 @@ def quiet_logger(name: str) -> None:
     logger.propagate = True
 
 
+class StderrTo(WorkerPlugin):
+    """A worker plugin: the worker process's stderr appends to a file (a worker its nanny restarts gets it too)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def setup(self, worker: Any) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.dup2(fd, 2)
+        os.close(fd)
+
+
 def _reduce_one(fn: ReduceFn, part: pd.DataFrame) -> str:
+    return encode_result(fn(part))
+
+
+def _write_and_reduce(fn: ReduceFn, part: pd.DataFrame, path: str, index: int, schema: pa.Schema) -> str:
+    """Write one partition as `part.<index>.parquet` under path and return fn of it (one task, one partition)."""
+    pq.write_table(to_arrow(part, schema), os.path.join(path, f"part.{index}.parquet"))
     return encode_result(fn(part))
 
 
@@ -106,6 +127,8 @@ class DaskEngine(Engine):
                     silence_logs=logging.WARNING,
                 )
             self.client = Client(self._cluster)
+            if self.log_file:  # a worker restarted after a death is spawned later, with the terminal as stderr
+                self.client.register_plugin(StderrTo(str(self.log_file)), name="pipelines-stderr")
         if wait:
             self.client.wait_for_workers(wait, timeout=600)
         log.info("dask client ready: %s", self.client.scheduler.address)
@@ -211,13 +234,10 @@ class DaskEngine(Engine):
 
     @translated
     def write_parquet_reduce(self, frame: Any, path: str, schema: pa.Schema, fn: ReduceFn) -> list[dict[str, Any]]:
-        """One computation: each partition goes to its part file and to fn (one task graph, computed once)."""
-        write = frame.to_parquet(
-            path, write_index=False, engine="pyarrow", schema=schema, write_metadata_file=False, compute=False
-        )
-        parts = [dask.delayed(_reduce_one)(fn, p) for p in frame.to_delayed()]
-        _, *texts = dask.compute(write, *parts)
-        return [decode_result(text) for text in texts]
+        """Each partition is made once, by one task that writes its part file and runs fn on it."""
+        os.makedirs(path)
+        tasks = [dask.delayed(_write_and_reduce)(fn, p, path, i, schema) for i, p in enumerate(frame.to_delayed())]
+        return [decode_result(text) for text in dask.compute(*tasks)]
 
     def read_parquet(self, path: str) -> Any:
         return dd.read_parquet(path, engine="pyarrow")

@@ -33,8 +33,10 @@ _RAISED = re.compile(r"pipelines\.errors\.(\w+): ([^\n]*)")
 _GAVE_UP = re.compile(
     r"failed (\d+) times?, most recent failure: Lost task .*?\): (?:[\w.$]+(?:Exception|Error): )?(.*)"
 )
-# Reasons that say the process running the task died, not that the task's own code raised.
-_DIED = ("Python worker exited unexpectedly", "ExecutorLostFailure")
+# Reasons that say the process running the task died, not that the task's own code raised: a Python worker
+# that crashed, was never started (its daemon lost it) or stopped mid-stream (the JVM read EOF), an executor lost.
+_DIED = ("Python worker exited unexpectedly", "Python daemon failed to launch worker", "ExecutorLostFailure")
+_DIED_MID_STREAM = "java.io.EOFException"
 _RESUME = "the run is kept; `pipelines run --resume` continues it"
 
 
@@ -88,8 +90,11 @@ def lost_workers(exc: BaseException) -> EngineFailure | None:
                 f"dask gave up on task {task!r}: {allowed + 1} workers died running it (the last {where}); {_RESUME}"
             )
         found = _GAVE_UP.search(text)
-        if found and any(died in found.group(2) for died in _DIED):
-            reason = found.group(2).split(". Consider")[0].strip()
+        reason = found.group(2).strip() if found else ""
+        if reason == _DIED_MID_STREAM or any(died in reason for died in _DIED):
+            reason = reason.split(". Consider")[0].rstrip(".")
+            if reason == _DIED_MID_STREAM:
+                reason = f"its Python worker stopped mid-stream ({reason})"
             return EngineFailure(f"spark gave up on a task after {found.group(1)} attempts: {reason}; {_RESUME}")
     return None
 

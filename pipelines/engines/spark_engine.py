@@ -1,4 +1,4 @@
-"""Spark adapter: a SparkSession on local[*] (default), the master spark-submit gave, or a configured one."""
+"""Spark adapter: a SparkSession on local[*,4] (default), the master spark-submit gave, or a configured one."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from pipelines.engines.base import (
     encode_result,
     to_arrow,
 )
-from pipelines.engines.config import SparkSettings
+from pipelines.engines.config import LOCAL_MASTER, SparkSettings
 from pipelines.engines.quiet import engine_log_dir, log4j2_config, stderr_to, translated, verbose
 from pipelines.javacheck import require_java
 from pipelines.launch.ranks import RankJob, run_spark_ranks
@@ -101,7 +101,7 @@ class SparkEngine(Engine):
             if self.settings.master:
                 log.warning("spark-submit gave the master; ignoring engine.spark.master=%s", self.settings.master)
         else:
-            builder = builder.master(self.settings.master or "local[*]")
+            builder = builder.master(self.settings.master or LOCAL_MASTER)
             builder = builder.config("spark.ui.enabled", "false")
             builder = builder.config("spark.ui.showConsoleProgress", "false")
             builder = builder.config("spark.sql.shuffle.partitions", str(self.partitions))

@@ -1,15 +1,14 @@
 """Content digest of a written split: equal on every engine and run that writes the same rows, whatever its part files.
 
 Each row gets a 64-bit hash of its values in a canonical form (columns in schema order, each mixed with its name
-and Arrow type; floats by their bits with -0.0 as 0.0 and one NaN; text and bytes by BLAKE2b; nulls as one
-constant). The `_source` and `_row` columns make it a hash over (source file, row) and the values. A partition's
-digest is the sum of its row hashes mod 2^64 and its row count, so the split's digest does not depend on how the
-rows fall into partitions or files, nor on their order.
+and canonical kind; floats by their bits with -0.0 as 0.0 and one NaN; integers as int64; text (UTF-8) and bytes as
+their 64-bit words folded with SplitMix64; nulls as one constant). The `_source` and `_row` columns make it a hash
+over (source file, row) and the values. A partition's digest is the sum of its row hashes mod 2^64 and its row
+count, so the split's digest does not depend on how the rows fall into partitions or files, nor on their order.
 """
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from typing import Any
 
@@ -26,15 +25,41 @@ NAN_BITS = np.float64(np.nan).view(np.uint64)
 MASK = (1 << 64) - 1
 
 
+def _fold(block: np.ndarray) -> np.ndarray:
+    """Hash each row of a (rows, length) uint8 matrix: its zero-padded little-endian 64-bit words, each mixed with
+    its position by SplitMix64, summed with the mixed length (mod 2^64) and mixed once more; in row chunks."""
+    rows, length = block.shape
+    if length % 8:
+        block = np.concatenate([block, np.zeros((rows, 8 - length % 8), np.uint8)], axis=1)
+    words = np.ascontiguousarray(block).view("<u8")
+    positions = splitmix64(np.arange(words.shape[1], dtype=np.uint64))
+    out = np.empty(rows, dtype=np.uint64)
+    step = max(1, (1 << 19) // max(1, words.shape[1]))  # about 4 MB of words at a time
+    for lo in range(0, rows, step):
+        mixed = splitmix64(words[lo : lo + step] ^ positions)
+        out[lo : lo + step] = mixed.sum(axis=1, dtype=np.uint64)
+    return splitmix64(out + splitmix64(np.full(rows, length, dtype=np.uint64)))
+
+
 def _bytes_hashes(column: pa.Array) -> np.ndarray:
-    """BLAKE2b (64-bit) of each binary value, each distinct value hashed once; nulls as NULL."""
+    """A hash of each binary value (`_fold`); nulls as NULL. Values of one length are hashed together as a matrix:
+    straight from Arrow's buffer when every value has one length (images), else each distinct value once."""
+    n = len(column)
+    offsets = np.frombuffer(column.buffers()[1], dtype=np.int64)[column.offset : column.offset + n + 1]
+    lengths = np.diff(offsets)
+    if n and column.null_count == 0 and (lengths == lengths[0]).all():
+        data = np.frombuffer(column.buffers()[2] or b"", dtype=np.uint8)
+        return _fold(data[offsets[0] : offsets[-1]].reshape(n, int(lengths[0])))
     encoded = column.dictionary_encode()
-    keys = np.array(
-        [int.from_bytes(hashlib.blake2b(v, digest_size=8).digest(), "little") for v in encoded.dictionary.to_pylist()],
-        dtype=np.uint64,
-    )
+    values = encoded.dictionary.to_pylist()
+    sizes = np.array([len(v) for v in values], dtype=np.int64)
+    keys = np.zeros(len(values), dtype=np.uint64)
+    for size in np.unique(sizes):
+        pick = np.flatnonzero(sizes == size)
+        block = np.frombuffer(b"".join(values[i] for i in pick), dtype=np.uint8).reshape(len(pick), int(size))
+        keys[pick] = _fold(block)
     codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    out = np.full(len(column), NULL, dtype=np.uint64)
+    out = np.full(n, NULL, dtype=np.uint64)
     present = codes >= 0
     out[present] = keys[codes[present]]
     return out
@@ -68,11 +93,22 @@ def column_hashes(column: pa.Array) -> np.ndarray:
     return _bytes_hashes(as_bytes)
 
 
+def _kind(kind: pa.DataType) -> str:
+    """The canonical kind a column is hashed as (string and large_string, int32 and int64 are alike)."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if pa.types.is_floating(kind):
+        return "float"
+    if pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+        return "int"
+    return "bytes"
+
+
 def row_hashes(table: pa.Table) -> np.ndarray:
     """A 64-bit hash per row over its values, in column order, each column keyed by its name and type."""
     h = np.zeros(table.num_rows, dtype=np.uint64)
     for name, column in zip(table.column_names, table.columns, strict=True):
-        key = np.uint64(zlib.crc32(f"{name}:{column.type}".encode()))
+        key = np.uint64(zlib.crc32(f"{name}:{_kind(column.type)}".encode()))
         h = splitmix64(h ^ splitmix64(column_hashes(column.combine_chunks()) ^ key))
     return h
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import gzip
 import io
@@ -113,24 +114,37 @@ def open_source(path: str, compression: str | None) -> Any:
     return pa.input_stream(path, compression=compression)
 
 
+def _line_ends(buf: np.ndarray, next_byte: int | None) -> np.ndarray:
+    """Offsets of the bytes that end a line: every LF, and a CR not followed by LF (`next_byte` follows `buf`)."""
+    ends = np.flatnonzero(buf == LF)
+    crs = np.flatnonzero(buf == CR)
+    if len(crs):
+        following = np.append(buf, np.uint8(LF if next_byte == LF else 0))[crs + 1]
+        ends = np.union1d(ends, crs[following != LF])
+    return ends
+
+
+def _ends_by_quote_state(buf: np.ndarray, next_byte: int | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Line ends with an even and with an odd number of quotes before them in `buf`, and the parity of all its quotes.
+
+    RFC 4180: a doubled quote inside quotes flips twice, so the parity of the quotes seen so far tells inside a
+    quoted field from outside. Only the quote positions are searched, not every byte accumulated.
+    """
+    ends = _line_ends(buf, next_byte)
+    quotes = np.flatnonzero(buf == QUOTE)
+    if not len(quotes):
+        return ends, ends[:0], 0
+    odd = (np.searchsorted(quotes, ends) & 1).astype(bool)
+    return ends[~odd], ends[odd], len(quotes) & 1
+
+
 def record_ends(buf: np.ndarray, parity: int, next_byte: int | None) -> tuple[np.ndarray, int]:
     """Offsets of the record-ending bytes in `buf` (LF, CR LF's LF, a lone CR) outside quotes, and the parity after.
 
-    `parity` is 1 when `buf` starts inside a quoted field (RFC 4180: a doubled quote inside quotes flips twice, so
-    the parity of the quotes seen so far tells inside from outside); `next_byte` is the byte after `buf` (None at end).
+    `parity` is 1 when `buf` starts inside a quoted field; `next_byte` is the byte after `buf` (None at its end).
     """
-    cr = buf == CR
-    ends = buf == LF
-    if cr.any():
-        following = np.empty_like(buf)
-        following[:-1] = buf[1:]
-        following[-1] = LF if next_byte == LF else 0
-        ends = ends | (cr & (following != LF))
-    quotes = buf == QUOTE
-    if not quotes.any():
-        return (np.flatnonzero(ends) if not parity else np.empty(0, np.int64)), parity
-    inside = np.bitwise_xor.accumulate(quotes.view(np.uint8)) ^ parity
-    return np.flatnonzero(ends & (inside == 0)), int(inside[-1])
+    even, odd, flips = _ends_by_quote_state(buf, next_byte)
+    return (odd if parity else even), parity ^ flips
 
 
 @dataclass(frozen=True)
@@ -155,12 +169,13 @@ def _scan_block(block: tuple[str, int, int]) -> BlockScan:
                 break
             nxt = fh.read(1)
             fh.seek(-len(nxt), os.SEEK_CUR)
-            buf = np.frombuffer(chunk, dtype=np.uint8)
+            by_state = _ends_by_quote_state(np.frombuffer(chunk, dtype=np.uint8), nxt[0] if nxt else None)
             for state in (0, 1):
-                ends, parities[state] = record_ends(buf, parities[state], nxt[0] if nxt else None)
+                ends = by_state[parities[state]]  # outside quotes: an even count since the block began, if it began so
                 if firsts[state] < 0 and len(ends):
                     firsts[state] = pos + int(ends[0])
                 counts[state] += len(ends)
+                parities[state] ^= by_state[2]
             pos += len(chunk)
     return BlockScan((counts[0], counts[1]), (firsts[0], firsts[1]), parities[0])
 
@@ -354,6 +369,22 @@ def npz_names(path: str) -> list[str]:
             return list(archive.files)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: not a readable .npz archive ({exc})") from exc
+
+
+def with_distinct_names(files: Sequence[SourceFile]) -> list[SourceFile]:
+    """The files named by their base names or, where two share one, all by their paths below their common folder.
+
+    Rows are known by (file name, row) in the quarantine, the split and the digest, so names must differ; the same
+    path given twice is refused.
+    """
+    paths = [os.path.abspath(f.path) for f in files]
+    twice = sorted({p for p in paths if paths.count(p) > 1})
+    if twice:
+        raise DataError(f"{twice[0]}: the same input file is given twice")
+    if len({f.name for f in files}) == len(files):
+        return list(files)
+    root = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+    return [dataclasses.replace(f, name=os.path.relpath(p, root)) for f, p in zip(files, paths, strict=True)]
 
 
 def balanced_segments(files: list[SourceFile], parts: int) -> list[list[Segment]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +68,10 @@ class Plan:
     declared: dict[str, int] = field(default_factory=dict)
     images: dict[str, ImageInput] = field(default_factory=dict)
 
+    def unsplit(self) -> list[str]:
+        """Names of the files read whole by one task (compressed: a stream cannot be split)."""
+        return [f.name for f in self.files if not f.splittable]
+
     def declared_files(self) -> dict[str, list[str]]:
         """File names per declared split."""
         out: dict[str, list[str]] = {}
@@ -107,19 +110,21 @@ def plan_ingest(
             )
         else:
             files = sources.index_parquet_files(paths)
-        _unique_names(files)
+        files = sources.with_distinct_names(files)
         if table is None:
             table = resolve_table_schema(dataset, list(files[0].columns), files[0].path)
             for f in files[1:]:
                 resolve_table_schema(dataset, list(f.columns), f.path)
         else:
             table = _given_table(table, files, labels_optional)
-        codes = {os.path.basename(p): code for code, group in groups if code is not None for p in group}
+        file_codes = [code for code, group in groups for _ in group]
+        codes = {f.name: code for f, code in zip(files, file_codes, strict=True) if code is not None}
         return Plan(dataset, files, sources.balanced_segments(files, partitions), table=table, declared=codes)
     inputs = [_image_input(dataset, dataset.path, dataset.labels_path, labels_optional)]
     inputs += [_image_input(dataset, path, labels, False) for _, path, labels in declared]
+    named = sources.with_distinct_names([i.images for i in inputs])
+    inputs = [dataclasses.replace(i, images=f) for i, f in zip(inputs, named, strict=True)]
     main = inputs[0]
-    _unique_names([i.images for i in inputs])
     for other in inputs[1:]:
         if np.dtype(other.images.dtype) != np.dtype(main.images.dtype):
             raise DataError(
@@ -165,17 +170,6 @@ def _image_input(
     if int(np.prod(images.shape)) != int(np.prod(declared)):
         problem = f"image shape {images.shape} does not match declared shape {declared}"
     return ImageInput(images, labels, problem)
-
-
-def _unique_names(files: Sequence[sources.SourceFile]) -> None:
-    """Rows are known by file name (quarantine, split membership): two input files may not share one."""
-    seen: dict[str, str] = {}
-    for f in files:
-        if f.name in seen:
-            same = seen[f.name] == f.path
-            what = f"{f.path} is given twice" if same else f"{seen[f.name]} and {f.path} have the same name"
-            raise DataError(f"{what}; rows are known by file name (quarantine, split membership)")
-        seen[f.name] = f.path
 
 
 def _given_table(table: TableSchema, files: list[sources.SourceFile], labels_optional: bool) -> TableSchema:
@@ -248,6 +242,7 @@ class IngestResult(StageResult):
     input_columns: list[str] = field(default_factory=list)
     split_rejected: dict[str, int] = field(default_factory=dict)
     declared_files: dict[str, list[str]] = field(default_factory=dict)
+    unsplit_files: list[str] = field(default_factory=list)
     splits_digest: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def model_columns(self) -> tuple[list[str], str | None]:
@@ -268,6 +263,7 @@ class IngestResult(StageResult):
             "splits": self.splits,
             "split_rejected": self.split_rejected,
             "declared_files": self.declared_files,
+            "unsplit_files": self.unsplit_files,
             "splits_digest": self.splits_digest,
             "partitions": len(self.partition_rows),
             "partition_rows": self.partition_rows,
@@ -321,6 +317,7 @@ class IngestResult(StageResult):
             image_shape=tuple(facts["image_shape"]) if facts["image_shape"] else None,
             split_rejected=facts.get("split_rejected", {}),  # absent from runs recorded before these facts
             declared_files=facts.get("declared_files", {}),
+            unsplit_files=facts.get("unsplit_files", []),
             splits_digest=facts.get("splits_digest", {}),
         )
 
@@ -424,7 +421,10 @@ def run_ingest(
             input_columns=list(plan.files[0].columns),
             split_rejected={name: sum(s["split_rejected"][name] for s in stats) for name in SPLIT_NAMES.values()},
             declared_files=plan.declared_files(),
+            unsplit_files=plan.unsplit(),
         )
+        if plan.unsplit():
+            log.info("%s: compressed, read whole by one task each: %s", dataset.name, ", ".join(plan.unsplit()))
         if plan.table is None:
             result.image_dtype = stored_image_dtype(plan.files[0].dtype, stage.image_scale)
             result.image_shape = tuple(dataset.image.shape)

@@ -5,8 +5,8 @@
   ones that do (dask-jobqueue #207, #681). The scheduler (on the submitting node) and the workers (on
   compute nodes) may use different interfaces.
 - Walltime: workers retire before their job's walltime (`--lifetime` with `--lifetime-stagger`), so
-  their data and tasks move to other workers instead of dying mid-task (dask-jobqueue #122); with
-  adaptive scaling new jobs replace them.
+  their data and tasks move to other workers instead of dying mid-task (dask-jobqueue #122); new jobs
+  replace them (`keep_size`: neither fixed nor adaptive scaling does by itself), so a run outlives its workers.
 - Adaptive scaling: a worker must be idle for `wait_count` checks before it is retired, so it is not
   churned between pipeline steps (dask-jobqueue #701).
 """
@@ -152,4 +152,28 @@ def scale(cluster: Any, settings: JobqueueSettings) -> int:
         cluster.adapt(minimum_jobs=a.minimum, maximum_jobs=a.maximum, wait_count=a.wait_count, interval=a.interval)
         return max(1, a.minimum) * per_job
     cluster.scale(jobs=settings.jobs)
+    if lifetime(settings) is not None:
+        keep_size(cluster)
     return settings.jobs * per_job
+
+
+KEEP_EVERY_MS = 3000
+
+
+def keep_size(cluster: Any) -> None:
+    """Start a new job for each worker that left on its own (retired at its lifetime) while the cluster runs.
+
+    Dask forgets a lost worker after `distributed.deploy.lost-worker-timeout`, but only a scale call opens its
+    job again: every few seconds this scales to the jobs the cluster already plans (adaptive scaling sees its
+    plan unchanged and would not). The callback stops when the cluster closes.
+    """
+    from distributed.core import Status
+    from tornado.ioloop import PeriodicCallback
+
+    def again() -> None:
+        if cluster.status == Status.running:
+            cluster.scale(jobs=len(cluster.worker_spec))
+
+    callback = PeriodicCallback(again, KEEP_EVERY_MS)
+    cluster.periodic_callbacks["pipelines-keep-size"] = callback
+    cluster.loop.add_callback(callback.start)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from pipelines.atomic import full_disk_named
 from pipelines.errors import PipelineError
 
 
@@ -43,11 +44,12 @@ def pipeline_lock(runs_dir: Path, pipeline: str, wait: bool = False, timeout: fl
                         "it was not started again (use --wait to queue behind it)"
                     ) from None
                 time.sleep(1.0)
-        fh.seek(0)
-        fh.truncate()
         since = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {since}\n")
-        fh.flush()
+        with full_disk_named(path):
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {since}\n")
+            fh.flush()
         yield path
     finally:
         fh.close()  # closing releases the flock

@@ -8,7 +8,10 @@ import json
 import logging
 import os
 import platform
+import re
 import secrets
+import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Any
 import yaml
 
 from pipelines import __version__
-from pipelines.atomic import atomic_dir, atomic_write_json, atomic_write_text, checksum_tree
+from pipelines.atomic import atomic_dir, atomic_write_json, atomic_write_text, checksum_tree, full_disk_named
 from pipelines.errors import PipelineError
 
 log = logging.getLogger("pipelines")
@@ -26,6 +29,27 @@ CONFIG = "config.yaml"
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
 LATEST = "latest"
+# Temp files and folders of atomic writes (pipelines.atomic): `.name.tmp-1a2b3c4d`, `.name.old-1a2b3c4d`.
+LEFTOVER = re.compile(r"^\..+\.(tmp|old)-[0-9a-f]{8}$")
+
+
+class RunLog(logging.FileHandler):
+    """A run's logs/run.log; a record it cannot write (a full disk) is dropped, not printed to stderr."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handleError(record)
+
+
+def remove_leftovers(directory: Path) -> list[Path]:
+    """Delete the temp files and folders that writes killed mid-way left in a run directory."""
+    found = [p for p in directory.rglob(".*") if LEFTOVER.match(p.name)]
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return found
 
 
 def new_run_id() -> str:
@@ -50,11 +74,15 @@ class Run:
 
     @classmethod
     def create(cls, pipeline: str, runs_root: str | os.PathLike[str], config_yaml: str, engine: dict[str, Any]) -> Run:
-        """Make a new run directory with its config, an empty manifest (status `running`) and a log file."""
+        """Make a new run directory with its config, an empty manifest (status `running`) and a log file.
+
+        A directory that cannot be completed (a full disk) is removed again: a run that never started leaves nothing.
+        """
         run_id = new_run_id()
         directory = Path(runs_root) / pipeline / run_id
-        directory.mkdir(parents=True, exist_ok=False)
-        (directory / "logs").mkdir()
+        with full_disk_named(directory):
+            directory.mkdir(parents=True, exist_ok=False)
+            (directory / "logs").mkdir()
         manifest: dict[str, Any] = {
             "pipeline": pipeline,
             "run_id": run_id,
@@ -68,10 +96,15 @@ class Run:
             "stages": [],
             "outputs": {},
         }
-        atomic_write_text(directory / CONFIG, config_yaml)
         run = cls(directory, manifest, {})
-        run._attach_log()
-        run.save()
+        try:
+            atomic_write_text(directory / CONFIG, config_yaml)
+            run._attach_log()
+            run.save()
+        except BaseException:
+            run._detach_log()
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
         return run
 
     @classmethod
@@ -85,8 +118,14 @@ class Run:
         run = cls(path, manifest, metrics)
         manifest.update(status="running", finished=None)
         manifest.pop("error", None)
+        for entry in manifest["stages"]:
+            if entry["status"] == "running":  # the process running it was killed
+                entry["status"] = "interrupted"
+        removed = remove_leftovers(path)
         manifest.setdefault("resumed", []).append(now())
         run._attach_log()
+        if removed:
+            log.info("resume: removed %d temp file(s) of writes cut short: %s", len(removed), removed)
         run.save()
         return run
 
@@ -104,7 +143,7 @@ class Run:
         atomic_write_text(self.dir / CONFIG, config_yaml)
 
     def _attach_log(self) -> None:
-        self._handler = logging.FileHandler(self.dir / "logs" / "run.log")
+        self._handler = RunLog(self.dir / "logs" / "run.log")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         log.addHandler(self._handler)
         if log.level == logging.NOTSET or log.level > logging.INFO:
@@ -171,10 +210,16 @@ class Run:
         self.manifest["finished"] = now()
         if error:
             self.manifest["error"] = error
-        self.save()
+        try:
+            self.save()
+        finally:
+            self._detach_log()
+
+    def _detach_log(self) -> None:
         if self._handler is not None:
             log.removeHandler(self._handler)
-            self._handler.close()
+            with contextlib.suppress(OSError):  # its last lines may not fit on a full disk
+                self._handler.close()
             self._handler = None
 
     def point_latest(self) -> None:

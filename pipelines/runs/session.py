@@ -62,7 +62,10 @@ def run_session(
         try:
             yield run
         except BaseException as exc:
-            run.finish("failed", f"{type(exc).__name__}: {exc}")
+            try:
+                run.finish("failed", f"{type(exc).__name__}: {exc}")
+            except PipelineError as cannot:  # a full disk: the manifest stays `running`, never `succeeded`
+                log.info("could not mark %s failed: %s", run.dir, cannot)
             raise
         run.finish("succeeded")
         run.point_latest()
