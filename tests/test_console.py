@@ -158,3 +158,18 @@ def test_runs_lists_and_compares_real_runs_with_train_and_test_metric_names(tmp_
     assert "stages[0].split.seed" in out and "lm.test_r2" in out and "lm.train_r_squared" in out
     a = json.loads((first / "metrics.json").read_text())["lm"]["test_r2"]
     assert f"{metrics['test_r2'] - a:+.4g}" in out  # the change, b - a
+
+
+def test_engine_logs_older_than_a_week_are_pruned(tmp_path, monkeypatch):
+    """The engine log folder keeps recent logs and drops those not written for LOG_KEEP_DAYS (runs' logs stay)."""
+    from pipelines.engines.quiet import LOG_KEEP_DAYS, engine_log_dir
+
+    monkeypatch.setenv("PIPELINES_LOG_DIR", str(tmp_path))
+    old, fresh, other = tmp_path / "spark-1.log", tmp_path / "dask-2.log", tmp_path / "notes.txt"
+    for path in (old, fresh, other):
+        path.write_text("x")
+    stale = os.path.getmtime(fresh) - LOG_KEEP_DAYS * 86400 - 60
+    os.utime(old, (stale, stale))
+    os.utime(other, (stale, stale))
+    assert engine_log_dir() == tmp_path
+    assert not old.exists() and fresh.exists() and other.exists()

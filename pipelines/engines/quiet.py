@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from functools import wraps
 from pathlib import Path
@@ -45,12 +46,28 @@ def verbose() -> bool:
     return logging.getLogger("pipelines").isEnabledFor(logging.DEBUG)
 
 
+LOG_KEEP_DAYS = 7
+
+
 def engine_log_dir() -> Path:
-    """A folder for this process's engine logs (Spark's log4j file, worker output); its path is logged."""
+    """A folder for this process's engine logs (Spark's log4j file, worker output); its path is logged.
+
+    Engine logs older than LOG_KEEP_DAYS are removed from it (a run's own log stays in its run directory).
+    """
     base = os.environ.get("PIPELINES_LOG_DIR")
     folder = Path(base) if base else Path(tempfile.gettempdir()) / f"pipelines-{os.getuid()}"
     folder.mkdir(parents=True, exist_ok=True)
+    prune_logs(folder, LOG_KEEP_DAYS * 86400)
     return folder
+
+
+def prune_logs(folder: Path, max_age_s: float) -> None:
+    """Remove the engine log files (`*.log`, `*.properties`) in `folder` not written for `max_age_s` seconds."""
+    cutoff = time.time() - max_age_s
+    for path in [*folder.glob("*.log"), *folder.glob("*.properties")]:
+        with contextlib.suppress(OSError):  # another process may remove or still write it
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
 
 
 def _chain(exc: BaseException) -> Iterator[tuple[BaseException, str]]:
