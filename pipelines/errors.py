@@ -53,6 +53,4 @@ class EngineFailure(PipelineError):
     kind = "engine error"
 
 
-KINDS: dict[str, type[PipelineError]] = {
-    cls.__name__: cls for cls in (PipelineError, ConfigError, DataError, EnvironmentProblem, UsageError, EngineFailure)
-}
+KINDS: dict[str, type[PipelineError]] = {cls.__name__: cls for cls in (PipelineError, *PipelineError.__subclasses__())}

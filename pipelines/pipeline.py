@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,7 +18,7 @@ from pipelines.plan import require_valid_plan
 from pipelines.protocol import NotRestorable, StageContext, StageResult
 from pipelines.report import build_report
 from pipelines.runs import Run, config_diff, corrupt_outputs, run_session
-from pipelines.tracking import tracked
+from pipelines.tracking import track_run
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,10 @@ def run_pipeline(
     root = runs_root or config.runs_dir
     engine_facts = {"kind": config.engine.kind, "partitions": config.engine.partitions}
     session = run_session(config.name, root, dump_config(config), engine_facts, resume, wait, config.keep_runs)
-    with tracked(reported(session), config.tracking, [s.output_name for s in config.stages]) as run:
+    names = [s.output_name for s in config.stages]
+    tracking = config.tracking
+    steps = [write_report] + ([lambda run, _: track_run(run, tracking, names)] if tracking else [])
+    with then(session, *steps) as run:
         start = 0
         if run.manifest.get("resumed"):
             start = first_changed_stage(config, run, force)
@@ -127,12 +130,8 @@ def run_pipeline(
 
 
 @contextlib.contextmanager
-def reported(session: contextlib.AbstractContextManager[Run]) -> Iterator[Run]:
-    """A run session that leaves report.html in the run directory when it ends, succeeded or failed.
-
-    A report that cannot be written is logged; it never replaces the run's own outcome or error (a full disk
-    that already failed the run is not said twice).
-    """
+def then(session: contextlib.AbstractContextManager[Run], *steps: Callable[[Run, bool], None]) -> Iterator[Run]:
+    """A run session followed, once it ends (succeeded or failed), by each step on its run (and whether it failed)."""
     run: Run | None = None
     try:
         with session as run:
@@ -140,12 +139,22 @@ def reported(session: contextlib.AbstractContextManager[Run]) -> Iterator[Run]:
     finally:
         failing = sys.exc_info()[1] is not None
         if run is not None:
-            try:
-                log.info("report: %s", build_report(run.dir))
-            except EnvironmentProblem as exc:
-                (log.info if failing else log.warning)("no report for %s: %s", run.dir, exc)
-            except Exception:
-                log.exception("could not write the report of %s", run.dir)
+            for step in steps:
+                step(run, failing)
+
+
+def write_report(run: Run, failing: bool) -> None:
+    """Leave report.html in the run directory.
+
+    A report that cannot be written is logged; it never replaces the run's own outcome or error (a full disk
+    that already failed the run is not said twice).
+    """
+    try:
+        log.info("report: %s", build_report(run.dir))
+    except EnvironmentProblem as exc:
+        (log.info if failing else log.warning)("no report for %s: %s", run.dir, exc)
+    except Exception:
+        log.exception("could not write the report of %s", run.dir)
 
 
 def supersede(run: Run, names: list[str]) -> None:

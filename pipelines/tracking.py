@@ -9,20 +9,20 @@ its models/, deep/, plots/ and tensorboard/ folders as artifacts). A tracking fa
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import importlib.util
 import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from pipelines.runs.history import RunRecord
 from pipelines.runs.run import CONFIG, MANIFEST, METRICS, Run
 from pipelines.settings import StrictModel
 
@@ -154,10 +154,9 @@ def log_run(run_dir: str | Path, settings: TrackingConfig, stage_names: list[str
     """
     from mlflow.tracking import MlflowClient
 
-    run_dir = Path(run_dir)
-    manifest = json.loads((run_dir / MANIFEST).read_text())
+    record = RunRecord.read(run_dir)
+    run_dir, manifest, metrics = record.dir, record.manifest, record.metrics
     config = yaml.safe_load((run_dir / CONFIG).read_text())
-    metrics = json.loads((run_dir / METRICS).read_text()) if (run_dir / METRICS).exists() else {}
     run_id, status = manifest["run_id"], manifest["status"]
     client = MlflowClient(tracking_uri=settings.uri)
     experiment = _experiment(client, settings, manifest["pipeline"])
@@ -189,19 +188,10 @@ def log_run(run_dir: str | Path, settings: TrackingConfig, stage_names: list[str
     return parent
 
 
-@contextlib.contextmanager
-def tracked(
-    session: contextlib.AbstractContextManager[Run], settings: TrackingConfig | None, stage_names: list[str]
-) -> Iterator[Run]:
-    """A run session whose run is logged to MLflow once it ends, succeeded or failed; a failure to log warns."""
-    run: Run | None = None
+def track_run(run: Run, settings: TrackingConfig, stage_names: list[str]) -> None:
+    """Log a run that ended, succeeded or failed, to MLflow; a failure to log warns and never fails the run."""
     try:
-        with session as run:
-            yield run
-    finally:
-        if run is not None and settings is not None:
-            try:
-                parent = log_run(run.dir, settings, stage_names)
-                log.info("tracking: %s logged to %s as MLflow run %s", run.id, settings.uri, parent)
-            except Exception as exc:  # tracking never fails the run
-                log.warning("tracking: could not log %s to %s: %s: %s", run.dir, settings.uri, type(exc).__name__, exc)
+        parent = log_run(run.dir, settings, stage_names)
+        log.info("tracking: %s logged to %s as MLflow run %s", run.id, settings.uri, parent)
+    except Exception as exc:  # tracking never fails the run
+        log.warning("tracking: could not log %s to %s: %s: %s", run.dir, settings.uri, type(exc).__name__, exc)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_deep import digits_config
 
 from pipelines.classical.persist import load_model
 from pipelines.cli import main
@@ -25,6 +26,12 @@ BAD_LINES = {  # appended after the good rows: the reason each gets in quarantin
     "missing": "missing label",
     "short": "malformed row: 2 fields, expected 31",
 }
+
+
+def digits_cnn_config(tmp_path: Path) -> dict:
+    """Digits split 80/20, then a 2-rank mnist_cnn trained for 2 epochs."""
+    deep = {"stage": "deep", "model": "mnist_cnn", "epochs": 2, "batch_size": 32, "ranks": 2, "plots": False}
+    return digits_config(tmp_path, deep, split={"test_fraction": 0.2, "seed": 42})
 
 
 def cancer_config(tmp_path: Path) -> dict:
@@ -158,32 +165,13 @@ def test_the_command_reports_a_user_error_in_one_line(cancer_run, tmp_path, caps
     assert len(lines) == 1 and lines[0].startswith("usage error: stage 'ingest' is a ingest stage, not a model")
 
 
-def digits_run_config(tmp_path: Path) -> dict:
-    return {
-        "name": "digits-predict",
-        "runs_dir": str(tmp_path / "runs"),
-        "engine": {"kind": "dask", "partitions": 3},
-        "dataset": {
-            "name": "digits",
-            "format": "idx",
-            "path": "bundled:digits/images",
-            "labels_path": "bundled:digits/labels",
-            "image": {"shape": [8, 8], "classes": 10},
-        },
-        "stages": [
-            {"stage": "ingest", "split": {"test_fraction": 0.2, "seed": 42}},
-            {"stage": "deep", "model": "mnist_cnn", "epochs": 2, "batch_size": 32, "ranks": 2, "plots": False},
-        ],
-    }
-
-
 @pytest.mark.slow
 def test_keras_network_predictions_agree_on_spark_and_dask_and_with_keras_in_process(
     dask_engine, spark_engine, tmp_path
 ):
     import keras
 
-    run = run_pipeline(parse_config(digits_run_config(tmp_path)), engine=dask_engine).run
+    run = run_pipeline(parse_config(digits_cnn_config(tmp_path)), engine=dask_engine).run
     images, labels = _digits()
     labels = labels[:300].copy()
     labels[[5, 77]] = 12  # outside 0..9: quarantined, as ingest would

@@ -12,6 +12,7 @@ import pandas as pd
 
 from pipelines.engines.base import Block, Engine
 from pipelines.errors import DataError
+from pipelines.ingest.transform import image_pixels
 
 R = TypeVar("R")
 
@@ -59,8 +60,7 @@ def extract_block(pdf: pd.DataFrame, features: Sequence[str], label: str | None)
 
 def extract_image_block(pdf: pd.DataFrame, dtype: str, pixels: int, label: str = "label") -> Block:
     """One partition of an image split: the pixel matrix (float64), labels and row numbers."""
-    raw = b"".join(pdf["image"].to_numpy()) if len(pdf) else b""
-    x = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape(len(pdf), pixels).astype("float64")
+    x = image_pixels(pdf["image"].to_numpy(), dtype, (pixels,)).astype("float64")
     frame = pd.DataFrame({"_source": pdf["_source"].to_numpy(), "_row": pdf["_row"].to_numpy(), label: pdf[label]})
     return {**extract_block(frame, [], label), "x": x}
 

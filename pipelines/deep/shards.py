@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from pipelines.atomic import atomic_write_json, sha256_file
 from pipelines.engines.base import Engine
 from pipelines.errors import DataError
+from pipelines.ingest.transform import image_pixels
 
 MANIFEST = "manifest.json"
 FORMAT = "pipelines-tensor-shards/1"
@@ -57,8 +58,7 @@ def partition_tensors(
     y = pdf[label].to_numpy(dtype="int64") if len(pdf) else np.empty(0, dtype="int64")
     if image is not None:
         dtype, shape = image
-        raw = b"".join(pdf["image"].to_numpy()) if len(pdf) else b""
-        x = np.frombuffer(raw, dtype=np.dtype(dtype)).reshape((len(pdf), *shape)).astype("float32")
+        x = image_pixels(pdf["image"].to_numpy(), dtype, shape).astype("float32")
     else:
         x = pdf[list(features)].to_numpy(dtype="float32") if len(pdf) else np.empty((0, len(features)), "float32")
     if classes is not None:

@@ -151,6 +151,12 @@ def image_output_schema() -> pa.Schema:
     return pa.schema(KEEP_META + [pa.field("image", pa.binary()), pa.field("label", pa.int64())])
 
 
+def image_pixels(blobs: np.ndarray, dtype: str | np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """The images of a written split's `image` column as one array of `shape` per row (no copy of the pixels)."""
+    raw = b"".join(blobs) if len(blobs) else b""
+    return np.frombuffer(raw, dtype=np.dtype(dtype)).reshape((len(blobs), *shape))
+
+
 def stored_image_dtype(dtype: str, scale: str) -> str:
     """NumPy dtype of the pixel bytes transform_images writes: float32 when unit-scaled, else the file's own."""
     return "float32" if scale == "unit" else np.dtype(dtype).str
@@ -163,7 +169,7 @@ def transform_images(pdf: pd.DataFrame, split: int, dtype: str, scale: str) -> p
     if scale == "unit" and len(images):
         dt = np.dtype(dtype).newbyteorder("=")
         divisor = float(np.iinfo(dt).max) if np.issubdtype(dt, np.integer) else 1.0
-        pixels = np.frombuffer(b"".join(images), dtype=dt).reshape(len(images), -1)
+        pixels = image_pixels(images, dt, (-1,))
         scaled = pixels.astype(np.float32) / np.float32(divisor)
         images = np.array([row.tobytes() for row in scaled], dtype=object)
     return pd.DataFrame(

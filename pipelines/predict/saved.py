@@ -19,6 +19,7 @@ from pipelines.deep.stage import DeepStage, tensors_key
 from pipelines.errors import DataError, UsageError
 from pipelines.ingest.stage import IngestResult, IngestStage
 from pipelines.runs import Run
+from pipelines.runs.history import RunRecord
 from pipelines.runs.run import CONFIG, MANIFEST
 
 Task = Literal["classify", "regress", "cluster", "reconstruct"]
@@ -70,7 +71,7 @@ def load_saved(run_dir: str | Path, name: str) -> SavedStage:
     run_dir = Path(run_dir).resolve()
     if not (run_dir / MANIFEST).is_file() or not (run_dir / CONFIG).is_file():
         raise UsageError(f"{run_dir}: not a run directory (needs {CONFIG} and {MANIFEST})")
-    manifest = json.loads((run_dir / MANIFEST).read_text())
+    manifest = RunRecord.read(run_dir).manifest
     config = load_config(run_dir / CONFIG)
     names = [s.output_name for s in config.stages]
     if name not in names:

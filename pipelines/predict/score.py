@@ -17,7 +17,13 @@ import pyarrow as pa
 
 from pipelines.ingest.schema import TableSchema
 from pipelines.ingest.split import TRAIN
-from pipelines.ingest.transform import Fitted, stored_image_dtype, transform_images, transform_table
+from pipelines.ingest.transform import (
+    Fitted,
+    image_pixels,
+    stored_image_dtype,
+    transform_images,
+    transform_table,
+)
 from pipelines.predict.saved import ModelRef
 
 KERAS_BATCH = 1024
@@ -74,8 +80,7 @@ class Scorer:
         else:
             dtype, shape, scale = self.image
             rows = transform_images(pdf, TRAIN, dtype, scale)
-            raw = b"".join(rows["image"].to_numpy()) if len(rows) else b""
-            x = np.frombuffer(raw, dtype=stored_image_dtype(dtype, scale)).reshape((len(rows), *shape))
+            x = image_pixels(rows["image"].to_numpy(), stored_image_dtype(dtype, scale), shape)
         out: dict[str, Any] = {"source_file": rows["_source"].to_numpy(), "row": rows["_row"].to_numpy()}
         if len(rows):
             out.update(self._keras(x) if self.model.kind == "keras" else self._classical(x))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import UsageError
+from pipelines.runs.history import RunRecord
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 INLINE_LIST = 12  # lists of scalars up to this length are shown inline, longer ones by their length
@@ -139,10 +139,6 @@ def flatten(values: dict[str, Any], prefix: str = "") -> tuple[list[tuple[str, s
     return rows, tables
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def _figure(run_dir: Path, path: Path) -> Figure | None:
     data = path.read_bytes()
     if not data.startswith(PNG_SIGNATURE):
@@ -184,12 +180,8 @@ def _log_tail(run_dir: Path) -> str:
 
 def read_run(run_dir: str | Path) -> RunContent:
     """Read a run directory's config, manifest, metrics, summaries, figures and log tail."""
-    directory = Path(run_dir).resolve()
-    manifest_path = directory / "manifest.json"
-    if not manifest_path.is_file():
-        raise UsageError(f"{directory}: not a run directory (no manifest.json)")
-    manifest = json.loads(manifest_path.read_text())
-    metrics = _read_json(directory / "metrics.json")
+    record = RunRecord.read(Path(run_dir).resolve())
+    directory, manifest, metrics = record.dir, record.manifest, record.metrics
     config = directory / "config.yaml"
     entries = manifest.get("stages", [])
     newest = {e["name"]: e for e in entries}  # the last entry of a name wins (earlier ones were superseded)
