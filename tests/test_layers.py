@@ -23,6 +23,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"protocol": ("pipelines.protocol",)},
     {"ingest": ("pipelines.ingest",)},
     {"classical": ("pipelines.classical",), "deep": ("pipelines.deep",)},
+    {"sweep": ("pipelines.sweep",), "pack": ("pipelines.pack",)},
     {"registry": ("pipelines.registry",)},
     {"config": ("pipelines.config",)},
     {"plan": ("pipelines.plan",)},

@@ -7,7 +7,9 @@ Spark's mapInArrow, native pandas partitions for Dask), so stage logic is writte
 from __future__ import annotations
 
 import abc
+import concurrent.futures as cf
 import json
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -50,6 +52,28 @@ def decode_result(text: str) -> dict[str, Any]:
     return json.loads(text)
 
 
+class TaskError(RuntimeError):
+    """A submitted task raised on its worker: the exception's type and message, in one line."""
+
+
+def captured(fn: Callable[[T], R], item: T) -> tuple[bool, Any]:
+    """Run fn(item) on a worker: (True, result), or (False, "Type: message") so the engine does not retry it."""
+    try:
+        return True, fn(item)
+    except Exception as exc:
+        text = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return False, text.splitlines()[0] if text else type(exc).__name__
+
+
+def settle(future: cf.Future, pair: tuple[bool, Any]) -> None:
+    """Complete a driver-side Future from a captured (ok, value) pair."""
+    ok, value = pair
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(TaskError(value))
+
+
 class Engine(abc.ABC):
     """A started Spark or Dask backend. Use as a context manager; frames are engine-native."""
 
@@ -82,6 +106,13 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def run_tasks(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         """Run fn on each item as independent tasks across workers; results in item order."""
+
+    @abc.abstractmethod
+    def submit(self, fn: Callable[[T], R], item: T, key: str) -> cf.Future:
+        """Start fn(item) now as one task on a worker; the Future ends with its result or raises `TaskError`.
+
+        A task that raises is not retried by the engine (the caller decides); `key` names it in the engine's UI.
+        """
 
     @abc.abstractmethod
     def from_tasks(self, fn: Callable[[T], pd.DataFrame], items: Sequence[T], schema: pa.Schema) -> Any:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import logging
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,14 +26,16 @@ from pipelines.engines.base import (
     R,
     ReduceFn,
     T,
+    captured,
     conform,
     decode_result,
     empty_frame,
     encode_result,
+    settle,
     to_arrow,
 )
 from pipelines.engines.config import DaskSettings
-from pipelines.engines.quiet import engine_log_dir, stderr_to, translated, verbose
+from pipelines.engines.quiet import engine_log_dir, lost_workers, stderr_to, translated, verbose
 from pipelines.launch.ranks import RankJob, run_dask_ranks
 
 log = logging.getLogger(__name__)
@@ -185,6 +189,20 @@ class DaskEngine(Engine):
     def run_tasks(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
         futures = self.client.map(fn, list(items), pure=False)
         return self.client.gather(futures)
+
+    def submit(self, fn: Callable[[T], R], item: T, key: str) -> cf.Future:
+        future: cf.Future = cf.Future()
+        task = self.client.submit(captured, fn, item, key=f"{key}-{uuid.uuid4().hex[:8]}", pure=False)
+
+        def done(task: Any) -> None:
+            try:
+                settle(future, task.result())
+            except BaseException as exc:  # cancelled, or the worker running it was lost beyond retries
+                future.set_exception(lost_workers(exc) or exc)
+
+        task.add_done_callback(done)
+        future.engine_task = task  # type: ignore[attr-defined]  # keeps the Dask future (and its task) alive
+        return future
 
     def from_tasks(self, fn: Callable[[T], pd.DataFrame], items: Sequence[T], schema: pa.Schema) -> Any:
         def part(item: T) -> pd.DataFrame:

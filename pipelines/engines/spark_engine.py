@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import io
 import logging
@@ -24,12 +25,14 @@ from pipelines.engines.base import (
     R,
     ReduceFn,
     T,
+    captured,
     decode_result,
     encode_result,
+    settle,
     to_arrow,
 )
 from pipelines.engines.config import LOCAL_MASTER, SparkSettings
-from pipelines.engines.quiet import engine_log_dir, log4j2_config, stderr_to, translated, verbose
+from pipelines.engines.quiet import engine_log_dir, log4j2_config, lost_workers, stderr_to, translated, verbose
 from pipelines.javacheck import require_java
 from pipelines.launch.ranks import RankJob, run_spark_ranks
 
@@ -84,6 +87,7 @@ class SparkEngine(Engine):
         self.partitions = partitions
         self.spark = session
         self._owns_session = session is None
+        self._submitter: cf.ThreadPoolExecutor | None = None
         self.log_file: Any = None
 
     def start(self) -> None:
@@ -126,6 +130,11 @@ class SparkEngine(Engine):
             log.info("spark UI: %s", ui, extra={"dashboard": ui})
 
     def stop(self) -> None:
+        if self._submitter is not None:
+            if self.spark is not None:
+                self.spark.sparkContext.cancelAllJobs()
+            self._submitter.shutdown(wait=False, cancel_futures=True)
+            self._submitter = None
         if self._owns_session and self.spark is not None and not under_spark_submit():
             self.spark.stop()
         self.spark = None
@@ -164,6 +173,22 @@ class SparkEngine(Engine):
         rdd = self.spark.sparkContext.parallelize(list(enumerate(items)), len(items))
         pairs = rdd.map(lambda pair: (pair[0], fn(pair[1]))).collect()
         return [result for _, result in sorted(pairs, key=lambda pair: pair[0])]
+
+    def submit(self, fn: Callable[[T], R], item: T, key: str) -> cf.Future:
+        if self._submitter is None:  # driver threads, each waiting on its own one-task job (Spark runs them at once)
+            self._submitter = cf.ThreadPoolExecutor(max_workers=64, thread_name_prefix="spark-submit")
+        sc = self.spark.sparkContext
+        future: cf.Future = cf.Future()
+
+        def job() -> None:
+            try:
+                sc.setJobDescription(key)
+                settle(future, sc.parallelize([0], 1).map(lambda _: captured(fn, item)).collect()[0])
+            except BaseException as exc:  # the task's process kept dying, or the session stopped
+                future.set_exception(lost_workers(exc) or exc)
+
+        self._submitter.submit(job)
+        return future
 
     def from_tasks(self, fn: Callable[[T], pd.DataFrame], items: Sequence[T], schema: pa.Schema) -> Any:
         items = list(items)
