@@ -21,7 +21,7 @@ from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipelines.errors import KINDS, EngineFailure, PipelineError
+from pipelines.errors import KINDS, EngineFailure, EnvironmentProblem, PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,33 @@ def lost_workers(exc: BaseException) -> EngineFailure | None:
     return None
 
 
+_JVM_GONE = ("SparkContext was shut down", "Connection refused", "Py4JNetworkError", "Answer from Java side is empty")
+_memory_setting = {"spark": "spark.driver.memory / spark.executor.memory"}
+
+
+def remember_spark_memory(master: str, conf: Any) -> None:
+    """Note where this process's Spark task memory is set, and its value, while the JVM can still say."""
+    key = "spark.driver.memory" if master.startswith("local") else "spark.executor.memory"
+    _memory_setting["spark"] = f"{key} (now {conf.get(key, '1g')})"
+
+
+def out_of_memory(exc: BaseException) -> EnvironmentProblem | None:
+    """A JVM heap exhausted on the driver or an executor, as one line naming the setting to raise (else None)."""
+    texts = [text for _, text in _chain(exc)]
+    if any(gone in text for text in texts for gone in _JVM_GONE):  # a task's OOM stopped the JVM: its log says
+        own_log = engine_log_dir() / f"spark-{os.getpid()}.log"
+        texts.append(own_log.read_text(errors="replace")[-200_000:] if own_log.exists() else "")
+    for text in texts:
+        found = re.search(r"java\.lang\.OutOfMemoryError: ?([^\n]*)", text)
+        if found:
+            what = found.group(1).strip() or "OutOfMemoryError"
+            return EnvironmentProblem(
+                f"spark ran out of JVM memory ({what}): raise engine.spark.conf {_memory_setting['spark']}, "
+                f"or use more partitions (engine.partitions); {_RESUME}"
+            )
+    return None
+
+
 @contextlib.contextmanager
 def worker_errors() -> Iterator[None]:
     """Raise a pipelines error that a worker raised as its own kind and message, not the engine's wrapper;
@@ -125,7 +152,7 @@ def worker_errors() -> Iterator[None]:
     except PipelineError:
         raise
     except Exception as exc:
-        found = original_error(exc) or lost_workers(exc)
+        found = original_error(exc) or out_of_memory(exc) or lost_workers(exc)
         if found is None:
             raise
         raise found from exc

@@ -32,7 +32,15 @@ from pipelines.engines.base import (
     to_arrow,
 )
 from pipelines.engines.config import LOCAL_MASTER, SparkSettings
-from pipelines.engines.quiet import engine_log_dir, log4j2_config, lost_workers, stderr_to, translated, verbose
+from pipelines.engines.quiet import (
+    engine_log_dir,
+    log4j2_config,
+    lost_workers,
+    remember_spark_memory,
+    stderr_to,
+    translated,
+    verbose,
+)
 from pipelines.javacheck import require_java
 from pipelines.launch.ranks import RankJob, run_spark_ranks
 
@@ -57,6 +65,28 @@ def _unpack_block(data: bytes) -> Block:
 def _partition_block(index: int, rows: Iterator[Any]) -> list[Block]:
     """Unpack partition `index`'s one packed block, adding its "part" (none for an empty partition)."""
     return [{**_unpack_block(row[0]), "part": index} for row in rows]
+
+
+def driver_memory(total_bytes: int | None = None) -> str:
+    """The local driver's heap: PIPELINES_SPARK_DRIVER_MEMORY, else 40 % of the machine's memory (1-31 GiB).
+
+    In local mode every task runs in the driver's JVM, so its heap is the whole of Spark's memory; 31 GiB keeps
+    compressed object pointers. `engine.spark.conf` (spark.driver.memory) still wins over this default.
+    """
+    if os.environ.get("PIPELINES_SPARK_DRIVER_MEMORY"):
+        return os.environ["PIPELINES_SPARK_DRIVER_MEMORY"]
+    import psutil
+
+    total = total_bytes if total_bytes is not None else psutil.virtual_memory().total
+    return f"{min(31, max(1, int(total * 0.4 / 2**30)))}g"
+
+
+def _mllib_blas(spark: Any) -> str:
+    """Which BLAS Spark MLlib uses in the driver: JNIBLAS (native, e.g. OpenBLAS) or the Java fallback."""
+    try:
+        return str(spark._jvm.dev.ludovic.netlib.blas.BLAS.getInstance().getClass().getSimpleName())
+    except Exception:  # an MLlib without netlib
+        return "unknown"
 
 
 def under_spark_submit() -> bool:
@@ -109,7 +139,7 @@ class SparkEngine(Engine):
             builder = builder.config("spark.ui.enabled", "false")
             builder = builder.config("spark.ui.showConsoleProgress", "false")
             builder = builder.config("spark.sql.shuffle.partitions", str(self.partitions))
-            builder = builder.config("spark.driver.memory", os.environ.get("PIPELINES_SPARK_DRIVER_MEMORY", "4g"))
+            builder = builder.config("spark.driver.memory", driver_memory())
         builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
         conf = dict(self.settings.conf)
         quiet = not verbose() and not under_spark_submit()
@@ -121,6 +151,7 @@ class SparkEngine(Engine):
             builder = builder.config(key, value)
         with stderr_to(self.log_file) if quiet and self.log_file else contextlib.nullcontext():
             self.spark = builder.getOrCreate()
+        remember_spark_memory(self.spark.sparkContext.master, self.spark.sparkContext.getConf())
         self.spark.sparkContext.setLogLevel("WARN" if quiet or verbose() else "ERROR")
         log.info("spark session ready: %s", self.spark.sparkContext.master)
         if self.log_file:
@@ -152,6 +183,8 @@ class SparkEngine(Engine):
             "app_id": sc.applicationId,
             "parallelism": self.parallelism,
             "spark_submit": under_spark_submit(),
+            "driver_memory": sc.getConf().get("spark.driver.memory", "1g"),
+            "mllib_blas": _mllib_blas(self.spark),
             **({"log": str(self.log_file)} if self.log_file else {}),
         }
 
@@ -164,6 +197,12 @@ class SparkEngine(Engine):
     def run_ranks(self, job: RankJob) -> list[dict[str, Any]]:
         """The ranks as one barrier stage of this Spark application (GPUs as Spark task resources)."""
         return run_spark_ranks(self.spark.sparkContext, job)
+
+    def matrix_ops(self) -> Any:
+        """MLlib distributed-matrix operations on this session (`engines.spark_matrix`)."""
+        from pipelines.engines.spark_matrix import SparkMatrixOps
+
+        return SparkMatrixOps(self.spark)
 
     @translated
     def run_tasks(self, fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
