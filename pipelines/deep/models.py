@@ -141,19 +141,32 @@ def deep_autoencoder(shape: Sequence[int], classes: int = 0, units: Sequence[int
     return _dense_ae(shape, tuple(units), "deep_autoencoder")
 
 
-def conv_autoencoder(shape: Sequence[int], classes: int = 0, filters: Sequence[int] = (16, 8)) -> Any:
-    """Conv + maxpool encoder, conv + upsampling decoder, sigmoid reconstruction."""
+def conv_autoencoder(shape: Sequence[int], classes: int = 0, filters: Sequence[int] = (16, 8, 8)) -> Any:
+    """The Keras/TACC convolutional autoencoder: conv + maxpool down to the code, conv + upsampling back.
+
+    With the default filters a 28x28 image becomes a 4x4x8 code and 4,385 parameters, as the course builds it:
+    the decoder mirrors the encoder, and its last conv is 'valid' where that lands exactly on the input size
+    (16 -> 14 -> 28); any other size is cropped to the input at the end.
+    """
     _needs_image("conv_autoencoder", shape)
     keras, layers = _keras()
-    inputs = keras.Input(_image_input(shape))
+    size = _image_input(shape)
+    inputs = keras.Input(size)
     x = inputs
     for f in filters:
         x = layers.Conv2D(f, 3, activation="relu", padding="same")(x)
         x = layers.MaxPooling2D(2, padding="same")(x)
-    for f in list(filters)[::-1]:
-        x = layers.Conv2D(f, 3, activation="relu", padding="same")(x)
+    decoder = list(filters)[::-1]
+    for i, f in enumerate(decoder):
+        side = x.shape[1]
+        last = i == len(decoder) - 1
+        valid = last and size[0] == size[1] and 2 * (side - 2) == size[0]
+        x = layers.Conv2D(f, 3, activation="relu", padding="valid" if valid else "same")(x)
         x = layers.UpSampling2D(2)(x)
-    channels = _image_input(shape)[-1]
+    extra = (x.shape[1] - size[0], x.shape[2] - size[1])
+    if extra != (0, 0):
+        x = layers.Cropping2D(((extra[0] // 2, extra[0] - extra[0] // 2), (extra[1] // 2, extra[1] - extra[1] // 2)))(x)
+    channels = size[-1]
     x = layers.Conv2D(channels, 3, activation="sigmoid", padding="same", dtype="float32")(x)
     return keras.Model(inputs, x, name="conv_autoencoder")
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
 
 from pipelines.atomic import atomic_write_json
+from pipelines.deep.augment import AugmentSpec, flip_problem
 from pipelines.deep.models import NETWORKS, check_params
 from pipelines.deep.shards import MANIFEST, TensorShards, write_shards
 from pipelines.engines.base import Engine
@@ -93,7 +94,9 @@ class DeepStage(Stage):
     warmup_epochs: float = Field(default=1.0, ge=0)
     schedule: Literal["constant", "cosine", "step"] = "constant"
     weight_decay: float = Field(default=0.0, ge=0)
-    augment: bool = False
+    augment: AugmentSpec | None = Field(
+        default=None, description="random shifts, rotations, zoom, erasing, flips of training images; true: defaults"
+    )
     noise: float = Field(default=0.3, ge=0, description="denoising autoencoder: Gaussian noise on the inputs")
     early_stopping_patience: int | None = Field(default=None, ge=1)
     seed: int = 0
@@ -128,6 +131,14 @@ class DeepStage(Stage):
         """Outputs go under deep/<network kind> unless named."""
         return self.model
 
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_switch(cls, value: Any) -> Any:
+        """`augment: true` is the default spec (no flips), `false` none."""
+        if isinstance(value, bool):
+            return AugmentSpec() if value else None
+        return value
+
     def check_values(self) -> list[Problem]:
         """Params fit the network's builder; a transfer network (only) has a transfer section; classes distinct."""
         problems = []
@@ -149,6 +160,9 @@ class DeepStage(Stage):
             problems.append(Problem("stage", "needs an earlier ingest stage with write: true"))
         if self.launcher in ("spark", "dask") and self.launcher != config.engine.kind:
             problems.append(Problem("launcher", f"{self.launcher!r} needs the {self.launcher} engine"))
+        flips = flip_problem(self.augment, config.dataset.name)
+        if flips:
+            problems.append(Problem("augment.flip", flips))
         image = getattr(config.dataset, "image", None)
         if self.classes and image is not None and image.classes and max(self.classes) >= image.classes:
             problems.append(Problem("classes", f"{self.classes} outside 0..{image.classes - 1}"))

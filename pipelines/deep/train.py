@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.deep import checkpoint, feed
+from pipelines.deep.augment import augmenter
 from pipelines.deep.board import Board
 from pipelines.deep.models import NETWORKS, build
 from pipelines.deep.shards import TensorShards
@@ -137,14 +138,8 @@ class Trainer:
             self.loss_fn = keras.losses.SparseCategoricalCrossentropy()
         else:
             self.loss_fn = keras.losses.MeanSquaredError()
-        self.augment = None
-        if stage.augment and len(self.shards.sample_shape) == 2:
-            self.augment = keras.Sequential(
-                [
-                    keras.layers.RandomFlip("horizontal", seed=stage.seed + self.rank),
-                    keras.layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=stage.seed + self.rank),
-                ]
-            )
+        images = len(self.shards.sample_shape) >= 2
+        self.augment = augmenter(stage.augment, stage.seed + 10 * self.rank) if images else None
         self.noise_rng = tf.random.Generator.from_seed(stage.seed * 1000 + self.rank)
         self.steps = feed.steps_per_epoch(self.train.rows, stage.batch_size, self.size)
         self.state: dict[str, Any] = {"epoch": 0, "history": [], "best_val_loss": None, "wait": 0, "resumed_from": None}

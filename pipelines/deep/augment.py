@@ -1,0 +1,52 @@
+"""Image augmentation as a spec: shifts, small rotations, zoom, random erasing, and flips only where allowed."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import Field
+
+from pipelines.settings import StrictModel
+
+# Data sets whose mirror image is another symbol (digits, letters): a horizontal flip changes the label.
+NO_FLIP = re.compile(r"digit|mnist|emnist|letter|char|text|svhn|ocr", re.IGNORECASE)
+FLIP_SAFE = re.compile(r"fashion", re.IGNORECASE)
+
+
+class AugmentSpec(StrictModel):
+    """Random transforms of training batches (evaluation never sees them); `augment: true` is this default."""
+
+    shift: float = Field(default=0.1, ge=0, lt=1, description="largest shift, as a fraction of height and width")
+    rotate: float = Field(default=10.0, ge=0, le=180, description="largest rotation, in degrees either way")
+    zoom: float = Field(default=0.1, ge=0, lt=1, description="largest zoom in or out, as a fraction")
+    erase: float = Field(default=0.0, ge=0, le=1, description="probability of erasing a random rectangle")
+    flip: bool = Field(default=False, description="horizontal flips: only for images whose mirror keeps its class")
+
+
+def flip_problem(spec: AugmentSpec | None, dataset_name: str) -> str | None:
+    """Why flips are wrong for this data set (digits, letters), or None."""
+    if spec is None or not spec.flip or FLIP_SAFE.search(dataset_name) or not NO_FLIP.search(dataset_name):
+        return None
+    return f"horizontal flips change what the images of {dataset_name!r} mean (digits, letters): leave flip off"
+
+
+def augmenter(spec: AugmentSpec | None, seed: int) -> Any:
+    """A Keras pipeline of the spec's random layers (channels-last images), or None when nothing is on."""
+    if spec is None:
+        return None
+    from tensorflow import keras
+
+    layers = keras.layers
+    steps: list[Any] = []
+    if spec.flip:
+        steps.append(layers.RandomFlip("horizontal", seed=seed))
+    if spec.rotate:
+        steps.append(layers.RandomRotation(spec.rotate / 360.0, fill_mode="constant", seed=seed + 1))
+    if spec.zoom:
+        steps.append(layers.RandomZoom(spec.zoom, spec.zoom, fill_mode="constant", seed=seed + 2))
+    if spec.shift:
+        steps.append(layers.RandomTranslation(spec.shift, spec.shift, fill_mode="constant", seed=seed + 3))
+    if spec.erase:
+        steps.append(layers.RandomErasing((spec.erase, spec.erase), fill_value=0.0, value_range=(0, 1), seed=seed + 4))
+    return keras.Sequential(steps, name="augment") if steps else None

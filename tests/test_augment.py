@@ -1,0 +1,81 @@
+"""Augmentation as a spec (flips only where the images allow them) and the course's convolutional autoencoder."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from pipelines.deep.augment import AugmentSpec, augmenter
+from pipelines.deep.models import conv_autoencoder
+from pipelines.deep.stage import DeepStage
+from pipelines.ingest.stage import IngestStage
+
+
+def _letter_l() -> np.ndarray:
+    """A 28x28 'L': not symmetric, so a mirror image is told apart from a shifted one."""
+    image = np.zeros((1, 28, 28, 1), np.float32)
+    image[0, 6:22, 8:11, 0] = 1.0
+    image[0, 19:22, 8:20, 0] = 1.0
+    return image
+
+
+def _config(name: str) -> SimpleNamespace:
+    dataset = SimpleNamespace(name=name, image=None)
+    return SimpleNamespace(name="p", dataset=dataset, engine=SimpleNamespace(kind="dask"))
+
+
+def test_augment_true_is_the_default_spec_without_flips():
+    assert DeepStage(model="mlp", augment=True).augment == AugmentSpec()
+    assert DeepStage(model="mlp", augment=True).augment.flip is False
+    assert DeepStage(model="mlp", augment=False).augment is None
+    assert DeepStage(model="mlp", augment={"shift": 0.2, "erase": 0.5}).augment.erase == 0.5
+    with pytest.raises(ValueError, match="rotate"):
+        DeepStage(model="mlp", augment={"rotate": 400})
+
+
+@pytest.mark.parametrize(("dataset", "refused"), [("digits", True), ("mnist", True), ("fashion-mnist", False)])
+def test_flips_are_refused_for_digits_and_allowed_for_clothes(dataset, refused):
+    stage = DeepStage(model="mnist_cnn", augment={"flip": True})
+    problems = stage.check([IngestStage(write=True)], _config(dataset))
+    assert any(p.path == "augment.flip" for p in problems) == refused
+
+
+def test_without_flip_no_batch_is_ever_mirrored():
+    image = _letter_l()
+    mirrored = image[:, :, ::-1, :]
+    shift_only = augmenter(AugmentSpec(shift=0.15, rotate=0, zoom=0), seed=0)
+    flip_only = augmenter(AugmentSpec(shift=0, rotate=0, zoom=0, flip=True), seed=0)
+    batch = np.repeat(image, 64, axis=0)
+    shifted = np.asarray(shift_only(batch, training=True))
+    flipped = np.asarray(flip_only(batch, training=True))
+    # a shift keeps the L's orientation: its long bar stays on the left of its foot in every image
+    for out in shifted:
+        cols = np.nonzero(out[..., 0].sum(axis=0) > 0.5)[0]
+        bar = np.argmax(out[..., 0].sum(axis=0))
+        assert bar <= cols.min() + 3  # the heaviest column (the bar) is the leftmost part
+    assert not any(np.allclose(out, mirrored[0]) for out in shifted)
+    moved = sum(not np.allclose(out, image[0]) for out in shifted)
+    assert moved >= 56  # almost every image moved (a draw of 0 pixels either way leaves a few unchanged)
+    mirrors = sum(np.allclose(out, mirrored[0]) for out in flipped)
+    assert 16 <= mirrors <= 48  # about half of them with flip on
+    assert augmenter(AugmentSpec(shift=0, rotate=0, zoom=0), seed=0) is None
+    assert augmenter(None, seed=0) is None
+
+
+def test_erasing_blanks_a_rectangle_with_the_given_probability():
+    batch = np.ones((200, 28, 28, 1), np.float32)
+    out = np.asarray(augmenter(AugmentSpec(shift=0, rotate=0, zoom=0, erase=0.5), seed=1)(batch, training=True))
+    erased = (out.reshape(200, -1).min(axis=1) == 0.0).mean()
+    assert 0.35 <= erased <= 0.65  # erase: 0.5 is a probability per image
+
+
+def test_conv_autoencoder_is_the_course_network():
+    model = conv_autoencoder((28, 28))
+    assert model.count_params() == 4385  # conv 16-8-8 with pooling to a 4x4x8 code and back (TACC, Keras blog)
+    codes = [layer.output.shape[1:] for layer in model.layers if layer.__class__.__name__ == "MaxPooling2D"]
+    assert tuple(codes[-1]) == (4, 4, 8)
+    assert model.output_shape == (None, 28, 28, 1)
+    assert conv_autoencoder((8, 8)).output_shape == (None, 8, 8, 1)
+    assert conv_autoencoder((32, 32, 3)).output_shape == (None, 32, 32, 3)
