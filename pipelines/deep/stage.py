@@ -88,11 +88,13 @@ class DeepStage(Stage):
     hosts: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:,-]+$")
     epochs: PositiveInt = 10
     batch_size: PositiveInt = Field(default=64, description="per rank; the global batch is batch_size x ranks")
-    optimizer: Literal["adam", "sgd", "momentum", "rmsprop"] = "adam"
+    optimizer: Literal["adam", "sgd", "momentum", "rmsprop", "adadelta"] = "adam"
     learning_rate: float = Field(default=1e-3, gt=0, description="per rank; scaled by ranks when scale_lr")
     scale_lr: bool = True
     warmup_epochs: float = Field(default=1.0, ge=0)
-    schedule: Literal["constant", "cosine", "step"] = "constant"
+    schedule: Literal["constant", "cosine", "step", "exponential"] = "constant"
+    decay_steps: PositiveInt = Field(default=2000, description="exponential: rate - floor shrinks by e every N steps")
+    min_learning_rate: float = Field(default=0.0, ge=0, description="exponential: the floor the rate decays to")
     weight_decay: float = Field(default=0.0, ge=0)
     augment: AugmentSpec | None = Field(
         default=None, description="random shifts, rotations, zoom, erasing, flips of training images; true: defaults"

@@ -36,6 +36,9 @@ def learning_rate(stage: DeepStage, size: int, step: int, steps_per_epoch: int) 
         return target * 0.5 * (1.0 + math.cos(math.pi * progress))
     if stage.schedule == "step":
         return target * (0.1 ** (int(progress >= 0.5) + int(progress >= 0.75)))
+    if stage.schedule == "exponential":  # the seeds' MLP: floor + (rate - floor) * exp(-step / decay_steps)
+        floor = stage.min_learning_rate
+        return floor + (target - floor) * math.exp(-(step - warm) / stage.decay_steps)
     return target
 
 
@@ -51,6 +54,7 @@ def _optimizer(stage: DeepStage) -> Any:
         "sgd": lambda: keras.optimizers.SGD(stage.learning_rate),
         "momentum": lambda: keras.optimizers.SGD(stage.learning_rate, momentum=0.9, nesterov=True),
         "rmsprop": lambda: keras.optimizers.RMSprop(stage.learning_rate),
+        "adadelta": lambda: keras.optimizers.Adadelta(stage.learning_rate, rho=0.95, epsilon=1e-7),
     }
     return kinds[stage.optimizer]()
 

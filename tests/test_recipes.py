@@ -1,15 +1,20 @@
-"""Augmentation as a spec (flips only where the images allow them) and the course's convolutional autoencoder."""
+"""The seeds' recipes: augmentation as a spec (flips only where allowed), the course's convolutional autoencoder,
+the MLP's exponential learning-rate decay, Keras' adadelta CNN, and the MNIST ladder config."""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from pipelines.config import load_config
 from pipelines.deep.augment import AugmentSpec, augmenter
 from pipelines.deep.models import conv_autoencoder
 from pipelines.deep.stage import DeepStage
+from pipelines.deep.train import _optimizer, learning_rate
 from pipelines.ingest.stage import IngestStage
 
 
@@ -79,3 +84,29 @@ def test_conv_autoencoder_is_the_course_network():
     assert model.output_shape == (None, 28, 28, 1)
     assert conv_autoencoder((8, 8)).output_shape == (None, 8, 8, 1)
     assert conv_autoencoder((32, 32, 3)).output_shape == (None, 32, 32, 3)
+
+
+def test_exponential_decay_is_the_seeds_mlp_schedule():
+    stage = DeepStage(
+        model="mlp", learning_rate=0.0015, warmup_epochs=0, schedule="exponential", min_learning_rate=1e-4
+    )
+    for step in (0, 1000, 2000, 10_000):  # 2 ranks: 0.003 at the start, 0.0001 + 0.0029 e^(-step/2000) after
+        expected = 1e-4 + (0.003 - 1e-4) * math.exp(-step / 2000)
+        assert learning_rate(stage, 2, step, 600) == pytest.approx(expected, rel=1e-12)
+
+
+def test_adadelta_is_keras_mnist_example_optimizer():
+    optimizer = _optimizer(DeepStage(model="mnist_cnn", optimizer="adadelta", learning_rate=1.0, scale_lr=False))
+    assert type(optimizer).__name__ == "Adadelta"
+    assert float(optimizer.learning_rate) == 1.0 and optimizer.rho == 0.95
+
+
+def test_mnist_ladder_follows_the_seeds():
+    config = load_config(Path(__file__).resolve().parent.parent / "conf" / "mnist_ladder.yaml")
+    deep = {s.output_name: s for s in config.stages if isinstance(s, DeepStage)}
+    assert list(deep) == ["softmax", "mlp5", "mlp5_dropout", "keras_cnn", "keras_cnn_expanded"]
+    assert config.dataset.test_path and config.stages[0].split.test_fraction == 0  # the official test images
+    assert deep["mlp5"].schedule == "exponential" and deep["mlp5"].params["units"] == [200, 100, 60, 30]
+    assert deep["keras_cnn"].optimizer == "adadelta" and deep["keras_cnn"].epochs == 12
+    assert deep["keras_cnn_expanded"].augment is not None and not deep["keras_cnn_expanded"].augment.flip
+    assert all(s.augment is None for name, s in deep.items() if name != "keras_cnn_expanded")
