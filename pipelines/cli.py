@@ -101,9 +101,29 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.mode:
         config.batch.mode = args.mode
     config.runs_dir = str(Path.cwd().resolve() / config.runs_dir)  # the job may start elsewhere: pin its runs
-    script, job, jobdir = submit(
-        config.batch, config.name, config.runs_dir, dump_config(config), args.scheduler, args.dry_run
-    )
+    if args.array:  # a driver job whose sweeps submit their trials as one job array (docs/ARRAYS.md)
+        from pipelines.launch.array import submit_driver
+
+        sweeps = [f"stages.{i}.executor={args.scheduler}" for i, s in enumerate(config.stages) if s.stage == "sweep"]
+        if not sweeps:
+            raise UsageError(f"--array: pipeline {config.name!r} has no sweep stage")
+        load_config(args.config, [*args.set, *sweeps])  # the overrides the job applies must load
+        script, job, jobdir = submit_driver(
+            config.batch,
+            config.name,
+            config.runs_dir,
+            dump_config(config),
+            args.scheduler,
+            sweeps,
+            resume=args.resume,
+            dry_run=args.dry_run,
+        )
+    elif args.resume:
+        raise UsageError("submit --resume: only with --array (a plain job resumes with `pipelines run --resume`)")
+    else:
+        script, job, jobdir = submit(
+            config.batch, config.name, config.runs_dir, dump_config(config), args.scheduler, args.dry_run
+        )
     if args.dry_run:
         print(script)
         return 0
@@ -325,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=["slurm", "pbs"], default="slurm")
     p.add_argument("--mode", choices=["spark", "dask", "horovod", "local"], help="override batch.mode")
     p.add_argument("--dry-run", action="store_true", help="print the script instead of submitting it")
+    p.add_argument("--array", action="store_true", help="run every sweep stage's trials as one job array")
+    p.add_argument("--resume", action="store_true", help="with --array: the job continues the unfinished run")
     with_overrides(p)
     p.set_defaults(fn=cmd_submit)
 

@@ -46,9 +46,10 @@ def test_submit_returns_result_and_task_error(engine):
 
 
 def test_uneven_tasks_are_balanced_over_two_slots(engine):
-    # one long task and six short ones: a static even split puts 0.9 + 3 x 0.15 on one slot (1.35 s); a free slot
-    # taking the next task finishes in max(0.9, 6 x 0.15) = 0.9 s plus overheads
-    tasks = [Task("long", ("long", 0.9))] + [Task(f"s{i}", (f"s{i}", 0.15)) for i in range(6)]
+    # one long task and six short ones: a static even split puts the long one and 3 short ones on one slot; a
+    # free slot taking the next task runs all six short ones on the other slot while the long one runs (4 s is
+    # well above six of Spark's one-task jobs, about 0.3-0.5 s each here)
+    tasks = [Task("long", ("long", 4.0))] + [Task(f"s{i}", (f"s{i}", 0.2)) for i in range(6)]
     outcomes = run_balanced(engine, _sleep, tasks, slots=2)
     assert sorted(o.key for o in outcomes) == sorted(t.key for t in tasks) and all(o.ok for o in outcomes)
     values = [o.value for o in outcomes]

@@ -22,7 +22,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"data": ("pipelines.data",)},
     {"protocol": ("pipelines.protocol",)},
     {"ingest": ("pipelines.ingest",)},
-    {"classical": ("pipelines.classical",), "deep": ("pipelines.deep",)},
+    {"classical": ("pipelines.classical",), "deep": ("pipelines.deep",), "matrix": ("pipelines.matrix",)},
     {"sweep": ("pipelines.sweep",), "pack": ("pipelines.pack",)},
     {"registry": ("pipelines.registry",)},
     {"config": ("pipelines.config",)},

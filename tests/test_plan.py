@@ -101,7 +101,7 @@ def test_transfer_source_must_be_an_earlier_deep_stage():
 
 
 def test_registry_is_the_one_list_of_stage_kinds():
-    assert set(STAGES) == {"ingest", "model", "deep"}
+    assert set(STAGES) == {"ingest", "model", "deep", "sweep", "pack", "matrix"}
     for kind, cls in STAGES.items():
         assert cls.model_fields["stage"].default == kind
     from pipelines.classical import ESTIMATORS

@@ -139,7 +139,8 @@ def model_blocks(engine: Engine, ingest: IngestResult, split: str, stage: ModelS
     return Blocks.from_frame(engine, frame, features, label, what)
 
 
-def _evaluate(stage: ModelStage, model: Any, train: Blocks, test: Blocks | None, plot_dir: Path | None) -> dict:
+def evaluate_fit(stage: ModelStage, model: Any, train: Blocks, test: Blocks | None, plot_dir: Path | None) -> dict:
+    """Fit summary and metrics of a fitted model: the model stage's evaluation, also used by sweep trials."""
     out: dict[str, Any] = {}
     if hasattr(model, "summary_"):
         out["summary"] = model.summary_.to_dict()
@@ -180,7 +181,7 @@ def run_model(engine: Engine, stage: ModelStage, run: Any, ingest: IngestResult)
             if plot_dir is not None:
                 plot_dir.mkdir()
             metrics = {"model": stage.model, "train_rows": train.n_rows, "fit_seconds": round(seconds, 3)}
-            metrics.update(_evaluate(stage, model, train, test, plot_dir))
+            metrics.update(evaluate_fit(stage, model, train, test, plot_dir))
         if stage.save:
             with run.output(f"models/{stage.output_name}") as tmp:
                 tmp.mkdir()

@@ -267,7 +267,8 @@ def _fresh_checkpoints(folder: Path, stage: DeepStage) -> None:
         shutil.rmtree(folder)
 
 
-def _transfer_model(stage: DeepStage, run: Any) -> str | None:
+def transfer_model_path(stage: DeepStage, run: Any) -> str | None:
+    """The .keras file a transfer network starts from (an earlier stage's model in this run, or a path)."""
     if stage.transfer is None:
         return None
     source = stage.transfer.source
@@ -293,7 +294,7 @@ def run_deep(
         "tensors": str(shards.dir),
         "checkpoints": str(checkpoints),
         "tensorboard": str(run.dir / "tensorboard" / name),  # rank 0's events; a folder every rank's host sees
-        "transfer_model": _transfer_model(stage, run),
+        "transfer_model": transfer_model_path(stage, run),
         "class_names": [str(c) for c in classes],
     }
     with run.output(f"deep/{name}") as tmp:

@@ -11,12 +11,15 @@ import concurrent.futures as cf
 import json
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 import pyarrow as pa
 
 from pipelines.launch.ranks import RankJob
+
+if TYPE_CHECKING:
+    from pipelines.engines.matrix import MatrixOps
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -182,6 +185,10 @@ class Engine(abc.ABC):
     def run_ranks(self, job: RankJob) -> list[dict[str, Any]]:
         """Run Horovod ranks as tasks on this engine's own workers; one fact dict per rank (where it ran)."""
         raise NotImplementedError(f"the {self.kind} engine cannot start Horovod ranks on its workers")
+
+    def matrix_ops(self) -> MatrixOps:
+        """Distributed matrix operations on this engine's workers (`engines.matrix`)."""
+        raise NotImplementedError(f"the {self.kind} engine has no distributed matrices")
 
     def partition_sizes(self, frame: Any) -> list[int]:
         """Row count of each partition."""

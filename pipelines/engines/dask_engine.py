@@ -174,6 +174,12 @@ class DaskEngine(Engine):
         """The ranks as tasks pinned to distinct workers (GPUs as worker resources); rendezvous on the client."""
         return run_dask_ranks(self.client, job)
 
+    def matrix_ops(self) -> Any:
+        """dask.array matrix operations on this client (`engines.dask_matrix`)."""
+        from pipelines.engines.dask_matrix import DaskMatrixOps
+
+        return DaskMatrixOps(self.client)
+
     def describe(self) -> dict[str, Any]:
         return {
             "engine": "dask",

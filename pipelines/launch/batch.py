@@ -53,6 +53,19 @@ def environment() -> jinja2.Environment:
 _ENV = environment()
 
 
+def checked(batch: BatchSettings, pipeline: str, scheduler: str) -> BatchSettings:
+    """The batch settings validated again (a caller may have changed them), the pipeline name and scheduler known."""
+    if scheduler not in SCHEDULERS:
+        raise PipelineError(f"scheduler {scheduler!r}: expected one of {SCHEDULERS}")
+    try:
+        batch = BatchSettings.model_validate(batch.model_dump())
+    except ValidationError as exc:
+        raise ConfigError(f"batch: {exc}") from None
+    if not PIPELINE_NAME.match(pipeline):
+        raise ConfigError(f"pipeline name {pipeline!r}: letters, digits, '_', '.' and '-' only")
+    return batch
+
+
 def render(
     batch: BatchSettings,
     pipeline: str,
@@ -68,14 +81,7 @@ def render(
     The settings are checked again here (a caller may have changed them after loading), so directive values
     stay plain whoever calls.
     """
-    if scheduler not in SCHEDULERS:
-        raise PipelineError(f"scheduler {scheduler!r}: expected one of {SCHEDULERS}")
-    try:
-        batch = BatchSettings.model_validate(batch.model_dump())
-    except ValidationError as exc:
-        raise ConfigError(f"batch: {exc}") from None
-    if not PIPELINE_NAME.match(pipeline):
-        raise ConfigError(f"pipeline name {pipeline!r}: letters, digits, '_', '.' and '-' only")
+    batch = checked(batch, pipeline, scheduler)
     if any(c.isspace() for c in str(jobdir)):
         raise PipelineError(f"{jobdir}: the job folder (runs_dir) must not contain spaces (#SBATCH lines cannot quote)")
     python = python or sys.executable

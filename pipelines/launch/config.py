@@ -72,3 +72,19 @@ class BatchSettings(StrictModel):
     spark: SparkBatchSettings = Field(default_factory=SparkBatchSettings)
     dask_worker_memory: Directive = "2GB"
     pbs_resources: Literal["select", "nodes"] = Field(default="select", description="PBS Pro select= or Torque nodes=")
+
+
+class ArraySettings(StrictModel):
+    """A SLURM/PBS job array, one array task per index (`launch/array.py`, docs/ARRAYS.md)."""
+
+    max_concurrent: PositiveInt | None = Field(default=None, description="array tasks running at once (`%N`)")
+    walltime: Directive = "01:00:00"
+    partition: Directive | None = Field(default=None, description="SLURM partition or PBS queue")
+    mem: Directive | None = None
+    cpus_per_task: PositiveInt = 1
+    gpus: int = Field(default=0, ge=0, description="GPUs per array task")
+    account: Directive | None = None
+    extra_directives: list[Directive] = Field(default_factory=list)
+    modules: list[SafeText] = Field(default_factory=list)
+    env: dict[EnvName, SafeText] = Field(default_factory=dict)
+    requeue: bool = Field(default=True, description="let the scheduler requeue tasks hit by preemption or node failure")

@@ -1,0 +1,488 @@
+"""The sweep stage: a grid or random search over a model or deep stage, trials load-balanced on the workers.
+
+Each trial is `python -m pipelines.sweep.trial <run>/trials/<sweep>/ INDEX` in its own folder (spec.json,
+result.json, attempt logs), run by an engine task with a time limit (or as a SLURM/PBS array task). The
+folders persist across driver kills like checkpoints/: a trial whose result.json was written for the same
+spec is never run again. Deep trials may stop early (successive halving / Hyperband on epochs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar, Literal
+
+import pandas as pd
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+from pipelines.atomic import atomic_write_json
+from pipelines.classical.stage import HEADLINE as MODEL_HEADLINE
+from pipelines.classical.stage import ModelStage
+from pipelines.deep.stage import DeepStage, hand_off, transfer_model_path
+from pipelines.engines.balance import Outcome, Task, run_balanced
+from pipelines.errors import ConfigError, PipelineError
+from pipelines.ingest.stage import IngestResult
+from pipelines.launch.array import run_array
+from pipelines.launch.config import ArraySettings
+from pipelines.protocol import PipelineSettings, Problem, Stage, StageContext, StageResult
+from pipelines.settings import StrictModel
+from pipelines.sweep import plots
+from pipelines.sweep.hyperband import Request, Schedule
+from pipelines.sweep.space import RandomSearch, Values, grid_values, key_problem, random_values, with_values
+from pipelines.sweep.trial import SPEC, TrialItem, read_result, run_trial_task, rung_of, trial_dir
+
+log = logging.getLogger(__name__)
+
+DEEP_METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_accuracy", "train_loss")
+MODEL_METRICS = (*MODEL_HEADLINE, "test_mae")
+Target = Annotated[ModelStage | DeepStage, Field(discriminator="stage")]
+
+
+class EarlyStopping(StrictModel):
+    """Stop poor deep trials early: successive halving (one bracket) or Hyperband (several), epochs as budget."""
+
+    kind: Literal["hyperband", "halving"] = "hyperband"
+    min_epochs: PositiveInt = 1
+    max_epochs: PositiveInt
+    eta: int = Field(default=3, ge=2, description="keep the best 1/eta of a rung for the next, eta times longer")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> EarlyStopping:
+        if self.min_epochs > self.max_epochs:
+            raise ValueError(f"min_epochs ({self.min_epochs}) exceeds max_epochs ({self.max_epochs})")
+        return self
+
+
+@dataclass
+class SweepResult(StageResult):
+    """A finished sweep's summary: counts, the best configuration and its metric, epochs spent."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Counts, best trial, epochs spent vs the full grid's, the results table's folder."""
+        return self.values
+
+    def facts(self) -> dict[str, Any]:
+        """Headline facts: trials, done/failed/timeout/reused, the best metric."""
+        keys = ("trials", "done", "failed", "timeout", "reused", "metric", "best_metric", "epochs_spent")
+        facts = {k: self.values.get(k) for k in ("model", "train_rows")}
+        facts["fit_seconds"] = self.values.get("seconds")
+        return {**facts, **{k: self.values[k] for k in keys if self.values.get(k) is not None}}
+
+
+class SweepStage(Stage):
+    """Search the values of a model or deep stage (grid or random), trials load-balanced over the workers."""
+
+    stage: Literal["sweep"] = "sweep"
+    target: Target
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] | None = None
+    random: RandomSearch | None = None
+    metric: str = "test_accuracy"
+    mode: Literal["max", "min"] = "max"
+    early_stopping: EarlyStopping | None = None
+    retries: int = Field(default=1, ge=0, description="attempts after a trial's first failure")
+    trial_timeout_s: PositiveFloat = 3600
+    ranks_per_trial: PositiveInt = Field(default=1, description="deep: Horovod ranks (task slots) of each trial")
+    executor: Literal["engine", "slurm", "pbs"] = "engine"
+    array: ArraySettings | None = None
+    heatmap: tuple[str, str] | None = Field(default=None, description="two keys for the heatmap (default: first two)")
+    plots: bool = True
+
+    output_dir: ClassVar[str] = "sweeps"
+    placement_fields: ClassVar[frozenset[str]] = frozenset({"retries", "trial_timeout_s", "executor", "array"})
+
+    def default_name(self) -> str:
+        """Outputs go under sweeps/sweep-<target> unless named."""
+        return f"sweep-{self.target.output_name}"
+
+    @property
+    def space_name(self) -> str:
+        return "grid" if self.grid is not None else "random.space"
+
+    def trial_values(self) -> list[Values]:
+        """Every trial's values, in trial order."""
+        return grid_values(self.grid) if self.grid is not None else random_values(self.random)  # type: ignore[arg-type]
+
+    def trial_target(self, values: Values) -> ModelStage | DeepStage:
+        """The target stage with a trial's values (pydantic validates them, the stage checks its own values)."""
+        return type(self.target).model_validate(with_values(self.target.model_dump(mode="json"), values))
+
+    def check_values(self) -> list[Problem]:
+        """One space; its keys are keys of the target; every trial's values validate; metric known; budgets."""
+        if (self.grid is None) == (self.random is None):
+            return [Problem("grid", "give exactly one of 'grid' and 'random'")]
+        space = self.grid if self.grid is not None else self.random.space  # type: ignore[union-attr]
+        deep = isinstance(self.target, DeepStage)
+        problems = []
+        for key in space:
+            why = key_problem(type(self.target), key)
+            if key.split(".")[0] in ("stage", "name"):
+                why = "the target's kind and name are not searched"
+            elif deep and key.split(".")[0] in ("classes", "transfer"):
+                why = "the tensor hand-off and a transfer source are shared by every trial"
+            elif key == "epochs" and self.early_stopping is not None:
+                why = "with early_stopping the epochs are the budget, not a searched value"
+            if why:
+                problems.append(Problem(f"{self.space_name}.{key}", why))
+        if self.early_stopping is not None and not deep:
+            problems.append(Problem("early_stopping", "needs a deep target (epochs are the budget)"))
+        if self.ranks_per_trial > 1 and not deep:
+            problems.append(Problem("ranks_per_trial", "only a deep target runs on several ranks"))
+        known = DEEP_METRICS if deep else MODEL_METRICS
+        if self.metric not in known:
+            problems.append(Problem("metric", f"{self.metric!r} is not a metric of this target (one of {known})"))
+        if self.heatmap is not None and not set(self.heatmap) <= set(space):
+            problems.append(Problem("heatmap", f"{list(self.heatmap)} are not all keys of {self.space_name}"))
+        if problems:
+            return problems
+        if self.grid is not None:  # each value alone first: the message names its key
+            for key, choices in self.grid.items():
+                found = next(((v, why) for v in choices if (why := self._refused({key: v}))), None)
+                if found is not None:
+                    problems.append(Problem(f"grid.{key}", f"{found[0]!r} refused: {found[1]}"))
+        if problems:
+            return problems
+        for index, values in enumerate(self.trial_values()):
+            why = self._refused(values)
+            if why:
+                return [Problem(self.space_name, f"trial {index:03d} {values} refused: {why}")]
+        return []
+
+    def _refused(self, values: Values) -> str | None:
+        """Why the target refuses these values (None: it accepts them)."""
+        try:
+            self.trial_target(values)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(p) for p in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            return f"{where}: {message}" if where else message
+        return None
+
+    def check(self, earlier: Sequence[Stage], config: PipelineSettings) -> list[Problem]:
+        """The target's own pipeline checks (an ingest that writes, a label, classes), under `target.`."""
+        return [Problem(f"target.{p.path}", p.message) for p in self.target.check(earlier, config)]
+
+    def run(self, ctx: StageContext) -> SweepResult:
+        """Run every trial not already done, write sweeps/<name>/ (results.csv, best.json, plots)."""
+        return Sweep(self, ctx).run()
+
+    def restore(self, ctx: StageContext) -> SweepResult:
+        """The summary this run recorded (the table and plots are in sweeps/<name>/)."""
+        self.recorded_facts(ctx)
+        return SweepResult(dict(ctx.run.metrics.get(self.output_name, {})))
+
+
+def spec_digest(common: dict[str, Any], target: dict[str, Any], values: Values) -> str:
+    """What a trial's result depends on (the budget aside): its target config, values and input data."""
+    text = json.dumps({"common": common, "target": target, "values": values}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Row:
+    """One trial's line of results.csv."""
+
+    index: int
+    values: Values
+    status: str = "pending"
+    attempts: int = 0
+    epochs: int | None = None
+    metric: float | None = None
+    seconds: float | None = None
+    host: str | None = None
+    worker: str | None = None
+    reused: bool = False
+    error: str | None = None
+
+
+class Sweep:
+    """One sweep's driver: the only writer of the trials' specs and of the results; trials write their results."""
+
+    def __init__(self, stage: SweepStage, ctx: StageContext) -> None:
+        self.stage, self.ctx = stage, ctx
+        self.name = stage.output_name
+        self.dir = ctx.run.dir / "trials" / self.name
+        self.values = stage.trial_values()
+        self.rows = [Row(i, v) for i, v in enumerate(self.values)]
+        stop = stage.early_stopping
+        budget = getattr(stage.target, "epochs", None)
+        self.schedule = Schedule(
+            len(self.values),
+            stop.kind if stop is not None else "none",
+            min_epochs=stop.min_epochs if stop else 1,
+            max_epochs=stop.max_epochs if stop else budget,
+            eta=stop.eta if stop else 3,
+            mode=stage.mode,
+        )
+        self.digests: dict[int, str] = {}
+        self.columns: tuple[list[str], str | None] | None = None  # a table's numeric columns and its label
+        self.specs: dict[int, dict[str, Any]] = {}
+
+    # --- trial specs -----------------------------------------------------------------------------------
+
+    def _common(self) -> dict[str, Any]:
+        """What every trial shares: the written splits (classical) or the tensor shards (deep)."""
+        stage, ctx = self.stage, self.ctx
+        ingest = ctx.latest(IngestResult, self.name)
+        if "train" not in ingest.outputs:
+            raise ConfigError(f"sweep {self.name!r} needs an ingest stage with write: true before it")
+        if isinstance(stage.target, DeepStage):
+            shards = hand_off(ctx.engine, ctx.config, stage.target, ctx.run, ingest)
+            classes = stage.target.classes or list(range(shards.classes))
+            return {
+                "kind": "deep",
+                "tensors": str(shards.dir),
+                "transfer_model": transfer_model_path(stage.target, ctx.run),
+                "class_names": [str(c) for c in classes],
+                "ranks": stage.ranks_per_trial,
+                "splits": json.loads((shards.dir / "manifest.json").read_text()).get("source", {}).get("splits"),
+            }
+        common: dict[str, Any] = {"kind": "model", "data": dict(ingest.outputs), "image": None}
+        if ingest.schema is None:
+            common["image"] = {"dtype": ingest.image_dtype, "shape": list(ingest.image_shape or ())}
+        else:
+            self.columns = ingest.model_columns()
+        common["splits"] = {k: ctx.run.manifest["outputs"].get(f"data/{k}") for k in sorted(ingest.outputs)}
+        return common
+
+    def _model_columns(self, target: ModelStage) -> dict[str, Any]:
+        """A classical trial's feature and label columns, as the model stage picks them."""
+        if self.columns is None:
+            return {"features": None, "label": None}
+        available, label = self.columns
+        features = target.features or available
+        missing = [f for f in features if f not in available]
+        if missing:
+            raise ConfigError(f"sweep {self.name!r}: unknown feature column(s) {missing}; have {available}")
+        return {"features": features, "label": target.label or label}
+
+    def _prepare(self) -> None:
+        """Write each trial's spec.json (only when it changed); drop a trial folder written for another spec."""
+        common = self._common()
+        for row in self.rows:
+            stage = self.stage.trial_target(row.values)
+            target = stage.model_dump(mode="json")
+            if isinstance(stage, ModelStage):
+                common = {**common, **self._model_columns(stage)}
+            digest = spec_digest({k: v for k, v in common.items() if k != "data"}, target, row.values)
+            folder = trial_dir(self.dir, row.index)
+            spec_path = folder / SPEC
+            if spec_path.exists() and json.loads(spec_path.read_text()).get("digest") != digest:
+                log.info("sweep %s: trial %03d was run under another spec; starting it over", self.name, row.index)
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            self.digests[row.index] = digest
+            self.specs[row.index] = {
+                **common,
+                "index": row.index,
+                "digest": digest,
+                "values": row.values,
+                "target": target,
+                "metric": self.stage.metric,
+            }
+
+    def _write_spec(self, index: int, epochs: int | None) -> None:
+        spec = {**self.specs[index], "epochs": epochs}
+        path = trial_dir(self.dir, index) / SPEC
+        if not path.exists() or json.loads(path.read_text()) != spec:
+            atomic_write_json(path, spec)
+
+    # --- scheduling ------------------------------------------------------------------------------------
+
+    def _record(self, index: int, epochs: int | None, result: dict[str, Any] | None, **facts: Any) -> list[Request]:
+        """Note a trial's end at a budget in its row; feed the schedule; returns the promotions it releases."""
+        row = self.rows[index]
+        status = result.get("status", "ok") if result is not None else "failed"
+        metric = result.get("metric") if result is not None and status == "ok" else None
+        seconds = facts.pop("seconds", None) or (result or {}).get("seconds")
+        row.status, row.epochs, row.metric = status, epochs, metric
+        row.seconds = round((row.seconds or 0.0) + (seconds or 0.0), 3)
+        row.host = (result or {}).get("host") or row.host
+        if result is not None and result.get("worker_pid") is not None:
+            row.worker = f"{result['host']}:{result['worker_pid']}"
+        for key, value in facts.items():
+            setattr(row, key, value)
+        return self.schedule.report(index, epochs, metric)
+
+    def _resolve(self, requests: list[Request]) -> list[Request]:
+        """Write the specs of requested (trial, budget) pairs; settle those already done; return those to run."""
+        pending, todo = deque(requests), []
+        while pending:
+            index, epochs = pending.popleft()
+            self._write_spec(index, epochs)
+            found = rung_of(read_result(trial_dir(self.dir, index), self.digests[index]), epochs)
+            if found is None:
+                todo.append((index, epochs))
+                continue
+            log.info(
+                "sweep %s: trial %03d at epochs %s already done (%s); not run again",
+                self.name,
+                index,
+                epochs,
+                found["status"],
+            )
+            pending.extend(self._record(index, epochs, found, reused=True, seconds=0.0))
+        return todo
+
+    def _task(self, request: Request) -> Task:
+        index, epochs = request
+        item = TrialItem(str(self.dir), index, float(self.stage.trial_timeout_s))
+        key = f"trial-{index:03d}" + (f"-e{epochs}" if self.stage.early_stopping is not None else "")
+        return Task(key, item, cost=self.stage.ranks_per_trial)
+
+    def _on_engine(self, first: list[Request]) -> None:
+        budget = {index: epochs for index, epochs in first}
+
+        def ended(outcome: Outcome) -> list[Task]:
+            index = outcome.item.index
+            result = outcome.value if outcome.ok else None
+            extra = {"attempts": outcome.attempts, "seconds": outcome.seconds}
+            if not outcome.ok:
+                extra["error"] = outcome.error
+                log.warning(
+                    "sweep %s: trial %03d failed after %d attempt(s): %s",
+                    self.name,
+                    index,
+                    outcome.attempts,
+                    outcome.error,
+                )
+            more = self._resolve(self._record(index, budget[index], result, reused=False, **extra))
+            budget.update(dict(more))
+            return [self._task(r) for r in more]
+
+        slots = max(1, self.ctx.engine.parallelism // self.stage.ranks_per_trial)
+        tasks = [self._task(r) for r in first]
+        run_balanced(
+            self.ctx.engine,
+            run_trial_task,
+            tasks,
+            slots=slots,
+            retries=self.stage.retries,
+            on_outcome=ended,
+            label=f"sweep {self.name}",
+        )
+
+    def _on_array(self, wave: list[Request]) -> None:
+        """Each wave of requests (a rung, with early stopping) is one array job; undone tasks are resubmitted."""
+        command = [sys.executable, "-m", "pipelines.sweep.trial", str(self.dir)]
+        limit = int(self.stage.trial_timeout_s)  # no array section: each task's walltime is the trial's limit
+        walltime = f"{limit // 3600:02d}:{limit // 60 % 60:02d}:{limit % 60:02d}"
+        settings = self.stage.array or ArraySettings(walltime=walltime)
+        while wave:
+            budget = dict(wave)
+
+            def done(index: int) -> bool:
+                return rung_of(read_result(trial_dir(self.dir, index), self.digests[index]), budget[index]) is not None
+
+            workdir = self.dir / "array"
+            workdir.mkdir(parents=True, exist_ok=True)
+            before = set(workdir.glob("array-*/logs/*.log"))
+            run_array(
+                self.stage.executor, sorted(budget), command, workdir, settings, done=done, resubmits=self.stage.retries
+            )
+            requests = []
+            for index, epochs in sorted(budget.items()):
+                found = rung_of(read_result(trial_dir(self.dir, index), self.digests[index]), epochs)
+                error = None if found else "not done after the array job and its resubmissions"
+                attempts = len(set(workdir.glob(f"array-*/logs/{index}.log")) - before)
+                requests += self._record(index, epochs, found, attempts=attempts, error=error)
+            wave = self._resolve(requests)
+
+    # --- the run ---------------------------------------------------------------------------------------
+
+    def run(self) -> SweepResult:
+        t0 = time.perf_counter()
+        self._prepare()
+        first = self._resolve(self.schedule.start())
+        reused = sum(r.reused for r in self.rows)
+        log.info(
+            "sweep %s: %d trials (%d already done), %d to run on %s",
+            self.name,
+            len(self.rows),
+            reused,
+            len(first),
+            self.stage.executor,
+        )
+        if first:
+            self._on_engine(first) if self.stage.executor == "engine" else self._on_array(first)
+        return self._write(time.perf_counter() - t0)
+
+    def table(self) -> pd.DataFrame:
+        """results.csv: one row per trial (index, values, status, attempts, epochs, metric, seconds, host)."""
+        records = []
+        for row in self.rows:
+            record: dict[str, Any] = {"index": row.index, **row.values}
+            record.update(
+                status=row.status,
+                attempts=row.attempts,
+                epochs=row.epochs,
+                metric=row.metric,
+                seconds=row.seconds,
+                host=row.host,
+                worker=row.worker,
+                reused=row.reused,
+                error=row.error,
+            )
+            records.append(record)
+        columns = list(records[0]) if records else []  # object columns: 2 stays 2 beside a None, not 2.0
+        return pd.DataFrame({c: pd.Series([r[c] for r in records], dtype=object) for c in columns})
+
+    def _write(self, seconds: float) -> SweepResult:
+        table = self.table()
+        stage = self.stage
+        scored = [r for r in self.rows if r.metric is not None]
+        sign = 1.0 if stage.mode == "max" else -1.0
+        # the best among trials that reached the largest budget (with early stopping, earlier rungs are short)
+        top = max((r.epochs or 0) for r in scored) if scored else 0
+        finalists = [r for r in scored if (r.epochs or 0) == top]
+        best = max(finalists, key=lambda r: (sign * r.metric, -r.index)) if finalists else None  # type: ignore[operator]
+        counts = {s: sum(r.status == s for r in self.rows) for s in ("ok", "failed", "timeout")}
+        values: dict[str, Any] = {
+            "model": f"sweep of {stage.target.model}",
+            "train_rows": self.ctx.latest(IngestResult, self.name).splits.get("train", 0),
+            "trials": len(self.rows),
+            "done": counts["ok"],
+            "failed": counts["failed"],
+            "timeout": counts["timeout"],
+            "reused": sum(r.reused for r in self.rows),
+            "metric": stage.metric,
+            "mode": stage.mode,
+            "executor": stage.executor,
+            "best_index": best.index if best else None,
+            "best_values": best.values if best else None,
+            "best_metric": best.metric if best else None,
+            "seconds": round(seconds, 3),
+        }
+        if isinstance(stage.target, DeepStage):
+            values.update(epochs_spent=self.schedule.epochs_spent, epochs_full_grid=self.schedule.epochs_full)
+            if stage.early_stopping is not None:
+                values["early_stopping"] = stage.early_stopping.model_dump()
+        if best is None:
+            errors = [f"trial {r.index:03d}: {r.error}" for r in self.rows if r.error][:1]
+            raise PipelineError(
+                f"sweep {self.name!r}: no trial succeeded ({counts['failed']} failed, {counts['timeout']} over their "
+                f"time limit); {'; '.join(errors) or 'no error recorded'} (attempt logs in {self.dir})"
+            )
+        keys = list(self.values[0]) if self.values else []
+        with self.ctx.run.output(f"sweeps/{self.name}") as tmp:
+            tmp.mkdir()
+            table.to_csv(tmp / "results.csv", index=False)
+            atomic_write_json(
+                tmp / "best.json",
+                {k: values[k] for k in ("metric", "mode", "best_index", "best_values", "best_metric")},
+            )
+            if stage.plots and scored:
+                axes = list(stage.heatmap or keys[:2])
+                values["plots"] = plots.sweep_plots(tmp, table, keys, axes, stage.metric, stage.mode)
+        values["results"] = f"sweeps/{self.name}/results.csv"
+        return SweepResult(values)

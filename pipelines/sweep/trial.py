@@ -1,0 +1,235 @@
+"""One trial: `python -m pipelines.sweep.trial TRIALS_DIR INDEX` trains the target with the trial's values.
+
+It reads TRIALS_DIR/<NNN>/spec.json (written by the sweep's driver), fits a classical model on the run's
+written splits (read with pyarrow, in this process) or trains a deep network with the deep stage's worker
+(its own checkpoints in the trial folder, so a bigger epoch budget continues it), and writes
+TRIALS_DIR/<NNN>/result.json atomically. A non-zero exit code means the trial failed. The same command is
+what a task of the engine runs (in a subprocess, with a time limit) and what a SLURM/PBS array task runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.atomic import atomic_write_json
+
+SPEC = "spec.json"
+RESULT = "result.json"
+
+
+def trial_dir(trials_dir: str | os.PathLike[str], index: int) -> Path:
+    """The folder of trial `index`: <trials>/<NNN>."""
+    return Path(trials_dir) / f"{index:03d}"
+
+
+def read_result(folder: Path, digest: str) -> dict[str, Any] | None:
+    """The trial's result.json when it was written for this spec (digest), else None."""
+    path = folder / RESULT
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return result if result.get("digest") == digest else None
+
+
+def rung_of(result: dict[str, Any] | None, epochs: int | None) -> dict[str, Any] | None:
+    """The result at an epoch budget (None: the trial has not finished that budget), a timeout counting as one."""
+    if result is None:
+        return None
+    key = str(epochs)
+    if key in result.get("rungs", {}):
+        return {**result, "status": "ok", "epochs": epochs, "metric": result["rungs"][key]}
+    if result.get("status") == "timeout" and result.get("epochs") == epochs:
+        return result
+    return None
+
+
+def _scalars(values: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _split_blocks(path: str, spec: dict[str, Any]) -> Any:
+    """A written split (a Parquet folder) as local blocks, rows in their recorded order."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from pipelines.classical import Blocks
+    from pipelines.ingest.transform import image_pixels
+
+    frame = pq.read_table(path).to_pandas().sort_values(["_source", "_row"], kind="stable")
+    if spec["image"] is not None:
+        shape = (int(np.prod(spec["image"]["shape"])),)
+        x = image_pixels(frame["image"].to_numpy(), spec["image"]["dtype"], shape).astype("float64")
+        names = [f"px{i}" for i in range(x.shape[1])]
+        return Blocks.from_arrays(x, frame["label"].to_numpy(), features=names, label="label")
+    label = spec["label"]
+    y = frame[label].to_numpy() if label is not None else None
+    return Blocks.from_arrays(frame[spec["features"]], y, features=spec["features"], label=label)
+
+
+def classical_metrics(spec: dict[str, Any]) -> dict[str, float]:
+    """Fit the target model on the train split, evaluate it as the model stage does (test split)."""
+    from pipelines.classical.stage import ModelStage, evaluate_fit
+
+    stage = ModelStage.model_validate(spec["target"])
+    train = _split_blocks(spec["data"]["train"], spec)
+    test = _split_blocks(spec["data"]["test"], spec) if "test" in spec["data"] else None
+    model = stage.estimator()
+    t0 = time.perf_counter()
+    model.fit(train)
+    metrics = {"fit_seconds": time.perf_counter() - t0, "train_rows": train.n_rows}
+    metrics.update(evaluate_fit(stage, model, train, test, None))
+    return _scalars(metrics)
+
+
+def deep_metrics(spec: dict[str, Any], folder: Path) -> dict[str, float]:
+    """Train with the deep worker (1 rank directly, k ranks under horovodrun) up to the budget; its metrics."""
+    from pipelines.launch.horovod import launch_command
+
+    stage = {**spec["target"], "plots": False, "tensorboard_every_steps": 0}
+    if spec.get("epochs") is not None:
+        stage["epochs"] = spec["epochs"]
+    worker = {
+        "stage": stage,
+        "tensors": spec["tensors"],
+        "checkpoints": str(folder / "checkpoints"),
+        "tensorboard": None,
+        "transfer_model": spec.get("transfer_model"),
+        "class_names": spec.get("class_names"),
+        "out": str(folder / "out"),
+    }
+    atomic_write_json(folder / "worker.json", worker)
+    argv = [sys.executable, "-m", "pipelines.deep.worker", str(folder / "worker.json")]
+    ranks = int(spec.get("ranks", 1))
+    command = argv if ranks == 1 else launch_command("horovodrun", ranks, None, argv)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    subprocess.run(command, check=True, env=env)
+    results = json.loads((folder / "out" / "results.json").read_text())
+    metrics: dict[str, Any] = {"epochs_run": results["epochs_run"], "train_seconds": results["train_seconds"]}
+    history = results.get("history") or [{}]
+    metrics.update({f"train_{k}": v for k, v in history[-1].items() if k in ("loss", "accuracy")})
+    for split in ("test", "val"):
+        metrics.update({f"{split}_{k}": v for k, v in results.get(split, {}).items() if k in ("loss", "accuracy")})
+    return _scalars(metrics)
+
+
+def run_trial(trials_dir: str, index: int) -> dict[str, Any]:
+    """Run one trial from its spec and write its result.json; returns the result."""
+    folder = trial_dir(trials_dir, index)
+    spec = json.loads((folder / SPEC).read_text())
+    t0 = time.perf_counter()
+    metrics = classical_metrics(spec) if spec["kind"] == "model" else deep_metrics(spec, folder)
+    name = spec["metric"]
+    if name not in metrics:
+        raise SystemExit(f"trial {index:03d}: metric {name!r} not among the results {sorted(metrics)}")
+    earlier = read_result(folder, spec["digest"]) or {}
+    result = {
+        "index": index,
+        "digest": spec["digest"],
+        "values": spec["values"],
+        "status": "ok",
+        "epochs": spec.get("epochs"),
+        "metric": metrics[name],
+        "metrics": metrics,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "rungs": {**earlier.get("rungs", {}), str(spec.get("epochs")): metrics[name]},
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+    atomic_write_json(folder / RESULT, result)
+    return result
+
+
+class TrialFailed(RuntimeError):
+    """A trial's process ended with a non-zero exit code (the engine task raises it, so it is retried)."""
+
+
+@dataclass(frozen=True)
+class TrialItem:
+    """What an engine task needs to run one trial: the trials folder, the index and the time limit."""
+
+    trials_dir: str
+    index: int
+    timeout_s: float
+
+
+def _last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "no output"
+
+
+def run_trial_task(item: TrialItem) -> dict[str, Any]:
+    """Engine task: run the trial command in its own process group with a time limit, log each attempt.
+
+    A trial over its limit has its whole process group killed and is recorded as `timeout` (returned, not
+    raised: it is not retried); a non-zero exit raises `TrialFailed` with the log's last line.
+    """
+    folder = trial_dir(item.trials_dir, item.index)
+    spec = json.loads((folder / SPEC).read_text())
+    attempt = 1 + len(list(folder.glob("attempt-*.log")))
+    log_path = folder / f"attempt-{attempt}.log"
+    command = [sys.executable, "-m", "pipelines.sweep.trial", item.trials_dir, str(item.index)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    where = {"host": socket.gethostname(), "worker_pid": os.getpid(), "attempt": attempt}
+    t0 = time.perf_counter()
+    with open(log_path, "w", encoding="utf-8") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=item.timeout_s)
+        except BaseException as exc:  # over the limit, or the task itself was cancelled: stop the whole trial
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            if not isinstance(exc, subprocess.TimeoutExpired):
+                raise
+            out.write(f"stopped: over the trial time limit of {item.timeout_s:g} s\n")
+            earlier = read_result(folder, spec["digest"]) or {}
+            result = {
+                "index": item.index,
+                "digest": spec["digest"],
+                "values": spec["values"],
+                "status": "timeout",
+                "epochs": spec.get("epochs"),
+                "metric": None,
+                "metrics": {},
+                "seconds": round(time.perf_counter() - t0, 3),
+                "rungs": earlier.get("rungs", {}),
+                "error": f"over the time limit of {item.timeout_s:g} s",
+            }
+            atomic_write_json(folder / RESULT, result)
+            return {**result, **where}
+    if rc != 0:
+        raise TrialFailed(f"trial {item.index:03d} exited with code {rc}: {_last_line(log_path)}")
+    result = read_result(folder, spec["digest"])
+    if result is None:
+        raise TrialFailed(f"trial {item.index:03d} exited without writing {RESULT}")
+    return {**result, **where}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m pipelines.sweep.trial TRIALS_DIR INDEX", file=sys.stderr)
+        return 2
+    from pipelines.deep.worker import die_with_parent
+
+    die_with_parent()  # an engine task that starts this dies with its worker: so does the trial
+    result = run_trial(args[0], int(args[1]))
+    print(f"trial {result['index']:03d}: {result['metric']} at epochs {result['epochs']} in {result['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
