@@ -107,7 +107,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
         sweeps = [f"stages.{i}.executor={args.scheduler}" for i, s in enumerate(config.stages) if s.stage == "sweep"]
         if not sweeps:
             raise UsageError(f"--array: pipeline {config.name!r} has no sweep stage")
-        load_config(args.config, [*args.set, *sweeps])  # the overrides the job applies must load
         script, job, jobdir = submit_driver(
             config.batch,
             config.name,

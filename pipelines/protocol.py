@@ -59,6 +59,18 @@ class StageResult(abc.ABC):
 
 
 @dataclass
+class RecordedResult(StageResult):
+    """A result that is its recorded values: all of them are its metrics.json section; `facts` picks headlines."""
+
+    values: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Every value the stage recorded."""
+        return self.values
+
+
+@dataclass
 class StageContext:
     """Everything a running stage may use: the engine, the run, the pipeline config, earlier results."""
 

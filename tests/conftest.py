@@ -60,3 +60,17 @@ def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def stage_problem(conf: str, index: int, stage: dict) -> str:
+    """The config error when stage `index` of conf/<conf> is replaced by `stage` (the config must be refused)."""
+    import json
+
+    from pipelines.config import load_config, parse_config
+    from pipelines.errors import ConfigError
+
+    data = json.loads(json.dumps(load_config(ROOT / "conf" / conf).model_dump(mode="json")))
+    data["stages"][index] = stage
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    return str(err.value)

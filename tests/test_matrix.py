@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT
+from conftest import ROOT, stage_problem
 
 from pipelines.config import load_config, parse_config
 from pipelines.engines.matrix import (
@@ -199,11 +199,7 @@ def test_stage_config_problems_name_their_keys():
     base = load_config(ROOT / "conf" / "matrix_ingest.yaml").model_dump(mode="json")
 
     def problem(**stage):
-        data = json.loads(json.dumps(base))
-        data["stages"][1] = {"stage": "matrix", "name": "m", **stage}
-        with pytest.raises(ConfigError) as err:
-            parse_config(data)
-        return str(err.value)
+        return stage_problem("matrix_ingest.yaml", 1, {"stage": "matrix", "name": "m", **stage})
 
     gen = {"generate": {"rows": 10, "cols": 3}}
     assert "op multiply needs y" in problem(op="multiply", x=gen)

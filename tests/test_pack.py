@@ -14,11 +14,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import statsmodels.api as sm
-from conftest import ROOT
+from conftest import ROOT, stage_problem
 
 from pipelines.config import load_config, parse_config
 from pipelines.data.bundled import resolve_path
-from pipelines.errors import ConfigError
 from pipelines.pack.tasks import fit, logistic_hc1, run_task
 from pipelines.pipeline import run_pipeline
 
@@ -49,14 +48,8 @@ def _assert_sequential_equal(result):
 
 
 def test_pack_config_problems_name_their_keys():
-    base = load_config(ROOT / "conf" / "pack_configs.yaml").model_dump(mode="json")
-
     def problem(**stage):
-        data = json.loads(json.dumps(base))
-        data["stages"][1] = {"stage": "pack", "name": "p", **stage}
-        with pytest.raises(ConfigError) as err:
-            parse_config(data)
-        return str(err.value)
+        return stage_problem("pack_configs.yaml", 1, {"stage": "pack", "name": "p", **stage})
 
     assert "exactly one of bootstrap, group_by, configs" in problem(model="kmeans", group_by="a", configs=[{}])
     assert "exactly one of" in problem(model="kmeans")

@@ -7,7 +7,7 @@ import re
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -21,7 +21,7 @@ from pipelines.classical.persist import load_model, save_model
 from pipelines.engines.base import Engine
 from pipelines.errors import ConfigError
 from pipelines.ingest.stage import IngestResult, IngestStage
-from pipelines.protocol import PipelineSettings, Problem, Stage, StageContext, StageResult
+from pipelines.protocol import PipelineSettings, Problem, RecordedResult, Stage, StageContext
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +33,10 @@ ModelKind = Literal[tuple(ESTIMATORS)]  # type: ignore[valid-type]  # the one li
 
 
 @dataclass
-class ModelResult(StageResult):
+class ModelResult(RecordedResult):
     """A fitted model and its metrics (all of them go to metrics.json; headline ones to the manifest)."""
 
-    model: Any
-    values: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        """Every metric of the fit and the evaluation."""
-        return self.values
+    model: Any = None
 
     def facts(self) -> dict[str, Any]:
         """Headline facts for the manifest and the console: train-split fit facts, test-split metrics."""
@@ -120,7 +114,7 @@ class ModelStage(Stage):
         self.recorded_facts(ctx)
         folder = ctx.run.dir / "models" / self.output_name
         model = load_model(folder) if self.save and folder.exists() else None
-        return ModelResult(model, dict(ctx.run.metrics.get(self.output_name, {})))
+        return ModelResult(dict(ctx.run.metrics.get(self.output_name, {})), model)
 
 
 def model_blocks(engine: Engine, ingest: IngestResult, split: str, stage: ModelStage) -> Blocks:
@@ -186,7 +180,7 @@ def run_model(engine: Engine, stage: ModelStage, run: Any, ingest: IngestResult)
             with run.output(f"models/{stage.output_name}") as tmp:
                 tmp.mkdir()
                 save_model(model, tmp)
-    return ModelResult(model, _plain(metrics))
+    return ModelResult(_plain(metrics), model)
 
 
 def _plain(value: Any) -> Any:

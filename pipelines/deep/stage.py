@@ -10,7 +10,7 @@ import re
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -25,7 +25,7 @@ from pipelines.errors import ConfigError, DataError
 from pipelines.ingest.stage import IngestResult, IngestStage
 from pipelines.launch.horovod import is_progress, launch_command, run_ranks
 from pipelines.launch.ranks import RankJob
-from pipelines.protocol import PipelineSettings, Problem, Stage, StageContext, StageResult
+from pipelines.protocol import PipelineSettings, Problem, RecordedResult, Stage, StageContext
 from pipelines.settings import StrictModel
 
 log = logging.getLogger(__name__)
@@ -34,15 +34,8 @@ HEADLINE = ("model", "train_rows", "ranks", "epochs_run", "resumed_from", "launc
 
 
 @dataclass
-class DeepResult(StageResult):
-    """A finished training run's results (results.json of rank 0) for the manifest and metrics.json."""
-
-    values: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        """Everything rank 0 reported: history, test metrics, timings, where ranks ran."""
-        return self.values
+class DeepResult(RecordedResult):
+    """A finished training run's results (results.json of rank 0: history, test metrics, timings, placement)."""
 
     def facts(self) -> dict[str, Any]:
         """Headline facts: model, ranks, epochs, time, test accuracy or loss."""

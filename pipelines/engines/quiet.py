@@ -117,27 +117,35 @@ def lost_workers(exc: BaseException) -> EngineFailure | None:
 
 
 _JVM_GONE = ("SparkContext was shut down", "Connection refused", "Py4JNetworkError", "Answer from Java side is empty")
-_memory_setting = {"spark": "spark.driver.memory / spark.executor.memory"}
+_spark: dict[str, Any] = {"memory": "spark.driver.memory / spark.executor.memory", "log": None}
+OOM_TAIL_BYTES = 200_000
 
 
-def remember_spark_memory(master: str, conf: Any) -> None:
-    """Note where this process's Spark task memory is set, and its value, while the JVM can still say."""
+def remember_spark_memory(master: str, conf: Any, log_file: Path | None) -> None:
+    """Note where this process's Spark task memory is set (and its value) and its JVM log, while the JVM can say."""
     key = "spark.driver.memory" if master.startswith("local") else "spark.executor.memory"
-    _memory_setting["spark"] = f"{key} (now {conf.get(key, '1g')})"
+    _spark.update(memory=f"{key} (now {conf.get(key, '1g')})", log=log_file)
+
+
+def _tail(path: Path, size: int) -> str:
+    """The last `size` bytes of a file as text."""
+    with open(path, "rb") as fh:
+        fh.seek(max(0, path.stat().st_size - size))
+        return fh.read().decode(errors="replace")
 
 
 def out_of_memory(exc: BaseException) -> EnvironmentProblem | None:
     """A JVM heap exhausted on the driver or an executor, as one line naming the setting to raise (else None)."""
     texts = [text for _, text in _chain(exc)]
-    if any(gone in text for text in texts for gone in _JVM_GONE):  # a task's OOM stopped the JVM: its log says
-        own_log = engine_log_dir() / f"spark-{os.getpid()}.log"
-        texts.append(own_log.read_text(errors="replace")[-200_000:] if own_log.exists() else "")
+    own_log = _spark["log"]
+    if own_log and any(gone in text for text in texts for gone in _JVM_GONE):  # an OOM stopped the JVM: its log says
+        texts.append(_tail(own_log, OOM_TAIL_BYTES) if own_log.exists() else "")
     for text in texts:
         found = re.search(r"java\.lang\.OutOfMemoryError: ?([^\n]*)", text)
         if found:
             what = found.group(1).strip() or "OutOfMemoryError"
             return EnvironmentProblem(
-                f"spark ran out of JVM memory ({what}): raise engine.spark.conf {_memory_setting['spark']}, "
+                f"spark ran out of JVM memory ({what}): raise engine.spark.conf {_spark['memory']}, "
                 f"or use more partitions (engine.partitions); {_RESUME}"
             )
     return None

@@ -151,7 +151,7 @@ class SparkEngine(Engine):
             builder = builder.config(key, value)
         with stderr_to(self.log_file) if quiet and self.log_file else contextlib.nullcontext():
             self.spark = builder.getOrCreate()
-        remember_spark_memory(self.spark.sparkContext.master, self.spark.sparkContext.getConf())
+        remember_spark_memory(self.spark.sparkContext.master, self.spark.sparkContext.getConf(), self.log_file)
         self.spark.sparkContext.setLogLevel("WARN" if quiet or verbose() else "ERROR")
         log.info("spark session ready: %s", self.spark.sparkContext.master)
         if self.log_file:
@@ -215,7 +215,8 @@ class SparkEngine(Engine):
 
     def submit(self, fn: Callable[[T], R], item: T, key: str) -> cf.Future:
         if self._submitter is None:  # driver threads, each waiting on its own one-task job (Spark runs them at once)
-            self._submitter = cf.ThreadPoolExecutor(max_workers=64, thread_name_prefix="spark-submit")
+            threads = max(64, self.parallelism)  # never fewer threads than slots: a queued job would count as running
+            self._submitter = cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="spark-submit")
         sc = self.spark.sparkContext
         future: cf.Future = cf.Future()
 

@@ -126,7 +126,7 @@ class SparkMatrixOps(MatrixOps):
         shape = (x.shape[0], y.shape[1])
         if y.nbytes <= block_bytes:  # Y to every task as a local matrix (column-major values)
             local = y.read(0, y.shape[0])
-            dense = DenseMatrix(local.shape[0], local.shape[1], local.ravel(order="F").tolist())
+            dense = DenseMatrix(local.shape[0], local.shape[1], local.ravel(order="F"))
             product = self.indexed_matrix(x, block_bytes).multiply(dense)
         else:
             side = max(1, int(np.sqrt(block_bytes / 8)))

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from pipelines.atomic import atomic_write_json, atomic_write_text
 from pipelines.errors import ConfigError, EnvironmentProblem, PipelineError
-from pipelines.launch.batch import PIPELINE_NAME, SCHEDULERS, checked, environment
+from pipelines.launch.batch import PIPELINE_NAME, SCHEDULERS, TEMPLATES, checked
 from pipelines.launch.config import ArraySettings, BatchSettings
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 SCRIPT_NAME = {"slurm": "array.sbatch", "pbs": "array.pbs"}
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "R", "E"}  # SLURM states, PBS job_state letters
 QUERY_PATIENCE_S = 300.0  # how long the queue may stay unreadable (a busy or restarting controller)
-_ENV = environment()
 
 
 def index_list(indices: Sequence[int]) -> str:
@@ -100,7 +99,7 @@ def render_array(
         env=settings.env,
     )
     python = python or sys.executable
-    return _ENV.get_template("array.sh.j2").render(
+    return TEMPLATES.get_template("array.sh.j2").render(
         b=batch,
         name=name,
         scheduler=scheduler,
@@ -202,8 +201,13 @@ def _terminate_raises() -> Iterator[None]:
 def _wait(
     scheduler: str, job: str, indices: Sequence[int], cap: int | None, done: Callable[[int], bool], poll_s: float
 ) -> None:
-    """Poll until the array leaves the queue, logging one line whenever its counts change."""
+    """Poll until the array leaves the queue, logging one line whenever its counts change.
+
+    A task once done stays done (its result is replaced atomically and only grows), so each poll looks only at
+    the indices not yet seen done.
+    """
     last: tuple[int, int, int] | None = None
+    finished: set[int] = set()
     failing_since: float | None = None
     at_once = f"{cap} at once" if cap else "no cap"
     while True:
@@ -217,8 +221,8 @@ def _wait(
             log.info("array %s: queue not readable, trying again: %s", job, exc)
             time.sleep(poll_s)
             continue
-        finished = sum(1 for i in indices if done(i))
-        now = (finished, *(state or (0, 0)))
+        finished.update(i for i in indices if i not in finished and done(i))
+        now = (len(finished), *(state or (0, 0)))
         if now != last:
             log.info("array %s: %d tasks, %s; %d done, %d running, %d pending", job, len(indices), at_once, *now)
             last = now
@@ -316,7 +320,7 @@ def submit_driver(
     if any(c.isspace() for c in str(jobdir)):
         raise PipelineError(f"{jobdir}: the job folder (runs_dir) must not contain spaces (#SBATCH lines cannot quote)")
     python = python or sys.executable
-    script = _ENV.get_template("array_driver.sh.j2").render(
+    script = TEMPLATES.get_template("array_driver.sh.j2").render(
         b=batch,
         name=f"pipelines-{pipeline}",
         scheduler=scheduler,

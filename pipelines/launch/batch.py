@@ -50,7 +50,7 @@ def environment() -> jinja2.Environment:
     return env
 
 
-_ENV = environment()
+TEMPLATES = environment()  # the job-script templates (batch jobs and arrays)
 
 
 def checked(batch: BatchSettings, pipeline: str, scheduler: str) -> BatchSettings:
@@ -85,7 +85,7 @@ def render(
     if any(c.isspace() for c in str(jobdir)):
         raise PipelineError(f"{jobdir}: the job folder (runs_dir) must not contain spaces (#SBATCH lines cannot quote)")
     python = python or sys.executable
-    return _ENV.get_template(f"{batch.mode}.sh.j2").render(
+    return TEMPLATES.get_template(f"{batch.mode}.sh.j2").render(
         b=batch,
         name=f"pipelines-{pipeline}",
         scheduler=scheduler,

@@ -19,7 +19,14 @@ from pipelines.engines.matrix import MatrixOps, Out, Result, Source, auto_block_
 from pipelines.errors import ConfigError
 from pipelines.ingest.stage import IngestStage
 from pipelines.matrix.sources import MatrixInput
-from pipelines.protocol import NotRestorable, PipelineSettings, Problem, Stage, StageContext, StageResult
+from pipelines.protocol import (
+    NotRestorable,
+    PipelineSettings,
+    Problem,
+    RecordedResult,
+    Stage,
+    StageContext,
+)
 from pipelines.settings import SafeText, StrictModel
 
 log = logging.getLogger(__name__)
@@ -37,19 +44,13 @@ class OutSettings(StrictModel):
 
 
 @dataclass
-class MatrixResult(StageResult):
+class MatrixResult(RecordedResult):
     """The summary of a matrix operation (the arrays stay in matrix/<name>/)."""
-
-    summary: dict[str, Any]
 
     def facts(self) -> dict[str, Any]:
         """Operation, shapes, chunking, seconds, where the result is."""
         keys = ("op", "engine", "x_shape", "result_shape", "block", "seconds", "result", "top_singular_values")
-        return {k: self.summary[k] for k in keys if k in self.summary}
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return self.summary
+        return {k: self.values[k] for k in keys if k in self.values}
 
 
 class MatrixStage(Stage):
@@ -93,9 +94,9 @@ class MatrixStage(Stage):
             return [Problem(f"{k}.from", "needs an earlier ingest stage with write: true") for k in uses_ingest]
         return []
 
-    def block_bytes(self, ops: MatrixOps) -> int:
+    def block_bytes(self, memory_per_worker: int) -> int:
         """Bytes per block: chunk_mb, or `auto` (an eighth of one worker's memory)."""
-        return self.chunk_mb * 2**20 if self.chunk_mb != "auto" else auto_block_bytes(ops.memory_per_worker())
+        return self.chunk_mb * 2**20 if self.chunk_mb != "auto" else auto_block_bytes(memory_per_worker)
 
     def svd_method(self, x: Source, block: int) -> str:
         """`auto`: exact TSQR when x is tall-skinny and its columns x columns R fits a block, else randomized."""
@@ -107,7 +108,8 @@ class MatrixStage(Stage):
     def run(self, ctx: StageContext) -> MatrixResult:
         """Run the operation on the engine's workers; write matrix/<name>/ (arrays + summary.json)."""
         ops = ctx.engine.matrix_ops()
-        block = self.block_bytes(ops)
+        memory = ops.memory_per_worker()
+        block = self.block_bytes(memory)
         sources = {k: getattr(self, k).source(ctx, self.output_name) for k in NEEDS[self.op]}
         x = sources["x"]
         check_shapes(self.op, x, sources.get("y") or sources.get("b"))
@@ -120,7 +122,7 @@ class MatrixStage(Stage):
             **{f"{k}_input": getattr(self, k).describe() for k in sources},
             "block": list(chunk_shape(x.shape, block)),
             "block_mb": round(block / 2**20, 1),
-            "memory_per_worker_mb": round(ops.memory_per_worker() / 2**20, 1),
+            "memory_per_worker_mb": round(memory / 2**20, 1),
         }
         log.info("matrix %s on %s: x %s, blocks of %.0f MiB", self.op, ops.kind, x.shape, block / 2**20)
         with ctx.run.output(f"matrix/{self.output_name}") as tmp:

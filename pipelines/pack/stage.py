@@ -32,7 +32,7 @@ from pipelines.errors import ConfigError, DataError
 from pipelines.ingest.stage import IngestResult, IngestStage
 from pipelines.pack import plots
 from pipelines.pack.tasks import BootstrapTask, FitTask, FullFit, Source, group_counts, run_task
-from pipelines.protocol import PipelineSettings, Problem, Stage, StageContext, StageResult
+from pipelines.protocol import PipelineSettings, Problem, RecordedResult, Stage, StageContext
 from pipelines.settings import StrictModel
 
 log = logging.getLogger(__name__)
@@ -51,16 +51,10 @@ class BootstrapConfig(StrictModel):
 
 
 @dataclass
-class PackResult(StageResult):
+class PackResult(RecordedResult):
     """Counts of a pack's tasks and its tables (all in metrics.json; counts and the headline in the manifest)."""
 
-    values: dict[str, Any] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)  # each task's outcome (empty when restored)
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        """Everything the pack measured."""
-        return self.values
 
     def facts(self) -> dict[str, Any]:
         """Kind, model, task counts and the headline (worst SE ratio, best config, groups fitted)."""

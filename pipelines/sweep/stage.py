@@ -14,9 +14,9 @@ import logging
 import shutil
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import pandas as pd
@@ -31,7 +31,7 @@ from pipelines.errors import ConfigError, PipelineError
 from pipelines.ingest.stage import IngestResult
 from pipelines.launch.array import run_array
 from pipelines.launch.config import ArraySettings
-from pipelines.protocol import PipelineSettings, Problem, Stage, StageContext, StageResult
+from pipelines.protocol import PipelineSettings, Problem, RecordedResult, Stage, StageContext
 from pipelines.settings import StrictModel
 from pipelines.sweep import plots
 from pipelines.sweep.hyperband import Request, Schedule
@@ -61,15 +61,8 @@ class EarlyStopping(StrictModel):
 
 
 @dataclass
-class SweepResult(StageResult):
-    """A finished sweep's summary: counts, the best configuration and its metric, epochs spent."""
-
-    values: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        """Counts, best trial, epochs spent vs the full grid's, the results table's folder."""
-        return self.values
+class SweepResult(RecordedResult):
+    """A finished sweep's summary: counts, the best configuration and its metric, epochs spent vs the full grid's."""
 
     def facts(self) -> dict[str, Any]:
         """Headline facts: trials, done/failed/timeout/reused, the best metric."""
@@ -224,7 +217,6 @@ class Sweep:
             eta=stop.eta if stop else 3,
             mode=stage.mode,
         )
-        self.digests: dict[int, str] = {}
         self.columns: tuple[list[str], str | None] | None = None  # a table's numeric columns and its label
         self.specs: dict[int, dict[str, Any]] = {}
 
@@ -281,7 +273,6 @@ class Sweep:
                 log.info("sweep %s: trial %03d was run under another spec; starting it over", self.name, row.index)
                 shutil.rmtree(folder)
             folder.mkdir(parents=True, exist_ok=True)
-            self.digests[row.index] = digest
             self.specs[row.index] = {
                 **common,
                 "index": row.index,
@@ -290,6 +281,10 @@ class Sweep:
                 "target": target,
                 "metric": self.stage.metric,
             }
+
+    def _result(self, index: int) -> dict[str, Any] | None:
+        """The trial's result.json, when it was written under its current spec."""
+        return read_result(trial_dir(self.dir, index), self.specs[index]["digest"])
 
     def _write_spec(self, index: int, epochs: int | None) -> None:
         spec = {**self.specs[index], "epochs": epochs}
@@ -320,7 +315,7 @@ class Sweep:
         while pending:
             index, epochs = pending.popleft()
             self._write_spec(index, epochs)
-            found = rung_of(read_result(trial_dir(self.dir, index), self.digests[index]), epochs)
+            found = rung_of(self._result(index), epochs)
             if found is None:
                 todo.append((index, epochs))
                 continue
@@ -382,7 +377,7 @@ class Sweep:
             budget = dict(wave)
 
             def done(index: int) -> bool:
-                return rung_of(read_result(trial_dir(self.dir, index), self.digests[index]), budget[index]) is not None
+                return rung_of(self._result(index), budget[index]) is not None
 
             workdir = self.dir / "array"
             workdir.mkdir(parents=True, exist_ok=True)
@@ -391,10 +386,11 @@ class Sweep:
                 self.stage.executor, sorted(budget), command, workdir, settings, done=done, resubmits=self.stage.retries
             )
             requests = []
+            tries = Counter(int(p.stem) for p in set(workdir.glob("array-*/logs/*.log")) - before)
             for index, epochs in sorted(budget.items()):
-                found = rung_of(read_result(trial_dir(self.dir, index), self.digests[index]), epochs)
+                found = rung_of(self._result(index), epochs)
                 error = None if found else "not done after the array job and its resubmissions"
-                attempts = len(set(workdir.glob(f"array-*/logs/{index}.log")) - before)
+                attempts = tries[index]
                 requests += self._record(index, epochs, found, attempts=attempts, error=error)
             wave = self._resolve(requests)
 

@@ -134,19 +134,35 @@ def run_trial(trials_dir: str, index: int) -> dict[str, Any]:
     name = spec["metric"]
     if name not in metrics:
         raise SystemExit(f"trial {index:03d}: metric {name!r} not among the results {sorted(metrics)}")
-    earlier = read_result(folder, spec["digest"]) or {}
+    result = write_result(folder, spec, "ok", time.perf_counter() - t0, metrics[name], metrics, pid=os.getpid())
+    return result
+
+
+def write_result(
+    folder: Path,
+    spec: dict[str, Any],
+    status: str,
+    seconds: float,
+    metric: float | None = None,
+    metrics: dict[str, float] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write a trial's result.json atomically: its status at this budget, with the rungs reached before kept."""
+    rungs = dict((read_result(folder, spec["digest"]) or {}).get("rungs", {}))
+    if status == "ok":
+        rungs[str(spec.get("epochs"))] = metric
     result = {
-        "index": index,
+        "index": spec["index"],
         "digest": spec["digest"],
         "values": spec["values"],
-        "status": "ok",
+        "status": status,
         "epochs": spec.get("epochs"),
-        "metric": metrics[name],
-        "metrics": metrics,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "rungs": {**earlier.get("rungs", {}), str(spec.get("epochs")): metrics[name]},
+        "metric": metric,
+        "metrics": metrics or {},
+        "seconds": round(seconds, 3),
+        "rungs": rungs,
         "host": socket.gethostname(),
-        "pid": os.getpid(),
+        **extra,
     }
     atomic_write_json(folder / RESULT, result)
     return result
@@ -195,20 +211,8 @@ def run_trial_task(item: TrialItem) -> dict[str, Any]:
             if not isinstance(exc, subprocess.TimeoutExpired):
                 raise
             out.write(f"stopped: over the trial time limit of {item.timeout_s:g} s\n")
-            earlier = read_result(folder, spec["digest"]) or {}
-            result = {
-                "index": item.index,
-                "digest": spec["digest"],
-                "values": spec["values"],
-                "status": "timeout",
-                "epochs": spec.get("epochs"),
-                "metric": None,
-                "metrics": {},
-                "seconds": round(time.perf_counter() - t0, 3),
-                "rungs": earlier.get("rungs", {}),
-                "error": f"over the time limit of {item.timeout_s:g} s",
-            }
-            atomic_write_json(folder / RESULT, result)
+            limit = f"over the time limit of {item.timeout_s:g} s"
+            result = write_result(folder, spec, "timeout", time.perf_counter() - t0, error=limit)
             return {**result, **where}
     if rc != 0:
         raise TrialFailed(f"trial {item.index:03d} exited with code {rc}: {_last_line(log_path)}")
