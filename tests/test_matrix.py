@@ -233,7 +233,7 @@ def test_out_of_core_gram_on_workers_of_500_mb(tmp_path):
         assert block == 500 * 10**6 // 8
         writer = NpyWriter(path)
         writer.create(src.shape, src.shape)
-        engine.client.compute(da.store(ops.array(src, (20_000, 500)), writer, lock=False, compute=False)).result()
+        engine.client.compute(da.store(ops.array(src, (10_000, 500)), writer, lock=False, compute=False)).result()
         workers = set(engine.client.scheduler_info(n_workers=-1)["workers"])
         found = ops.gram(Npy.open(path), block, GATHER).value
         assert set(engine.client.scheduler_info(n_workers=-1)["workers"]) == workers  # none killed and replaced

@@ -213,7 +213,11 @@ class Writer(abc.ABC):
 
 
 class NpyWriter(Writer):
-    """A .npy file, written in place through a memory map opened per block."""
+    """A .npy file written in place: whole-row blocks with one positioned write, others through a memory map.
+
+    (A positioned write keeps the block out of the worker's resident memory; pages written through a map
+    count against a worker's memory limit until they are unmapped.)
+    """
 
     fmt = "npy"
 
@@ -223,9 +227,23 @@ class NpyWriter(Writer):
 
     def __setitem__(self, key: Any, value: np.ndarray) -> None:
         out = np.load(self.path, mmap_mode="r+", allow_pickle=False)
-        out[key] = value
-        out.flush()
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        start, stop, step = rows.indices(out.shape[0]) if isinstance(rows, slice) else (0, 0, 0)
+        whole_rows = step == 1 and cols in (slice(None), slice(0, out.shape[1]), slice(0, out.shape[1], 1))
+        if not (whole_rows and out.flags.c_contiguous):
+            out[key] = value
+            out.flush()
+            return
+        offset, width = out.offset + start * out.strides[0], out.shape[1]
         del out
+        data = np.ascontiguousarray(np.broadcast_to(value, (stop - start, width)), dtype=np.float64)
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            view, done = memoryview(data).cast("B"), 0
+            while done < len(view):
+                done += os.pwrite(fd, view[done:], offset + done)
+        finally:
+            os.close(fd)
 
 
 class ZarrWriter(Writer):
