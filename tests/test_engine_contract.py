@@ -93,3 +93,32 @@ def test_blocks_keep_their_partition_index(both):
     assert parts == [p for p, n in enumerate(SIZES) if n]
     for part, total, rows in both["dask"]["blocks"]:
         assert rows == SIZES[part] and total == pytest.approx(sum(k * 0.5 + part for k in range(rows)))
+
+
+@pytest.mark.parametrize("large", ["false", "true"])
+def test_spark_blocks_come_from_arrow_batches_with_strings_intact(spark_engine, large):
+    """Blocks are built from Spark's Arrow batches (no Row conversion), strings intact with either offset width."""
+
+    def _make(n_and_part: tuple[int, int]) -> pd.DataFrame:  # nested: shipped by value to Spark's workers
+        n, part = n_and_part
+        i = np.arange(n, dtype=np.int64)
+        return pd.DataFrame({"part": part, "i": i, "x": i * 0.5 + part, "s": [f"p{part}r{k}" for k in i]})
+
+    conf = spark_engine.spark.conf
+    before = conf.get("spark.sql.execution.arrow.useLargeVarTypes")
+    conf.set("spark.sql.execution.arrow.useLargeVarTypes", large)
+    try:
+        frame = spark_engine.from_tasks(_make, [(n, p) for p, n in enumerate(SIZES)], SCHEMA)
+        batches = spark_engine._arrow_batch_rdd(frame)
+        assert batches is not None and pa.types.is_large_string(batches[1].field("s").type) == (large == "true")
+        blocks = spark_engine.to_blocks(
+            frame, lambda pdf: {"s": pdf["s"].to_numpy(dtype=str), "x": pdf["x"].to_numpy()}
+        )
+        try:
+            found = spark_engine.map_blocks(blocks, lambda b: (int(b["part"]), b["s"].tolist(), float(b["x"].sum())))
+        finally:
+            spark_engine.release_blocks(blocks)
+    finally:
+        conf.set("spark.sql.execution.arrow.useLargeVarTypes", before)
+    want = [(p, [f"p{p}r{k}" for k in range(n)], sum(k * 0.5 + p for k in range(n))) for p, n in enumerate(SIZES) if n]
+    assert sorted(found) == want
