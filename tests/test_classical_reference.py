@@ -192,6 +192,36 @@ def test_local_sampling_forest_on_large_blocks_within_one_point():
     assert np.corrcoef(ours.feature_importances_, ref.feature_importances_)[0, 1] > 0.95
 
 
+def test_histogram_forest_on_120k_rows_within_one_point_of_sklearn():
+    """From 100,000 rows `auto` takes LightGBM's histogram splits: same accuracy (mean of 2 seeds), same importances."""
+    x, y = datasets.make_classification(n_samples=150_000, n_features=12, n_informative=6, flip_y=0.1, random_state=1)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.2, random_state=0)
+    ours = [
+        RandomForestClassifier(16, max_depth=10, random_state=s).fit(Blocks.from_arrays(xtr, ytr, 4)) for s in (0, 1)
+    ]
+    assert {m.learner_ for m in ours} == {"histogram"}
+    ref = [skens.RandomForestClassifier(16, max_depth=10, random_state=s, n_jobs=2).fit(xtr, ytr) for s in (0, 1)]
+    ours_acc, ref_acc = np.mean([m.score(xte, yte) for m in ours]), np.mean([m.score(xte, yte) for m in ref])
+    assert abs(ours_acc - ref_acc) <= 0.01, (ours_acc, ref_acc)
+    assert np.corrcoef(ours[0].feature_importances_, ref[0].feature_importances_)[0, 1] > 0.95
+    proba = ours[0].predict_proba(xte)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-12)
+
+
+def test_histogram_regression_forest_within_one_point_of_sklearn():
+    x, y = datasets.make_friedman1(n_samples=4000, noise=1.0, random_state=0)
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=0)
+    ours = _mean_scores(lambda s: RandomForestRegressor(60, random_state=s, learner="histogram"), xtr, ytr, xte, yte, 2)
+    ref = _mean_scores(lambda s: skens.RandomForestRegressor(60, random_state=s), xtr, ytr, xte, yte)
+    assert abs(ours - ref) <= 0.01, (ours, ref)
+
+
+def test_histogram_learner_takes_two_classes_at_most():
+    x, y = datasets.load_wine(return_X_y=True)
+    assert RandomForestClassifier(5, learner="histogram").fit(x, y).learner_ == "exact"  # three classes
+    assert RandomForestClassifier(5, learner="histogram").fit(x, y == 1).learner_ == "histogram"
+
+
 @pytest.mark.parametrize(
     "model",
     [
@@ -202,6 +232,7 @@ def test_local_sampling_forest_on_large_blocks_within_one_point():
         TruncatedSVD(3),
         RandomForestClassifier(5),
         RandomForestRegressor(5),
+        RandomForestRegressor(5, learner="histogram"),
     ],
 )
 def test_save_load_round_trip_without_pickle(tmp_path, model):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 from sklearn import cluster as skcluster
 from sklearn import decomposition as skdecomp
@@ -30,7 +31,7 @@ from sklearn import linear_model as sklin
 
 from benchmarks.common import measure
 from pipelines.classical import PCA, Blocks, KMeans, LinearRegression, LogisticRegression, RandomForestClassifier
-from pipelines.data.synthetic import generate
+from pipelines.data.synthetic import generate, generate_part
 from pipelines.engines.config import DaskSettings, SparkSettings
 from pipelines.engines.dask_engine import DaskEngine
 from pipelines.engines.spark_engine import SparkEngine
@@ -38,6 +39,11 @@ from pipelines.engines.spark_engine import SparkEngine
 K = 8
 TREES, DEPTH = 10, 8
 Fit = Callable[[], Any]
+Holdout = tuple[np.ndarray, np.ndarray]  # rows of the same classification model the forests never saw
+
+
+def _accuracy(model: Any, holdout: Holdout) -> str:
+    return f"acc={model.score(*holdout):.4f}"
 
 
 def _ours(engine: Any, frame: Any, features: list[str], label: str | None, make: Callable[[], Any]) -> Fit:
@@ -48,7 +54,9 @@ def _ours(engine: Any, frame: Any, features: list[str], label: str | None, make:
     return fit
 
 
-def ours_models(engine: Any, frames: dict[str, Any], features: list[str]) -> dict[str, tuple[Fit, Callable]]:
+def ours_models(
+    engine: Any, frames: dict[str, Any], features: list[str], holdout: Holdout
+) -> dict[str, tuple[Fit, Callable]]:
     """Our estimators, each with a quality function of the fitted model."""
     reg, cls = frames["regression"], frames["classification"]
     return {
@@ -70,16 +78,18 @@ def ours_models(engine: Any, frames: dict[str, Any], features: list[str]) -> dic
         ),
         f"random forest {TREES} trees": (
             _ours(engine, cls, features, "y", lambda: RandomForestClassifier(TREES, max_depth=DEPTH)),
-            lambda m: f"trees={len(m.trees_)} ({m.sampling_})",
+            lambda m: f"{_accuracy(m, holdout)} ({m.learner_})",
         ),
         f"random forest {TREES} trees, local": (
             _ours(engine, cls, features, "y", lambda: RandomForestClassifier(TREES, max_depth=DEPTH, sampling="local")),
-            lambda m: f"trees={len(m.trees_)} ({m.sampling_})",
+            lambda m: f"{_accuracy(m, holdout)} ({m.sampling_})",
         ),
     }
 
 
-def spark_native(engine: SparkEngine, frames: dict[str, Any], features: list[str]) -> dict[str, tuple[Fit, Callable]]:
+def spark_native(
+    engine: SparkEngine, frames: dict[str, Any], features: list[str], holdout: Holdout
+) -> dict[str, tuple[Fit, Callable]]:
     """pyspark.ml estimators on the same DataFrames (VectorAssembler + cache included in the time)."""
     from pyspark.ml import classification, clustering, feature, regression
 
@@ -97,6 +107,12 @@ def spark_native(engine: SparkEngine, frames: dict[str, Any], features: list[str
                 data.unpersist()
 
         return fit
+
+    def spark_accuracy(model: Any) -> str:
+        x, y = holdout
+        test = engine.spark.createDataFrame(pd.DataFrame(x, columns=features).assign(y=y))
+        pred = model.transform(assembled(test)).select("prediction", "y").toPandas()
+        return f"acc={float((pred['prediction'] == pred['y']).mean()):.4f}"
 
     reg, cls = frames["regression"], frames["classification"]
     return {
@@ -118,12 +134,14 @@ def spark_native(engine: SparkEngine, frames: dict[str, Any], features: list[str
         ),
         f"random forest {TREES} trees": (
             run(cls, lambda: classification.RandomForestClassifier(labelCol="y", numTrees=TREES, maxDepth=DEPTH)),
-            lambda m: f"trees={m.getNumTrees}",
+            spark_accuracy,
         ),
     }
 
 
-def dask_native(engine: DaskEngine, frames: dict[str, Any], features: list[str]) -> dict[str, tuple[Fit, Callable]]:
+def dask_native(
+    engine: DaskEngine, frames: dict[str, Any], features: list[str], holdout: Holdout
+) -> dict[str, tuple[Fit, Callable]]:
     """dask-ml / dask.array on the same frames (array conversion and persist included in the time)."""
     import dask.array as da
     from dask_ml import cluster, decomposition, linear_model
@@ -163,11 +181,11 @@ def dask_native(engine: DaskEngine, frames: dict[str, Any], features: list[str])
         "logistic regression (L2)": (logistic, lambda m: f"|w|={np.linalg.norm(m.coef_):.4f}"),
         f"k-means k={K}": (kmeans, lambda m: f"inertia={float(m.inertia_):.5g}"),
         "PCA k=5": (pca, lambda m: f"var5={float(m.explained_variance_ratio_.sum()):.4f}"),
-        f"random forest {TREES} trees": (forest, lambda m: f"trees={len(m.estimators_)} (sklearn n_jobs)"),
+        f"random forest {TREES} trees": (forest, lambda m: f"{_accuracy(m, holdout)} (sklearn)"),
     }
 
 
-def sklearn_reference(paths: dict[str, Path], features: list[str]) -> dict[str, tuple[Fit, Callable]]:
+def sklearn_reference(paths: dict[str, Path], features: list[str], holdout: Holdout) -> dict[str, tuple[Fit, Callable]]:
     """Single-node scikit-learn on the driver (data loaded once, outside the timing)."""
     reg = pq.read_table(paths["regression"]).to_pandas()
     cls = pq.read_table(paths["classification"]).to_pandas()
@@ -192,7 +210,7 @@ def sklearn_reference(paths: dict[str, Path], features: list[str]) -> dict[str, 
         ),
         f"random forest {TREES} trees": (
             lambda: skens.RandomForestClassifier(TREES, max_depth=DEPTH, n_jobs=os.cpu_count()).fit(xc, yc),
-            lambda m: f"trees={len(m.estimators_)}",
+            lambda m: _accuracy(m, holdout),
         ),
     }
 
@@ -220,6 +238,8 @@ def main() -> None:
         if not paths[kind].exists():
             generate(paths[kind], kind=kind, rows=rows, features=args.features, parts=args.partitions, seed=2)
     features = [f"x{i}" for i in range(args.features)]
+    table = generate_part("classification", 200_000, args.features, seed=2, part=10**6)  # a part no file has
+    holdout = (np.column_stack([table[f].to_numpy() for f in features]), table["y"].to_numpy())
     wanted = [w for w in args.models.split(",") if w]
 
     def chosen(models: dict[str, Any]) -> dict[str, Any]:
@@ -227,7 +247,7 @@ def main() -> None:
 
     print(f"{rows:,} rows x {args.features} features, {args.partitions} partitions, {os.cpu_count()} cores")
     print(f"\n{'model':26} {'who':22} {'seconds':>9} {'ratio':>9} {'quality':>22} {'peak RSS':>12}")
-    for name, (fit, quality) in chosen(sklearn_reference(paths, features)).items():
+    for name, (fit, quality) in chosen(sklearn_reference(paths, features, holdout)).items():
         seconds, model, peak = measure(fit)
         _line(name, "scikit-learn (1 node)", seconds, "", quality(model), peak)
     for kind in args.engines.split(","):
@@ -239,14 +259,14 @@ def main() -> None:
             native_fn, label = dask_native, "dask-ml / dask.array"
         with engine:
             frames = {k: engine.persist(engine.read_parquet(str(p))) for k, p in paths.items()}
-            native = chosen(native_fn(engine, frames, features))
+            native = chosen(native_fn(engine, frames, features, holdout))
             # Untimed warm-up: start the engine's Python workers and import the stack there once, so the
             # first model measured does not pay for it. Then time building the blocks alone.
             Blocks.from_frame(engine, frames["classification"], features, "y").release()
             seconds, blocks, peak = measure(lambda: Blocks.from_frame(engine, frames["classification"], features, "y"))
             blocks.release()
             _line("(building blocks only)", f"{kind}: ours", seconds, "", f"{blocks.n_rows:,} rows", peak)
-            for name, (fit, quality) in chosen(ours_models(engine, frames, features)).items():
+            for name, (fit, quality) in chosen(ours_models(engine, frames, features, holdout)).items():
                 base = name.removesuffix(", local")
                 if base == name or base not in native:
                     n_seconds, n_model, n_peak = measure(native[base][0])

@@ -109,7 +109,7 @@ def read_csv_segment(segment: Segment, schema: TableSchema, delimiter: str) -> R
     body, starts = _csv_records(segment)
     n_lines = len(starts) - 1
     first_line_no = segment.start + f.header_lines + 1
-    multiline = b"\"" in body  # a quoted field may span lines
+    multiline = b'"' in body  # a quoted field may span lines
     bad: list[Malformed] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
