@@ -97,15 +97,21 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Es
         if k > blocks.n_rows:
             raise ModelInputError(f"k-means: n_clusters={k} is larger than the number of rows ({blocks.n_rows})")
         random_state = seed_of(self.random_state)
-        # tol is relative to the data's mean variance, as in scikit-learn
-        variances = blocks.map(lambda block: [len(block["x"]), block["x"].sum(0), (block["x"] ** 2).sum(0)])
+        # tol is relative to the data's mean variance, as in scikit-learn; the first run's first pick rides along
+        first = self._first_draw(blocks, random_state * 1000)[2]
+
+        def moments(block: Block) -> tuple[int, np.ndarray, np.ndarray, np.ndarray | None]:
+            x = block["x"]
+            return len(x), x.sum(0), (x**2).sum(0), x[first] if first < len(x) else None
+
+        variances = blocks.map(moments)
         n = sum(v[0] for v in variances)
         mean = sum(v[1] for v in variances) / n
         tol = self.tol * float(np.mean(sum(v[2] for v in variances) / n - mean**2))
         best: tuple[float, np.ndarray, int, np.ndarray] | None = None
         for run in range(self.n_init):
             seed = random_state * 1000 + run
-            centers = self._init_parallel(blocks, seed)
+            centers = self._init_parallel(blocks, seed, [v[3] for v in variances] if run == 0 else None)
             centers, inertia, iters, sizes = self._lloyd(blocks, centers, tol)
             log.info("k-means run %d: inertia %.6g after %d iterations", run, inertia, iters)
             if best is None or inertia < best[0]:
@@ -123,14 +129,20 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Es
         """Number of transformed output features (distances to each centre)."""
         return self.cluster_centers_.shape[0]
 
-    def _init_parallel(self, blocks: Blocks, seed: int) -> np.ndarray:
-        """k-means||: oversample about oversampling*k points per round in proportion to their cost."""
-        k = self.n_clusters
+    @staticmethod
+    def _first_draw(blocks: Blocks, seed: int) -> tuple[np.random.Generator, int, int]:
+        """The generator of a run, and the block and row of its first centre (uniform over all rows)."""
         rng = np.random.default_rng(seed)
         sizes = np.array(blocks.rows_per_block)
-        first_block = rng.choice(len(sizes), p=sizes / sizes.sum())
-        offset = int(rng.integers(sizes[first_block]))
-        picks = blocks.map(lambda block: block["x"][offset] if offset < len(block["x"]) else None)
+        first_block = int(rng.choice(len(sizes), p=sizes / sizes.sum()))
+        return rng, first_block, int(rng.integers(sizes[first_block]))
+
+    def _init_parallel(self, blocks: Blocks, seed: int, picks: list[np.ndarray | None] | None = None) -> np.ndarray:
+        """k-means||: oversample about oversampling*k points per round in proportion to their cost."""
+        k = self.n_clusters
+        rng, first_block, offset = self._first_draw(blocks, seed)
+        if picks is None:  # row `offset` of every block (the first centre is one of them)
+            picks = blocks.map(lambda block: block["x"][offset] if offset < len(block["x"]) else None)
         centers = np.array([picks[first_block]])
         ell = self.oversampling * self.n_clusters
         step = 0

@@ -167,7 +167,7 @@ class Engine(abc.ABC):
         """Persist fn(partition) -> dict of NumPy arrays for each partition, kept on the workers.
 
         fn is called once per partition, on the whole partition. Each block also gets "part", its partition
-        index (blocks of empty partitions may be left out).
+        index (blocks of empty partitions may be left out). An engine may build them on the first pass.
         """
 
     @abc.abstractmethod

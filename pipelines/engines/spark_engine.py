@@ -300,9 +300,8 @@ class SparkEngine(Engine):
             if table.num_rows:  # the whole partition: fn sees it once
                 yield {**fn(table.to_pandas()), "part": index}
 
-        blocks = rdd.mapPartitionsWithIndex(build).persist(StorageLevel.MEMORY_AND_DISK)
-        blocks.count()
-        return blocks
+        # persisted lazily: the caller's first pass (Blocks' checks) builds and caches them, saving a pass
+        return rdd.mapPartitionsWithIndex(build).persist(StorageLevel.MEMORY_AND_DISK)
 
     def _arrow_batch_rdd(self, frame: Any) -> tuple[Any, pa.Schema] | None:
         """An RDD of the frame's Arrow record-batch messages (as Spark's Arrow export writes them), and their schema."""
