@@ -11,6 +11,7 @@ import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ from pipelines.engines.quiet import (
     translated,
     verbose,
 )
+from pipelines.engines.resident import load_block, new_store, remove_store, write_block
 from pipelines.javacheck import require_java
 from pipelines.launch.ranks import RankJob, run_spark_ranks
 
@@ -114,6 +116,14 @@ def _batches_to_pandas(batches: Iterator[pa.RecordBatch]) -> pd.DataFrame | None
     return pa.Table.from_batches(batches).to_pandas()
 
 
+@dataclass(frozen=True)
+class _ResidentBlocks:
+    """Blocks on a local master: Spark caches one small handle per block; the arrays are files in `store`."""
+
+    handles: Any
+    store: str
+
+
 class SparkEngine(Engine):
     """Runs stages on a SparkSession."""
 
@@ -125,6 +135,7 @@ class SparkEngine(Engine):
         self.spark = session
         self._owns_session = session is None
         self._submitter: cf.ThreadPoolExecutor | None = None
+        self._stores: set[str] = set()  # directories of resident blocks not yet released
         self.log_file: Any = None
 
     def start(self) -> None:
@@ -170,6 +181,9 @@ class SparkEngine(Engine):
             log.info("spark UI: %s", ui, extra={"dashboard": ui})
 
     def stop(self) -> None:
+        for store in list(self._stores):
+            remove_store(store)
+        self._stores.clear()
         if self._submitter is not None:
             if self.spark is not None:
                 self.spark.sparkContext.cancelAllJobs()
@@ -294,14 +308,20 @@ class SparkEngine(Engine):
         if batches is None:  # a Spark without Dataset.toArrowBatchRdd: Arrow out, packed blocks back, then an RDD
             return self._to_blocks_via_rows(frame, fn)
         rdd, schema = batches
+        store = new_store() if self.spark.sparkContext.master.startswith("local") else None
 
-        def build(index: int, messages: Iterator[bytes]) -> Iterator[Block]:
+        def build(index: int, messages: Iterator[bytes]) -> Iterator[Any]:
             table = pa.Table.from_batches([_read_batch(m, schema) for m in messages], schema)
             if table.num_rows:  # the whole partition: fn sees it once
-                yield {**fn(table.to_pandas()), "part": index}
+                block = {**fn(table.to_pandas()), "part": index}
+                yield write_block(store, index, block) if store else block
 
         # persisted lazily: the caller's first pass (Blocks' checks) builds and caches them, saving a pass
-        return rdd.mapPartitionsWithIndex(build).persist(StorageLevel.MEMORY_AND_DISK)
+        built = rdd.mapPartitionsWithIndex(build).persist(StorageLevel.MEMORY_AND_DISK)
+        if store is None:  # workers on other hosts: Spark caches the blocks themselves
+            return built
+        self._stores.add(store)  # every worker is on this host: Spark caches handles, the workers map the files
+        return _ResidentBlocks(built, store)
 
     def _arrow_batch_rdd(self, frame: Any) -> tuple[Any, pa.Schema] | None:
         """An RDD of the frame's Arrow record-batch messages (as Spark's Arrow export writes them), and their schema."""
@@ -335,10 +355,17 @@ class SparkEngine(Engine):
 
     @translated
     def map_blocks(self, blocks: Any, fn: Callable[[Block], R]) -> list[R]:
+        if isinstance(blocks, _ResidentBlocks):
+            return blocks.handles.map(lambda handle: fn(load_block(handle))).collect()
         return blocks.map(fn).collect()
 
     def release_blocks(self, blocks: Any) -> None:
-        blocks.unpersist()
+        if isinstance(blocks, _ResidentBlocks):
+            blocks.handles.unpersist()
+            remove_store(blocks.store)
+            self._stores.discard(blocks.store)
+        else:
+            blocks.unpersist()
 
     @translated
     def write_parquet(self, frame: Any, path: str, schema: pa.Schema) -> None:
