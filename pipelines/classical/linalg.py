@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import linalg
 
 from pipelines.classical.data import Blocks
 from pipelines.engines.base import Block
@@ -18,18 +19,34 @@ def with_intercept(x: np.ndarray) -> np.ndarray:
     return np.column_stack([np.ones(len(x)), x])
 
 
-def _r_factor(a: np.ndarray) -> np.ndarray:
-    """R of a thin QR, padded to square (rows < columns gives zero rows)."""
-    cols = a.shape[1]
+def design_matrix(x: np.ndarray, intercept: bool, target: np.ndarray | None = None) -> np.ndarray:
+    """[1, x, target] (the parts asked for) as one new Fortran-ordered array, ready for an in-place QR."""
+    lead, extra = int(intercept), int(target is not None)
+    out = np.empty((len(x), lead + x.shape[1] + extra), order="F")
+    if intercept:
+        out[:, 0] = 1.0
+    out[:, lead : lead + x.shape[1]] = x
+    if target is not None:
+        out[:, -1] = target
+    return out
+
+
+def _r_factor(a: np.ndarray, scratch: bool = False) -> np.ndarray:
+    """R of a thin QR (LAPACK on a Fortran array; overwritten when it is scratch or a copy made here)."""
     if a.shape[0] == 0:
-        return np.zeros((0, cols))
-    return np.linalg.qr(a, mode="r")
+        return np.zeros((0, a.shape[1]))
+    f = np.asfortranarray(a, dtype=np.float64)
+    (_, _), r = linalg.qr(f, mode="raw", overwrite_a=scratch or f is not a, check_finite=False)
+    return r
 
 
-def tsqr_r(blocks: Blocks, design: Design) -> np.ndarray:
-    """The R factor of the stacked matrix [design(block) for block]: one pass, per-block QR, then a QR of the Rs."""
-    rs = blocks.map(lambda block: _r_factor(design(block)))
-    r = _r_factor(np.vstack(rs))
+def tsqr_r(blocks: Blocks, design: Design, scratch: bool = False) -> np.ndarray:
+    """The R factor of the stacked matrix [design(block) for block]: one pass, per-block QR, then a QR of the Rs.
+
+    scratch: design returns a new array each call, which the QR may overwrite (no copy).
+    """
+    rs = blocks.map(lambda block: _r_factor(design(block), scratch))
+    r = _r_factor(np.vstack(rs), scratch=True)
     signs = np.where(np.diag(r) < 0, -1.0, 1.0)
     return r * signs[:, None]
 

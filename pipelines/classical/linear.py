@@ -11,7 +11,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from pipelines.classical.base import Estimator
 from pipelines.classical.data import Blocks, ModelInputError
-from pipelines.classical.linalg import tsqr_r, with_intercept
+from pipelines.classical.linalg import design_matrix, tsqr_r, with_intercept
 from pipelines.classical.summary import CoefficientTable, ModelSummary, SummaryMixin
 from pipelines.engines.base import Block
 from pipelines.ingest.transform import combine_moments
@@ -50,19 +50,27 @@ class LinearRegression(SummaryMixin, RegressorMixin, Estimator):
         n = blocks.n_rows
         if n <= p:
             raise ModelInputError(f"linear regression: {n} rows for {p} coefficients; need more rows than coefficients")
-        design = self._design
-        r = tsqr_r(blocks, lambda block: np.column_stack([design(block["x"]), block["y"]]))
+        intercept = self.fit_intercept
+        r = tsqr_r(blocks, lambda block: design_matrix(block["x"], intercept, block["y"]), scratch=True)
         check_rank(r[:p, :p], names, "linear regression")
         beta = linalg.solve_triangular(r[:p, :p], r[:p, p])
         rinv = linalg.solve_triangular(r[:p, :p], np.eye(p))
         xtx_inv = rinv @ rinv.T
 
+        lead = int(intercept)
+
         def residual_stats(block: Block) -> tuple[np.ndarray, list[float]]:
-            a = design(block["x"])
-            e = block["y"] - a @ beta
-            y = block["y"]
+            x, y = block["x"], block["y"]
+            e = y - x @ beta[lead:] - (beta[0] if lead else 0.0)
+            w = e * e
+            xw = x * w[:, None]
+            meat = np.empty((p, p))  # the design's [1, x]' diag(e^2) [1, x], without building [1, x]
+            meat[lead:, lead:] = xw.T @ x
+            if lead:
+                meat[0, 0], meat[0, 1:] = w.sum(), xw.sum(axis=0)
+                meat[1:, 0] = meat[0, 1:]
             mean = float(y.mean()) if len(y) else 0.0
-            return (a * (e * e)[:, None]).T @ a, [len(y), mean, float(((y - mean) ** 2).sum())]
+            return meat, [len(y), mean, float(((y - mean) ** 2).sum())]
 
         parts = blocks.map(residual_stats)
         meat = sum(m for m, _ in parts)
