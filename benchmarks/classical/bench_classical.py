@@ -8,7 +8,7 @@ both timed from the same engine frame (ours includes building its blocks, native
 scikit-learn on the driver's NumPy copy runs once as the single-node reference. Prints seconds, the
 ratio ours/native (goal <= 1.10), a quality figure for each, and the peak RSS of the whole process tree.
 
-    python -m benchmarks.classical.bench_classical --rows 1000000 [--big] [--engines dask,spark]
+    python -m benchmarks.classical.bench_classical --rows 1000000 [--big] [--engines dask,spark] [--skip-reference]
 """
 
 from __future__ import annotations
@@ -228,6 +228,7 @@ def main() -> None:
     parser.add_argument("--engines", default="dask,spark")
     parser.add_argument("--models", default="", help="comma-separated substrings of model names to run")
     parser.add_argument("--dir", default=None)
+    parser.add_argument("--skip-reference", action="store_true", help="leave out single-node scikit-learn")
     args = parser.parse_args()
     rows = 10_000_000 if args.big else args.rows
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -247,7 +248,8 @@ def main() -> None:
 
     print(f"{rows:,} rows x {args.features} features, {args.partitions} partitions, {os.cpu_count()} cores")
     print(f"\n{'model':26} {'who':22} {'seconds':>9} {'ratio':>9} {'quality':>22} {'peak RSS':>12}")
-    for name, (fit, quality) in chosen(sklearn_reference(paths, features, holdout)).items():
+    reference = {} if args.skip_reference else sklearn_reference(paths, features, holdout)
+    for name, (fit, quality) in chosen(reference).items():
         seconds, model, peak = measure(fit)
         _line(name, "scikit-learn (1 node)", seconds, "", quality(model), peak)
     for kind in args.engines.split(","):
