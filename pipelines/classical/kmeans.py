@@ -7,7 +7,6 @@ from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
-from scipy import sparse
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted
@@ -25,11 +24,16 @@ def _sq_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return np.maximum(d, 0.0)
 
 
+def _nearest_index(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of each row's nearest center, and |c|^2 - 2 x.c for every center (|x - c|^2 less |x|^2)."""
+    score = (centers * centers).sum(axis=1)[None, :] - 2.0 * (x @ centers.T)
+    return score.argmin(axis=1), score
+
+
 def _nearest(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index of and squared distance to each row's nearest center."""
-    d = _sq_distances(x, centers)
-    idx = d.argmin(axis=1)
-    return idx, d[np.arange(len(x)), idx]
+    idx, score = _nearest_index(x, centers)
+    return idx, np.maximum(np.einsum("ij,ij->i", x, x) + score[np.arange(len(x)), idx], 0.0)
 
 
 def _weighted_kmeanspp(points: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -180,9 +184,10 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Es
             c = centers
 
             def step(block: Block, c: np.ndarray = c) -> tuple[np.ndarray, np.ndarray]:
-                idx, _ = _nearest(block["x"], c)
-                onehot = sparse.csr_matrix((np.ones(len(idx)), (idx, np.arange(len(idx)))), shape=(k, len(idx)))
-                return np.asarray(onehot @ block["x"]), np.bincount(idx, minlength=k)
+                idx, _ = _nearest_index(block["x"], c)
+                onehot = np.zeros((len(idx), k))
+                onehot[np.arange(len(idx)), idx] = 1.0
+                return onehot.T @ block["x"], np.bincount(idx, minlength=k)
 
             parts = blocks.map(step)
             sums = sum(p[0] for p in parts)

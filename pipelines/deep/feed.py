@@ -1,4 +1,5 @@
-"""Each rank's balanced share of the shards, as tf.data pipelines with the same number of steps on every rank.
+"""Each rank's balanced share of the shards, with the same number of steps on every rank (NumPy batches for
+training, tf.data for evaluation).
 
 Training: every epoch draws one permutation of all rows from (seed, epoch), identical on all ranks, keeps
 steps x global batch rows and gives rank r the r-th slice of every global batch. So shares never overlap,
@@ -9,6 +10,7 @@ rows (all rows, no drop); metrics are summed across ranks afterwards.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,11 +72,23 @@ def _dataset(split: SplitShards, plan: np.ndarray) -> Any:
     return tf.data.Dataset.from_generator(lambda: _chunks(split, plan), output_signature=signature).unbatch()
 
 
-def train_dataset(split: SplitShards, rank: int, size: int, batch: int, epoch: int, seed: int) -> Any:
-    """tf.data for one epoch of this rank's training share: shuffled, batched, prefetched."""
+def train_dataset(split: SplitShards, rank: int, size: int, batch: int, epoch: int, seed: int) -> Iterator[Any]:
+    """One epoch of this rank's training share as NumPy (x, y) batches: shuffled, gathered a chunk ahead.
 
+    NumPy gathers of CHUNK_BATCHES batches at a time, split into views, reach about 0.7 of a raw read of the
+    same bytes; tf.data's per-batch cost held it near 0.3. The step's tf.function takes the arrays as tensors.
+    """
     plan = train_rows(split.rows, rank, size, batch, epoch, seed)
-    return _limit(_dataset(split, plan).prefetch(PREFETCH))
+    return _read_ahead(_chunks(split, plan))
+
+
+def _read_ahead(chunks: Iterator[tuple[np.ndarray, np.ndarray]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The batches of each chunk, the next chunk gathered by one thread meanwhile."""
+    with cf.ThreadPoolExecutor(1, thread_name_prefix="feed") as pool:
+        pending = pool.submit(next, chunks, None)
+        while (chunk := pending.result()) is not None:
+            pending = pool.submit(next, chunks, None)
+            yield from zip(*chunk, strict=True)
 
 
 def eval_dataset(split: SplitShards, rank: int, size: int, batch: int) -> Any:
