@@ -19,8 +19,9 @@ apt_install() {
   [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || want+=(dataset-fashion-mnist)
   # A real single-node SLURM for the launch tests (tests/slurm.py), crontab for `pipelines schedule`,
   # headless Chromium and its driver for the run report's browser test (tests/test_report.py),
-  # OpenBLAS as the system libblas.so.3/liblapack.so.3 that Spark MLlib's netlib loads (else its Java fallback).
-  for pkg in slurmctld slurmd slurm-client munge cron chromium chromium-driver libopenblas0-pthread; do
+  # OpenBLAS as the system libblas.so.3/liblapack.so.3 that Spark MLlib's netlib loads (else its Java fallback),
+  # and the OpenMP runtime LightGBM's wheel links (histogram forests).
+  for pkg in slurmctld slurmd slurm-client munge cron chromium chromium-driver libopenblas0-pthread libgomp1; do
     dpkg -s "$pkg" >/dev/null 2>&1 || want+=("$pkg")
   done
   [ ${#want[@]} -eq 0 ] && return 0
