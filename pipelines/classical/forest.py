@@ -36,9 +36,9 @@ def allocate_trees(n_trees: int, rows: list[int]) -> list[int]:
 class _Forest(Estimator):
     """Shared machinery: grow per-block sub-forests, keep their trees, average their outputs.
 
-    learner: `exact` grows scikit-learn's trees; `histogram` takes the splits from LightGBM's random-forest
-    mode (255-bin histograms, several times faster; `classical.histogram_trees`); `auto` uses histograms from
-    HISTOGRAM_ROWS rows on for regression and binary labels, where they stay within a point of scikit-learn.
+    learner: `exact` grows scikit-learn's trees; `histogram` finds each tree's splits with one LightGBM round
+    on bootstrap-weighted rows (255-bin histograms, several times faster; `classical.histogram_trees`); `auto`
+    uses histograms from HISTOGRAM_ROWS rows on for regression and binary labels.
     """
 
     _classifier = True

@@ -68,14 +68,13 @@ def grow_histogram_trees(
     target = np.searchsorted(classes, y) if classes is not None else np.asarray(y, dtype=float)
     k = len(classes) if classes is not None else 1
     x32, rng, n = np.ascontiguousarray(x, dtype=np.float32), np.random.default_rng(seed), len(x)
+    if k == 1 and classes is not None:  # one class: single leaves holding it, nothing to split or bin
+        return [_tree({"leaf_value": 0.0}, x32, target, np.ones(n), k, classifier) for _ in range(n_trees)], classes
     data = lgb.Dataset(x, target.astype(float), params={"max_bin": 255, "feature_pre_filter": False, "verbose": -1})
     data.construct()  # binned once; each tree only changes the row weights
     trees = []
     for _ in range(n_trees):
         weight = np.bincount(rng.integers(n, size=n), minlength=n).astype(float) if bootstrap else np.ones(n)
-        if k == 1 and classes is not None:  # one class: a single leaf holding it
-            trees.append(_tree({"leaf_value": 0.0}, x32, target, weight, k, classifier))
-            continue
         data.set_weight(weight)
         booster = lgb.train({**params, "seed": int(rng.integers(2**31 - 1))}, data, num_boost_round=1)
         trees.append(_tree(booster.dump_model()["tree_info"][0]["tree_structure"], x32, target, weight, k, classifier))

@@ -18,21 +18,25 @@ from pipelines.engines.base import Block
 log = logging.getLogger(__name__)
 
 
+def _scores(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """|c|^2 - 2 x.c for every row and center: the squared distance less |x|^2 (enough to rank centers)."""
+    return (centers * centers).sum(axis=1)[None, :] - 2.0 * (x @ centers.T)
+
+
 def _sq_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Squared Euclidean distances, rows of x against centers (clipped at 0)."""
-    d = (x * x).sum(axis=1)[:, None] - 2.0 * x @ centers.T + (centers * centers).sum(axis=1)[None, :]
-    return np.maximum(d, 0.0)
+    return np.maximum(np.einsum("ij,ij->i", x, x)[:, None] + _scores(x, centers), 0.0)
 
 
-def _nearest_index(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index of each row's nearest center, and |c|^2 - 2 x.c for every center (|x - c|^2 less |x|^2)."""
-    score = (centers * centers).sum(axis=1)[None, :] - 2.0 * (x @ centers.T)
-    return score.argmin(axis=1), score
+def _nearest_index(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of each row's nearest center."""
+    return _scores(x, centers).argmin(axis=1)
 
 
 def _nearest(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index of and squared distance to each row's nearest center."""
-    idx, score = _nearest_index(x, centers)
+    score = _scores(x, centers)
+    idx = score.argmin(axis=1)
     return idx, np.maximum(np.einsum("ij,ij->i", x, x) + score[np.arange(len(x)), idx], 0.0)
 
 
@@ -48,7 +52,7 @@ def _weighted_kmeanspp(points: np.ndarray, weights: np.ndarray, k: int, rng: np.
         dist = np.minimum(dist, _sq_distances(points, points[i][None, :])[:, 0])
     centers_arr = np.array(centers)
     for _ in range(100):
-        idx, _ = _nearest(points, centers_arr)
+        idx = _nearest_index(points, centers_arr)
         new = centers_arr.copy()
         for j in range(k):
             w = weights[idx == j]
@@ -124,7 +128,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Es
         self.inertia_, self.cluster_centers_, self.n_iter_, self.cluster_sizes_ = best
         if blocks.engine is None:
             centers = self.cluster_centers_
-            self.labels_ = gather(blocks, lambda block: _nearest(block["x"], centers)[0])
+            self.labels_ = gather(blocks, lambda block: _nearest_index(block["x"], centers))
         else:
             vars(self).pop("labels_", None)  # a fit on an engine does not gather one label per row
 
@@ -165,7 +169,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Es
             centers = np.vstack([centers, new])
             step += 1
         weights = np.sum(
-            blocks.map(lambda block: np.bincount(_nearest(block["x"], centers)[0], minlength=len(centers))), axis=0
+            blocks.map(lambda block: np.bincount(_nearest_index(block["x"], centers), minlength=len(centers))), axis=0
         ).astype(float)
         unique, where = np.unique(centers, axis=0, return_index=True)
         if len(unique) < k:
@@ -184,7 +188,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Es
             c = centers
 
             def step(block: Block, c: np.ndarray = c) -> tuple[np.ndarray, np.ndarray]:
-                idx, _ = _nearest_index(block["x"], c)
+                idx = _nearest_index(block["x"], c)
                 onehot = np.zeros((len(idx), k))
                 onehot[np.arange(len(idx)), idx] = 1.0
                 return onehot.T @ block["x"], np.bincount(idx, minlength=k)
@@ -214,7 +218,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Es
         """Index of each row's nearest centre."""
         check_is_fitted(self)
         centers = self.cluster_centers_
-        return self._per_block(X, lambda block: _nearest(block["x"], centers)[0])
+        return self._per_block(X, lambda block: _nearest_index(block["x"], centers))
 
     def transform(self, X: Any) -> np.ndarray:
         """Distances from each row to every centre."""

@@ -228,8 +228,9 @@ class NpyWriter(Writer):
     def __setitem__(self, key: Any, value: np.ndarray) -> None:
         out = np.load(self.path, mmap_mode="r+", allow_pickle=False)
         rows, cols = key if isinstance(key, tuple) else (key, slice(None))
-        start, stop, step = rows.indices(out.shape[0]) if isinstance(rows, slice) else (0, 0, 0)
-        whole_rows = step == 1 and cols in (slice(None), slice(0, out.shape[1]), slice(0, out.shape[1], 1))
+        slices = isinstance(rows, slice) and isinstance(cols, slice)
+        start, stop, step = rows.indices(out.shape[0]) if slices else (0, 0, 0)
+        whole_rows = slices and step == 1 and cols.indices(out.shape[1]) == (0, out.shape[1], 1)
         if not (whole_rows and out.flags.c_contiguous):
             out[key] = value
             out.flush()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import io
 import logging
 import os
 import shlex
@@ -14,7 +13,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -49,19 +47,6 @@ from pipelines.launch.ranks import RankJob, run_spark_ranks
 log = logging.getLogger(__name__)
 
 _RESULT_SCHEMA = pa.schema([("result", pa.string())])
-_BLOCK_SCHEMA = pa.schema([("block", pa.binary())])
-
-
-def _pack_block(block: Block) -> bytes:
-    """Serialize a block of NumPy arrays as .npz bytes (no pickle)."""
-    buf = io.BytesIO()
-    np.savez(buf, **block)
-    return buf.getvalue()
-
-
-def _unpack_block(data: bytes) -> Block:
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return {key: npz[key].item() if npz[key].ndim == 0 else npz[key] for key in npz.files}
 
 
 def _read_batch(message: bytes, schema: pa.Schema) -> pa.RecordBatch:
@@ -69,11 +54,6 @@ def _read_batch(message: bytes, schema: pa.Schema) -> pa.RecordBatch:
     batch = pa.ipc.read_record_batch(pa.py_buffer(message), schema)
     batch.validate(full=True)  # a schema that differs from the writer's (string offset widths) fails here, loudly
     return batch
-
-
-def _partition_block(index: int, rows: Iterator[Any]) -> list[Block]:
-    """Unpack partition `index`'s one packed block, adding its "part" (none for an empty partition)."""
-    return [{**_unpack_block(row[0]), "part": index} for row in rows]
 
 
 def driver_memory(total_bytes: int | None = None) -> str:
@@ -304,10 +284,7 @@ class SparkEngine(Engine):
         """Each partition's Arrow batches go straight to a Python task (no Row conversion) that builds its block."""
         from pyspark import StorageLevel
 
-        batches = self._arrow_batch_rdd(frame)
-        if batches is None:  # a Spark without Dataset.toArrowBatchRdd: Arrow out, packed blocks back, then an RDD
-            return self._to_blocks_via_rows(frame, fn)
-        rdd, schema = batches
+        rdd, schema = self._arrow_batch_rdd(frame)
         store = new_store() if self.spark.sparkContext.master.startswith("local") else None
 
         def build(index: int, messages: Iterator[bytes]) -> Iterator[Any]:
@@ -323,35 +300,18 @@ class SparkEngine(Engine):
         self._stores.add(store)  # every worker is on this host: Spark caches handles, the workers map the files
         return _ResidentBlocks(built, store)
 
-    def _arrow_batch_rdd(self, frame: Any) -> tuple[Any, pa.Schema] | None:
+    def _arrow_batch_rdd(self, frame: Any) -> tuple[Any, pa.Schema]:
         """An RDD of the frame's Arrow record-batch messages (as Spark's Arrow export writes them), and their schema."""
-        from py4j.protocol import Py4JError
         from pyspark.rdd import RDD
         from pyspark.serializers import NoOpSerializer
         from pyspark.sql.pandas.types import to_arrow_schema
 
-        try:
-            jrdd = frame._jdf.toArrowBatchRdd()
-        except (AttributeError, Py4JError):
-            return None
+        jrdd = frame._jdf.toArrowBatchRdd()  # Dataset's Arrow export (every pyspark this package allows has it)
         timezone, large = self.spark._jconf.getConfs(
             ["spark.sql.session.timeZone", "spark.sql.execution.arrow.useLargeVarTypes"]
         )
         schema = to_arrow_schema(frame.schema, timezone=timezone, prefers_large_types=large == "true")
         return RDD(jrdd.toJavaRDD(), self.spark.sparkContext, NoOpSerializer()), schema
-
-    def _to_blocks_via_rows(self, frame: Any, fn: BlockFn) -> Any:
-        from pyspark import StorageLevel
-
-        def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            pdf = _batches_to_pandas(batches)  # the whole partition: fn sees it once
-            if pdf is not None and len(pdf):
-                yield pa.RecordBatch.from_pylist([{"block": _pack_block(fn(pdf))}], schema=_BLOCK_SCHEMA)
-
-        packed = frame.mapInArrow(run, _spark_schema(_BLOCK_SCHEMA)).rdd
-        blocks = packed.mapPartitionsWithIndex(_partition_block).persist(StorageLevel.MEMORY_AND_DISK)
-        blocks.count()
-        return blocks
 
     @translated
     def map_blocks(self, blocks: Any, fn: Callable[[Block], R]) -> list[R]:
