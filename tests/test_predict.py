@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from pathlib import Path
@@ -15,10 +16,12 @@ from pipelines.classical.persist import load_model
 from pipelines.cli import main
 from pipelines.config import parse_config
 from pipelines.data.bundled import _digits, idx_bytes, resolve_path
+from pipelines.deep.augment import EvalViews
 from pipelines.errors import ConfigError, DataError, UsageError
 from pipelines.pipeline import run_pipeline
 from pipelines.predict import predict
-from pipelines.predict.score import loaded_models
+from pipelines.predict.saved import ModelRef
+from pipelines.predict.score import Scorer, loaded_models
 
 FEATURES = ["mean_radius", "mean_texture", "mean_smoothness", "mean_compactness", "mean_symmetry"]
 BAD_LINES = {  # appended after the good rows: the reason each gets in quarantine.csv
@@ -206,3 +209,34 @@ def test_keras_network_predictions_agree_on_spark_and_dask_and_with_keras_in_pro
     assert (bare["scored"], bare["rejected"], bare["labelled"], bare["metrics"]) == (300, 0, False, {})
     unlabelled = read_predictions(tmp_path / "bare").set_index("row").loc[dask["row"]]
     np.testing.assert_array_equal(unlabelled["prediction"], dask["prediction"])
+
+
+def test_a_network_with_test_time_views_scores_the_mean_of_its_views(tmp_path):
+    import keras
+
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(3, "softmax")])
+    model.save(tmp_path / "model.keras")
+    views = EvalViews(flip=True, shift=1)
+    scorer = Scorer(
+        ModelRef("keras", str(tmp_path / "model.keras"), "d"),
+        "classify",
+        None,
+        None,
+        "",
+        None,
+        (),
+        None,
+        None,
+        (0, 1, 2),
+        (0, 1, 2),
+        views,
+    )
+    x = np.random.default_rng(0).random((5, 8, 8, 1), dtype=np.float32)
+    padded = {m: np.pad(x[:, :, ::-1] if m else x, ((0, 0), (1, 1), (1, 1), (0, 0))) for m in (False, True)}
+    seen = [padded[m][:, 1 - dy : 9 - dy, 1 - dx : 9 - dx] for m, dy, dx in views.views()]
+    expected = np.mean([np.asarray(model(v)) for v in seen], axis=0)
+    out = scorer._keras(x[..., 0])
+    np.testing.assert_allclose(np.column_stack([out[f"probability_{c}"] for c in range(3)]), expected, atol=1e-6)
+    single = dataclasses.replace(scorer, views=None)._keras(x[..., 0])["probability_0"]
+    np.testing.assert_allclose(single, np.asarray(model(x))[:, 0], atol=1e-6)
+    assert not np.allclose(single, expected[:, 0], atol=1e-3)  # the views do change the scores

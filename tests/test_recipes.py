@@ -1,5 +1,5 @@
-"""The seeds' recipes: augmentation as a spec (flips only where allowed), the course's convolutional autoencoder,
-the MLP's exponential learning-rate decay, Keras' adadelta CNN, and the MNIST ladder config."""
+"""The seeds' recipes: augmentation as a spec (flips only where allowed), test-time views, the course's convolutional
+autoencoder, the MLP's exponential learning-rate decay, Keras' adadelta CNN, and the MNIST ladder config."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipelines.config import load_config
-from pipelines.deep.augment import AugmentSpec, augmenter
+from pipelines.deep.augment import AugmentSpec, EvalViews, augmenter, eval_views
 from pipelines.deep.models import conv_autoencoder
 from pipelines.deep.stage import DeepStage
 from pipelines.deep.train import _optimizer, learning_rate
@@ -26,8 +26,8 @@ def _letter_l() -> np.ndarray:
     return image
 
 
-def _config(name: str) -> SimpleNamespace:
-    dataset = SimpleNamespace(name=name, image=None)
+def _config(name: str, image: object = None) -> SimpleNamespace:
+    dataset = SimpleNamespace(name=name, image=image)
     return SimpleNamespace(name="p", dataset=dataset, engine=SimpleNamespace(kind="dask"))
 
 
@@ -45,6 +45,46 @@ def test_flips_are_refused_for_digits_and_allowed_for_clothes(dataset, refused):
     stage = DeepStage(model="mnist_cnn", augment={"flip": True})
     problems = stage.check([IngestStage(write=True)], _config(dataset))
     assert any(p.path == "augment.flip" for p in problems) == refused
+
+
+def _shifted(images: np.ndarray, down: int, right: int) -> np.ndarray:
+    """NumPy reference: move the pixels, zeros where nothing moved in."""
+    out = np.zeros_like(images)
+    h, w = images.shape[1:3]
+    out[:, max(down, 0) : h + min(down, 0), max(right, 0) : w + min(right, 0)] = images[
+        :, max(-down, 0) : h - max(down, 0), max(-right, 0) : w - max(right, 0)
+    ]
+    return out
+
+
+def test_test_time_views_are_the_image_its_mirror_and_their_one_pixel_shifts():
+    image = _letter_l()
+    spec = EvalViews(flip=True, shift=1)
+    views = [np.asarray(v) for v in eval_views(spec, image)]
+    assert len(views) == len(spec.views()) == 10
+    expected = [_shifted(image[:, :, ::-1] if mirror else image, down, right) for mirror, down, right in spec.views()]
+    for got, want in zip(views, expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert spec.views()[0] == (False, 0, 0)
+    assert [v.shape for v in eval_views(EvalViews(), image)] == [image.shape]  # no spec: the image alone
+
+
+@pytest.mark.parametrize(("dataset", "refused"), [("digits", True), ("fashion-mnist", False)])
+def test_test_time_flips_follow_the_training_flip_rule(dataset, refused):
+    stage = DeepStage(model="mnist_cnn", test_time_augment={"flip": True, "shift": 1})
+    image = SimpleNamespace(shape=[28, 28], classes=10)
+    paths = [p.path for p in stage.check([IngestStage(write=True)], _config(dataset, image))]
+    assert ("test_time_augment.flip" in paths) == refused
+    assert "test_time_augment" not in paths
+
+
+def test_test_time_views_need_a_classifier_and_images():
+    with pytest.raises(ValueError, match="conv_autoencoder' does not classify"):
+        DeepStage(model="conv_autoencoder", test_time_augment={"shift": 1})
+    tabular = DeepStage(model="mlp", test_time_augment={"shift": 1})
+    assert any(p.path == "test_time_augment" for p in tabular.check([IngestStage(write=True)], _config("iris")))
+    with pytest.raises(ValueError, match="shift"):
+        DeepStage(model="mlp", test_time_augment={"shift": 9})
 
 
 def test_without_flip_no_batch_is_ever_mirrored():

@@ -1,4 +1,4 @@
-"""Image augmentation as a spec: shifts, small rotations, zoom, random erasing, and flips only where allowed."""
+"""Image augmentation as specs: random transforms for training, fixed views for testing; flips only where allowed."""
 
 from __future__ import annotations
 
@@ -24,7 +24,33 @@ class AugmentSpec(StrictModel):
     flip: bool = Field(default=False, description="horizontal flips: only for images whose mirror keeps its class")
 
 
-def flip_problem(spec: AugmentSpec | None, dataset_name: str) -> str | None:
+class EvalViews(StrictModel):
+    """Fixed views of each evaluated image whose predicted probabilities are averaged (test-time augmentation)."""
+
+    flip: bool = Field(default=False, description="add each view's mirror image: only where flips keep the class")
+    shift: int = Field(default=0, ge=0, le=4, description="add views shifted this many pixels up, down, left, right")
+
+    def views(self) -> list[tuple[bool, int, int]]:
+        """(mirrored, rows down, columns right) of every view, the image itself first."""
+        step = self.shift
+        offsets = [(0, 0)] + ([(-step, 0), (step, 0), (0, -step), (0, step)] if step else [])
+        return [(mirror, dy, dx) for mirror in ([False, True] if self.flip else [False]) for dy, dx in offsets]
+
+
+def eval_views(spec: EvalViews, x: Any) -> list[Any]:
+    """The spec's views of a channels-last image batch; shifted-in pixels are zero."""
+    import tensorflow as tf
+
+    pad = spec.shift
+    height, width = x.shape[1], x.shape[2]
+    padded = {
+        mirror: tf.pad(tf.reverse(x, [2]) if mirror else x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+        for mirror in {m for m, _, _ in spec.views()}
+    }
+    return [padded[m][:, pad - dy : pad - dy + height, pad - dx : pad - dx + width, :] for m, dy, dx in spec.views()]
+
+
+def flip_problem(spec: AugmentSpec | EvalViews | None, dataset_name: str) -> str | None:
     """Why flips are wrong for this data set (digits, letters), or None."""
     if spec is None or not spec.flip or FLIP_SAFE.search(dataset_name) or not NO_FLIP.search(dataset_name):
         return None

@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, PositiveInt, field_validator
 
 from pipelines.atomic import atomic_write_json
-from pipelines.deep.augment import AugmentSpec, flip_problem
+from pipelines.deep.augment import AugmentSpec, EvalViews, flip_problem
 from pipelines.deep.models import NETWORKS, check_params
 from pipelines.deep.shards import MANIFEST, TensorShards, write_shards
 from pipelines.engines.base import Engine
@@ -30,6 +30,7 @@ from pipelines.settings import StrictModel
 
 log = logging.getLogger(__name__)
 
+SPLIT_FACTS = ("accuracy", "loss", "single_view_accuracy")
 HEADLINE = ("model", "train_rows", "ranks", "epochs_run", "resumed_from", "launcher", "placement")
 
 
@@ -43,9 +44,7 @@ class DeepResult(RecordedResult):
         facts["fit_seconds"] = self.metrics.get("train_seconds", 0.0)
         for split in ("test", "val"):
             if split in self.metrics:
-                facts.update(
-                    {f"{split}_{k}": self.metrics[split][k] for k in ("accuracy", "loss") if k in self.metrics[split]}
-                )
+                facts.update({f"{split}_{k}": self.metrics[split][k] for k in SPLIT_FACTS if k in self.metrics[split]})
                 break
         return facts
 
@@ -91,6 +90,9 @@ class DeepStage(Stage):
     weight_decay: float = Field(default=0.0, ge=0)
     augment: AugmentSpec | None = Field(
         default=None, description="random shifts, rotations, zoom, erasing, flips of training images; true: defaults"
+    )
+    test_time_augment: EvalViews | None = Field(
+        default=None, description="final evaluations average the predictions of mirrored and shifted views"
     )
     noise: float = Field(default=0.3, ge=0, description="denoising autoencoder: Gaussian noise on the inputs")
     early_stopping_patience: int | None = Field(default=None, ge=1)
@@ -140,6 +142,9 @@ class DeepStage(Stage):
         if NETWORKS[self.model].from_base != (self.transfer is not None):
             message = f"model {self.model!r} needs a 'transfer' section, and only it takes one"
             problems.append(Problem("transfer", message))
+        if self.test_time_augment is not None and NETWORKS[self.model].task != "classify":
+            message = f"{self.model!r} does not classify: its outputs are not averaged"
+            problems.append(Problem("test_time_augment", message))
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             problems.append(Problem("classes", "classes must be distinct"))
         try:
@@ -155,10 +160,13 @@ class DeepStage(Stage):
             problems.append(Problem("stage", "needs an earlier ingest stage with write: true"))
         if self.launcher in ("spark", "dask") and self.launcher != config.engine.kind:
             problems.append(Problem("launcher", f"{self.launcher!r} needs the {self.launcher} engine"))
-        flips = flip_problem(self.augment, config.dataset.name)
-        if flips:
-            problems.append(Problem("augment.flip", flips))
+        for field, spec in (("augment", self.augment), ("test_time_augment", self.test_time_augment)):
+            flips = flip_problem(spec, config.dataset.name)
+            if flips:
+                problems.append(Problem(f"{field}.flip", flips))
         image = getattr(config.dataset, "image", None)
+        if self.test_time_augment is not None and image is None:
+            problems.append(Problem("test_time_augment", "views are of images: the dataset has no image section"))
         if self.classes and image is not None and image.classes and max(self.classes) >= image.classes:
             problems.append(Problem("classes", f"{self.classes} outside 0..{image.classes - 1}"))
         source = self.transfer.source if self.transfer is not None else ""

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.deep import checkpoint, feed
-from pipelines.deep.augment import augmenter
+from pipelines.deep.augment import augmenter, eval_views
 from pipelines.deep.board import Board
 from pipelines.deep.models import NETWORKS, build
 from pipelines.deep.shards import TensorShards
@@ -188,11 +188,15 @@ class Trainer:
 
         return step
 
-    def _evaluate_batch(self, x: Any, y: Any) -> tuple[Any, Any, Any]:
+    def _evaluate_batch(self, x: Any, y: Any, views: bool = False) -> tuple[Any, Any, Any]:
         import tensorflow as tf
 
         inputs, target = self._inputs(x, training=False)
-        out = self.model(inputs, training=False)
+        if views and self.stage.test_time_augment is not None:
+            seen = eval_views(self.stage.test_time_augment, inputs)
+            out = tf.add_n([tf.cast(self.model(v, training=False), tf.float32) for v in seen]) / len(seen)
+        else:
+            out = self.model(inputs, training=False)
         if self.task == "reconstruct":
             per = tf.reduce_mean(tf.reshape(tf.square(tf.cast(out, tf.float32) - target), [tf.shape(x)[0], -1]), 1)
             return per, out, tf.zeros_like(y)
@@ -228,15 +232,18 @@ class Trainer:
 
     # --- loop ------------------------------------------------------------------------------------------
 
-    def evaluate(self, split: Any, want_examples: int = 0) -> dict[str, Any]:
-        """Loss (and accuracy, confusion matrix) of a split, each rank on its share, summed across ranks."""
+    def evaluate(self, split: Any, want_examples: int = 0, views: bool = False) -> dict[str, Any]:
+        """Loss (and accuracy, confusion matrix) of a split, each rank on its share, summed across ranks.
+
+        With `views`, a classifier's outputs are the mean over the stage's test-time views of each image.
+        """
         data = feed.eval_dataset(split, self.rank, self.size, max(256, self.stage.batch_size))
         classes = self.shards.classes
         sums = np.zeros(2)
         confusion = np.zeros((classes, classes)) if self.task == "classify" else None
         examples: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for x, y in data if data is not None else []:
-            per, out, pred = self._eval_step(x, y)
+            per, out, pred = self._eval_step(x, y, views)
             per, y_np, pred_np = per.numpy(), y.numpy(), pred.numpy()
             sums += [per.sum(), len(per)]
             if confusion is not None:

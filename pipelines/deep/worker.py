@@ -31,7 +31,7 @@ def _write_outputs(trainer: Any, spec: dict[str, Any], out: Path, info: dict[str
         split = getattr(trainer, split_name)
         if split is None:
             continue
-        ev = trainer.evaluate(split, want_examples=25 if split_name == "test" else 0)
+        ev = _final_evaluation(trainer, split, want_examples=25 if split_name == "test" else 0)
         examples = ev.pop("examples")
         results[split_name] = {k: v for k, v in ev.items() if k != "confusion"}
         if "confusion" in ev:
@@ -54,12 +54,22 @@ def _write_outputs(trainer: Any, spec: dict[str, Any], out: Path, info: dict[str
     atomic_write_json(out / "results.json", results)
 
 
+def _final_evaluation(trainer: Any, split: Any, want_examples: int = 0) -> dict[str, Any]:
+    """A split's last evaluation: over the stage's test-time views when it has them, the single view beside."""
+    if trainer.stage.test_time_augment is None:
+        return trainer.evaluate(split, want_examples)
+    ev = trainer.evaluate(split, want_examples, views=True)
+    single = trainer.evaluate(split)
+    ev.update({f"single_view_{k}": single[k] for k in ("accuracy", "loss") if k in single})
+    return ev
+
+
 def _evaluate_other_ranks(trainer: Any) -> None:
     """Ranks > 0 join rank 0's evaluations (they are collective)."""
     for split_name in ("test", "val"):
         split = getattr(trainer, split_name)
         if split is not None:
-            trainer.evaluate(split)
+            _final_evaluation(trainer, split)
 
 
 def die_with_parent(interval_s: float = 1.0) -> None:

@@ -151,6 +151,7 @@ def make_scorer(saved: SavedStage, table: Any, image_dtype: str, labelled: bool)
         label=saved.label if labelled and saved.task in ("classify", "regress") else None,
         classes=classes,
         names=names,
+        views=saved.views,
     )
 
 

@@ -14,6 +14,7 @@ from pipelines.atomic import checksum_tree
 from pipelines.classical.persist import load_model
 from pipelines.classical.stage import ModelStage
 from pipelines.config import PipelineConfig, load_config
+from pipelines.deep.augment import EvalViews
 from pipelines.deep.models import NETWORKS
 from pipelines.deep.stage import DeepStage, tensors_key
 from pipelines.errors import DataError, UsageError
@@ -53,6 +54,11 @@ class SavedStage:
     @property
     def name(self) -> str:
         return self.stage.output_name
+
+    @property
+    def views(self) -> EvalViews | None:
+        """A network's test-time views (its scores are their mean), else None."""
+        return self.stage.test_time_augment if isinstance(self.stage, DeepStage) else None
 
 
 def _verified(run_dir: Path, manifest: dict[str, Any], output: str) -> str:

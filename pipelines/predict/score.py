@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipelines.deep.augment import EvalViews, eval_views
 from pipelines.ingest.schema import TableSchema
 from pipelines.ingest.split import TRAIN
 from pipelines.ingest.transform import (
@@ -72,6 +73,7 @@ class Scorer:
     label: str | None  # label column of the transformed rows, when the new data has labels
     classes: tuple[Any, ...]  # model class values in output order
     names: tuple[Any, ...]  # what each class is written as (category levels for a category label)
+    views: EvalViews | None = None  # a network's test-time views: its probabilities are their mean
 
     def __call__(self, pdf: pd.DataFrame) -> pd.DataFrame:
         if self.table is not None:
@@ -108,14 +110,18 @@ class Scorer:
                 out.update({f"probability_{n}": proba[:, i] for i, n in enumerate(self.names)})
         return out
 
+    def _network(self, model: Any, batch: np.ndarray) -> np.ndarray:
+        """A network's outputs for a batch: the mean over the test-time views when the stage had them."""
+        if self.views is None:
+            return np.asarray(model(batch, training=False))
+        return np.mean([np.asarray(model(v, training=False), "float32") for v in eval_views(self.views, batch)], 0)
+
     def _keras(self, x: np.ndarray) -> dict[str, Any]:
         model = cached_model(self.model)
         x = x.astype("float32")
         if x.ndim == 3:  # (h, w) images get the channel axis the network was built with
             x = x[..., None]
-        outputs = np.concatenate(
-            [np.asarray(model(x[i : i + KERAS_BATCH], training=False)) for i in range(0, len(x), KERAS_BATCH)]
-        )
+        outputs = np.concatenate([self._network(model, x[i : i + KERAS_BATCH]) for i in range(0, len(x), KERAS_BATCH)])
         if self.task == "reconstruct":
             error = np.square(outputs.astype("float32") - x).reshape(len(x), -1).mean(axis=1)
             return {"reconstruction_error": error.astype("float64")}
