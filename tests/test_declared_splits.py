@@ -235,25 +235,37 @@ def test_digest_ignores_order_and_partitions_and_sees_each_value():
     assert digest(rows.iloc[:5])["digest"] != whole["digest"]
 
 
-def test_write_parquet_reduce_gives_each_written_partition(engine, tmp_path):
+def test_tasks_are_made_once_for_their_frame_and_their_results(engine, tmp_path):
+    """persist_tasks and write_mapped each run every partition's function once and reduce what it made."""
     schema = pa.schema([("part", pa.int64()), ("x", pa.float64())])
     calls = tmp_path / "calls"
     calls.mkdir()
 
     def numbers(item: tuple[int, int]) -> pd.DataFrame:  # nested: shipped by value to Spark's workers
+        (calls / f"make-{uuid.uuid4().hex}").touch()  # one file per call: how often a partition is made
         n, part = item
         return pd.DataFrame({"part": np.full(n, part, dtype=np.int64), "x": np.arange(n, dtype=np.float64)})
 
-    def tagged(pdf: pd.DataFrame) -> pd.DataFrame:  # leaves one file per call: how often a partition is made
-        (calls / uuid.uuid4().hex).touch()
-        return pdf
+    def doubled(pdf: pd.DataFrame) -> pd.DataFrame:
+        (calls / f"map-{uuid.uuid4().hex}").touch()
+        return pdf.assign(x=pdf["x"] * 2)
 
-    frame = engine.map_partitions(engine.from_tasks(numbers, [(5, 0), (0, 1), (7, 2)], schema), tagged, schema)
-    parts = engine.write_parquet_reduce(frame, str(tmp_path / "out"), schema, lambda pdf: {"rows": len(pdf)})
-    assert [p["rows"] for p in parts] == [5, 0, 7]
-    assert pq.read_table(tmp_path / "out").num_rows == 12
-    if engine.kind == "dask":  # one task graph: each partition is computed once for the writer and fn together
-        assert len(list(calls.iterdir())) == 3
+    def summed(pdf: pd.DataFrame) -> dict:
+        return {"rows": len(pdf), "sum": float(pdf["x"].sum()), "float": str(pdf["x"].dtype)}
+
+    items = [(5, 0), (0, 1), (7, 2)]
+    frame, made = engine.persist_tasks(numbers, items, schema, summed)
+    try:
+        assert made == [{"rows": n, "sum": n * (n - 1) / 2, "float": "float64"} for n in (5, 0, 7)]
+        assert made == engine.reduce_partitions(frame, summed)  # the same as a second job over the frame
+        parts = engine.write_mapped(frame, doubled, str(tmp_path / "out"), schema, summed)
+    finally:
+        engine.release(frame)
+    assert [(p["rows"], p["sum"]) for p in parts] == [(5, 20.0), (0, 0.0), (7, 42.0)]
+    written = pq.read_table(tmp_path / "out")
+    assert written.num_rows == 12 and sum(written.column("x").to_pylist()) == 62.0
+    assert len([f for f in calls.iterdir() if f.name.startswith("make-")]) == 3  # each task once
+    assert len([f for f in calls.iterdir() if f.name.startswith("map-")]) == 3  # writer and reduce share one map
 
 
 def test_predict_reads_only_the_new_data(tmp_path):

@@ -149,7 +149,7 @@ class Trainer:
         self.state: dict[str, Any] = {"epoch": 0, "history": [], "best_val_loss": None, "wait": 0, "resumed_from": None}
         self.best_weights: list[np.ndarray] | None = None
         self._train_step = self._make_step(distributed=True)
-        self._eval_step = tf.function(self._evaluate_batch, reduce_retracing=True)
+        self._eval_step = tf.function(self._evaluate_batch, reduce_retracing=True, autograph=False)  # Python ifs only
 
     # --- steps -----------------------------------------------------------------------------------------
 

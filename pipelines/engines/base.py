@@ -126,6 +126,10 @@ class Engine(abc.ABC):
         """Apply a pandas-to-pandas function to each partition, lazily."""
 
     @abc.abstractmethod
+    def where_set(self, frame: Any, column: str, keep: Sequence[str]) -> Any:
+        """The rows whose `column` is not null, with only the `keep` columns, filtered where the data lives."""
+
+    @abc.abstractmethod
     def reduce_partitions(self, frame: Any, fn: ReduceFn) -> list[dict[str, Any]]:
         """Run fn on each partition and collect its small JSON-able result, in partition order."""
 
@@ -141,14 +145,26 @@ class Engine(abc.ABC):
     def write_parquet(self, frame: Any, path: str, schema: pa.Schema) -> None:
         """Write a frame with the given schema as a directory of Parquet part files (path must not exist)."""
 
-    def write_parquet_reduce(self, frame: Any, path: str, schema: pa.Schema, fn: ReduceFn) -> list[dict[str, Any]]:
-        """Write as `write_parquet` does and return fn of each partition written, in partition order.
+    @abc.abstractmethod
+    def write_mapped(
+        self, frame: Any, fn: PartitionFn, path: str, schema: pa.Schema, reduce: ReduceFn
+    ) -> list[dict[str, Any]]:
+        """Write fn of each partition as `write_parquet` does; return reduce of each written part (one job)."""
 
-        This default runs fn in a second job over the frame (its parents are recomputed unless persisted);
-        an engine that can give one partition to both the writer and fn overrides it.
+    def persist_tasks(
+        self, fn: Callable[[T], pd.DataFrame], items: Sequence[T], schema: pa.Schema, reduce: ReduceFn
+    ) -> tuple[Any, list[dict[str, Any]]]:
+        """Persist the frame of `from_tasks(fn, items, schema)`; return it and reduce of each partition, in order.
+
+        This default reduces in a second job over the persisted frame; an engine whose second job would move
+        every row again overrides it to reduce each part in the task that makes it.
         """
-        self.write_parquet(frame, path, schema)
-        return self.reduce_partitions(frame, fn)
+        frame = self.persist(self.from_tasks(fn, items, schema))
+        try:
+            return frame, self.reduce_partitions(frame, reduce)
+        except BaseException:
+            self.release(frame)
+            raise
 
     @abc.abstractmethod
     def read_parquet(self, path: str) -> Any:

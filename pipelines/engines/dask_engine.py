@@ -222,6 +222,9 @@ class DaskEngine(Engine):
 
         return frame.map_partitions(part, meta=empty_frame(schema), enforce_metadata=False)
 
+    def where_set(self, frame: Any, column: str, keep: Sequence[str]) -> Any:
+        return frame[frame[column].notnull()][list(keep)]
+
     @translated
     def reduce_partitions(self, frame: Any, fn: ReduceFn) -> list[dict[str, Any]]:
         parts = [dask.delayed(_reduce_one)(fn, p) for p in frame.to_delayed()]
@@ -257,10 +260,13 @@ class DaskEngine(Engine):
         frame.to_parquet(path, write_index=False, engine="pyarrow", schema=schema, write_metadata_file=False)
 
     @translated
-    def write_parquet_reduce(self, frame: Any, path: str, schema: pa.Schema, fn: ReduceFn) -> list[dict[str, Any]]:
-        """Each partition is made once, by one task that writes its part file and runs fn on it."""
+    def write_mapped(
+        self, frame: Any, fn: PartitionFn, path: str, schema: pa.Schema, reduce: ReduceFn
+    ) -> list[dict[str, Any]]:
+        """Each partition is mapped once, by one task that writes its part file and reduces it."""
         os.makedirs(path)
-        tasks = [dask.delayed(_write_and_reduce)(fn, p, path, i, schema) for i, p in enumerate(frame.to_delayed())]
+        mapped = self.map_partitions(frame, fn, schema).to_delayed()
+        tasks = [dask.delayed(_write_and_reduce)(reduce, p, path, i, schema) for i, p in enumerate(mapped)]
         return [decode_result(text) for text in dask.compute(*tasks)]
 
     def read_parquet(self, path: str) -> Any:

@@ -96,6 +96,34 @@ def _batches_to_pandas(batches: Iterator[pa.RecordBatch]) -> pd.DataFrame | None
     return pa.Table.from_batches(batches).to_pandas()
 
 
+def _partition_frame(batches: Iterator[pa.RecordBatch], schema: Any) -> pd.DataFrame:
+    """A partition's batches as one pandas frame; an empty partition as zero rows of the Spark schema's types."""
+    pdf = _batches_to_pandas(batches)
+    if pdf is not None:
+        return pdf
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(schema).empty_table().to_pandas()
+
+
+class _KeyedResults:
+    """Accumulator param of {key: JSON result}: a task run again (a retry, an evicted part remade) overwrites."""
+
+    def zero(self, value: dict[int, str]) -> dict[int, str]:
+        return {}
+
+    def addInPlace(self, value1: dict[int, str], value2: dict[int, str]) -> dict[int, str]:  # noqa: N802 (Spark's name)
+        value1.update(value2)
+        return value1
+
+
+def _in_order(results: dict[int, str], expected: int, what: str) -> list[dict[str, Any]]:
+    """Decoded per-partition results in partition order; every partition must have reported."""
+    if sorted(results) != list(range(expected)):
+        raise RuntimeError(f"{what}: {len(results)} of {expected} partitions reported their results to the driver")
+    return [decode_result(results[i]) for i in range(expected)]
+
+
 @dataclass(frozen=True)
 class _ResidentBlocks:
     """Blocks on a local master: Spark caches one small handle per block; the arrays are files in `store`."""
@@ -234,16 +262,38 @@ class SparkEngine(Engine):
         return future
 
     def from_tasks(self, fn: Callable[[T], pd.DataFrame], items: Sequence[T], schema: pa.Schema) -> Any:
-        items = list(items)
+        return self._from_tasks(fn, list(items), schema, None, None)
+
+    def _from_tasks(
+        self, fn: Callable[[T], pd.DataFrame], items: list[T], schema: pa.Schema, reduce: ReduceFn | None, results: Any
+    ) -> Any:
+        """Partition i is fn(items[i]); with reduce, its result goes to the `results` accumulator under key i."""
         index = self.spark.sparkContext.parallelize([(i,) for i in range(len(items))], max(1, len(items)))
         seeds = self.spark.createDataFrame(index, "task int")
 
         def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             for batch in batches:
                 for i in batch.column(0).to_pylist():
-                    yield from to_arrow(fn(items[i]), schema).to_batches()
+                    table = to_arrow(fn(items[i]), schema)
+                    if reduce is not None:
+                        results.add({i: encode_result(reduce(table.to_pandas()))})
+                    yield from table.to_batches()
 
         return seeds.mapInArrow(run, _spark_schema(schema))
+
+    @translated
+    def persist_tasks(
+        self, fn: Callable[[T], pd.DataFrame], items: Sequence[T], schema: pa.Schema, reduce: ReduceFn
+    ) -> tuple[Any, list[dict[str, Any]]]:
+        """Each task reduces the part it makes: a second job would ship every cached row to Python again."""
+        items = list(items)
+        results = self.spark.sparkContext.accumulator({}, _KeyedResults())
+        frame = self.persist(self._from_tasks(fn, items, schema, reduce, results))
+        try:
+            return frame, _in_order(results.value, len(items), "persist_tasks")
+        except BaseException:
+            self.release(frame)
+            raise
 
     def map_partitions(self, frame: Any, fn: PartitionFn, schema: pa.Schema) -> Any:
         def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -254,15 +304,32 @@ class SparkEngine(Engine):
         return frame.mapInArrow(run, _spark_schema(schema))
 
     @translated
+    def write_mapped(
+        self, frame: Any, fn: PartitionFn, path: str, schema: pa.Schema, reduce: ReduceFn
+    ) -> list[dict[str, Any]]:
+        """One job: each task maps its partition, reduces what it hands to Spark's Parquet writer, and reports it."""
+        results = self.spark.sparkContext.accumulator({}, _KeyedResults())
+        empty = frame.schema
+
+        def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            from pyspark import TaskContext
+
+            table = to_arrow(fn(_partition_frame(batches, empty)), schema)
+            results.add({TaskContext.get().partitionId(): encode_result(reduce(table.to_pandas()))})
+            yield from table.to_batches()
+
+        self.write_parquet(frame.mapInArrow(run, _spark_schema(schema)), path, schema)
+        return _in_order(results.value, self.num_partitions(frame), "write_mapped")
+
+    def where_set(self, frame: Any, column: str, keep: Sequence[str]) -> Any:
+        return frame.where(frame[column].isNotNull()).select(*keep)
+
+    @translated
     def reduce_partitions(self, frame: Any, fn: ReduceFn) -> list[dict[str, Any]]:
         empty = frame.schema
 
         def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            pdf = _batches_to_pandas(batches)
-            if pdf is None:
-                from pyspark.sql.pandas.types import to_arrow_schema
-
-                pdf = to_arrow_schema(empty).empty_table().to_pandas()
+            pdf = _partition_frame(batches, empty)
             yield pa.RecordBatch.from_pylist([{"result": encode_result(fn(pdf))}], schema=_RESULT_SCHEMA)
 
         rows = frame.mapInArrow(run, _spark_schema(_RESULT_SCHEMA)).collect()

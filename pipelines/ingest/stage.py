@@ -352,35 +352,19 @@ class IngestStage(Stage):
             raise NotRestorable(f"stage {self.output_name!r}: the manifest lacks {exc}") from None
 
 
-def rejected_rows(pdf: pd.DataFrame) -> pd.DataFrame:
-    """The rejected rows of a validated partition as quarantine records."""
-    bad = pdf[pdf["_reason"].notna()]
-    return pd.DataFrame(
-        {
-            "source": bad["_source"].to_numpy(),
-            "row": bad["_row"].to_numpy(),
-            "column": bad["_column"].to_numpy(),
-            "reason": bad["_reason"].to_numpy(),
-            "raw": bad["_raw"].to_numpy(),
-        }
-    )
+QUARANTINE_COLUMNS = {"_source": "source", "_row": "row", "_column": "column", "_reason": "reason", "_raw": "raw"}
 
 
-QUARANTINE_SCHEMA = pa.schema(
-    [
-        ("source", pa.string()),
-        ("row", pa.int64()),
-        ("column", pa.string()),
-        ("reason", pa.string()),
-        ("raw", pa.string()),
-    ]
-)
+def rejected_rows(engine: Engine, validated: Any) -> pd.DataFrame:
+    """The rejected rows of a validated frame as quarantine records (only they leave the workers)."""
+    bad = engine.to_pandas(engine.where_set(validated, "_reason", list(QUARANTINE_COLUMNS)))
+    return bad.rename(columns=QUARANTINE_COLUMNS)
 
 
 def write_quarantine(path: Path, rejected: pd.DataFrame) -> None:
     """Write rejected rows as CSV atomically (row: CSV line number, else 0-based record index)."""
     rejected = rejected.sort_values(["source", "row"], kind="stable")
-    atomic_write_bytes(path, rejected.to_csv(index=False, columns=QUARANTINE_SCHEMA.names).encode("utf-8"))
+    atomic_write_bytes(path, rejected.to_csv(index=False, columns=list(QUARANTINE_COLUMNS.values())).encode("utf-8"))
 
 
 def run_ingest(
@@ -395,11 +379,13 @@ def run_ingest(
         "%s: %d records in %d file(s), %d partitions", dataset.name, plan.records, len(plan.files), len(plan.parts)
     )
     arrow_schema = table_arrow_schema(plan.table) if plan.table else image_arrow_schema()
-    validated = engine.persist(
-        engine.from_tasks(lambda part: read_part(plan, part, stage.split), plan.parts, arrow_schema)
+    validated, stats = engine.persist_tasks(
+        lambda part: read_part(plan, part, stage.split),
+        plan.parts,
+        arrow_schema,
+        lambda pdf: partition_stats(pdf, plan.table),
     )
     try:
-        stats = engine.reduce_partitions(validated, lambda pdf: partition_stats(pdf, plan.table))
         read = sum(s["read"] for s in stats)
         rejected = sum(s["rejected"] for s in stats)
         if read != plan.records:
@@ -429,7 +415,7 @@ def run_ingest(
             result.image_dtype = stored_image_dtype(plan.files[0].dtype, stage.image_scale)
             result.image_shape = tuple(dataset.image.shape)
         if run is not None:
-            quarantine = engine.to_pandas(engine.map_partitions(validated, rejected_rows, QUARANTINE_SCHEMA))
+            quarantine = rejected_rows(engine, validated)
             write_quarantine(run.dir / "quarantine.csv", quarantine)
             run.manifest["quarantine"] = {"file": "quarantine.csv", "rows": rejected}
             run.save()
@@ -461,18 +447,17 @@ def _write_splits(
             continue
         if plan.table is not None:
             schema = output_schema(plan.table, fitted, stage.encode)
-            frame = engine.map_partitions(
-                validated, lambda pdf, c=code: transform_table(pdf, c, plan.table, fitted, stage.encode), schema
+            transform = functools.partial(
+                transform_table, split=code, schema=plan.table, fitted=fitted, encode=stage.encode
             )
         else:
-            dtype = plan.files[0].dtype
             schema = image_output_schema()
-            frame = engine.map_partitions(
-                validated, lambda pdf, c=code: transform_images(pdf, c, dtype, stage.image_scale), schema
+            transform = functools.partial(
+                transform_images, split=code, dtype=plan.files[0].dtype, scale=stage.image_scale
             )
         digest_of = functools.partial(partition_digest, schema=schema)
         with run.output(f"data/{name}") as tmp:  # the digest comes from the partitions as they are written
-            parts = engine.write_parquet_reduce(frame, str(tmp), schema, digest_of)
+            parts = engine.write_mapped(validated, transform, str(tmp), schema, digest_of)
             digest = combine_digests(parts)
             if digest["rows"] != result.splits[name]:
                 raise DataError(f"data/{name}: wrote {digest['rows']} rows where {result.splits[name]} were accepted")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -23,7 +24,7 @@ from pipelines.engines import make_engine
 from pipelines.engines.base import Engine
 from pipelines.errors import DataError, UsageError
 from pipelines.ingest.config import SplitConfig
-from pipelines.ingest.stage import QUARANTINE_SCHEMA, plan_ingest, read_part, rejected_rows, write_quarantine
+from pipelines.ingest.stage import plan_ingest, read_part, rejected_rows, write_quarantine
 from pipelines.ingest.transform import partition_stats
 from pipelines.ingest.validate import image_arrow_schema, table_arrow_schema
 from pipelines.predict.data import new_dataset
@@ -83,20 +84,19 @@ def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out
         "%s: %d records in %d file(s), %d partitions", dataset.path, plan.records, len(plan.files), len(plan.parts)
     )
     arrow = table_arrow_schema(plan.table) if plan.table is not None else image_arrow_schema()
-    validated = engine.persist(engine.from_tasks(lambda part: read_part(plan, part, ALL_ROWS), plan.parts, arrow))
+    validated, stats = engine.persist_tasks(
+        lambda part: read_part(plan, part, ALL_ROWS), plan.parts, arrow, lambda pdf: partition_stats(pdf, None)
+    )
     try:
-        stats = engine.reduce_partitions(validated, lambda pdf: partition_stats(pdf, None))
         read, rejected = sum(s["read"] for s in stats), sum(s["rejected"] for s in stats)
         if read != plan.records:
             raise DataError(f"{dataset.path}: read {read} records but the files hold {plan.records}")
         with atomic_dir(out) as tmp:
             tmp.mkdir()
-            quarantine = engine.to_pandas(engine.map_partitions(validated, rejected_rows, QUARANTINE_SCHEMA))
+            quarantine = rejected_rows(engine, validated)
             write_quarantine(tmp / "quarantine.csv", quarantine)
-            scored = engine.map_partitions(validated, scorer, scorer.schema)
-            engine.write_parquet(scored, str(tmp / "predictions"), scorer.schema)
-            written = engine.read_parquet(str(tmp / "predictions"))
-            parts = engine.reduce_partitions(written, lambda pdf: partition_metrics(pdf, scorer))
+            metrics = functools.partial(partition_metrics, scorer=scorer)
+            parts = engine.write_mapped(validated, scorer, str(tmp / "predictions"), scorer.schema, metrics)
             summary = {
                 "run": str(saved.run_dir),
                 "stage": saved.name,
