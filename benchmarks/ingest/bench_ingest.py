@@ -82,7 +82,9 @@ def main() -> None:
             if kind == "dask"
             else SparkEngine(SparkSettings(master="local[2]"), partitions=args.partitions)
         )
-        with engine:
+        with engine:  # untimed warm-up of both sides: worker processes, imports, the JVM's first queries
+            run_ingest(engine, datasets["parquet"], stage, args.partitions)
+            (spark_checked if kind == "spark" else dask_checked)(engine, "parquet", pq_dir, features)
             for fmt in ("csv", "parquet"):
                 if kind == "dask":
                     import dask.dataframe as dd
