@@ -9,12 +9,14 @@ from __future__ import annotations
 import abc
 import concurrent.futures as cf
 import json
+import os
 import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipelines.launch.ranks import RankJob
 
@@ -53,6 +55,12 @@ def encode_result(result: dict[str, Any]) -> str:
 def decode_result(text: str) -> dict[str, Any]:
     """Inverse of encode_result."""
     return json.loads(text)
+
+
+def write_part_and_reduce(reduce: ReduceFn, part: pd.DataFrame, path: str, index: int, schema: pa.Schema) -> str:
+    """Write one partition as `part.<index>.parquet` under path; return reduce of it, encoded (one task)."""
+    pq.write_table(to_arrow(part, schema), os.path.join(path, f"part.{index}.parquet"))
+    return encode_result(reduce(part))
 
 
 class TaskError(RuntimeError):
@@ -149,12 +157,18 @@ class Engine(abc.ABC):
     def write_mapped(
         self, frame: Any, fn: PartitionFn, path: str, schema: pa.Schema, reduce: ReduceFn
     ) -> list[dict[str, Any]]:
-        """Write fn of each partition as `write_parquet` does; return reduce of each written part (one job)."""
+        """Write fn of each partition as `write_parquet` does; return reduce of each written part (one job).
+
+        reduce sees the frame fn returned, before it is converted to the schema for writing.
+        """
 
     def persist_tasks(
         self, fn: Callable[[T], pd.DataFrame], items: Sequence[T], schema: pa.Schema, reduce: ReduceFn
     ) -> tuple[Any, list[dict[str, Any]]]:
         """Persist the frame of `from_tasks(fn, items, schema)`; return it and reduce of each partition, in order.
+
+        reduce may see the frame fn returned rather than its conversion to the schema: it must not depend on
+        the difference (nullable or Arrow-backed dtypes).
 
         This default reduces in a second job over the persisted frame; an engine whose second job would move
         every row again overrides it to reduce each part in the task that makes it.

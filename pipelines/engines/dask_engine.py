@@ -14,7 +14,6 @@ import dask
 import dask.dataframe as dd
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from distributed import wait
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -32,7 +31,7 @@ from pipelines.engines.base import (
     empty_frame,
     encode_result,
     settle,
-    to_arrow,
+    write_part_and_reduce,
 )
 from pipelines.engines.config import DaskSettings
 from pipelines.engines.quiet import engine_log_dir, lost_workers, stderr_to, translated, verbose
@@ -63,12 +62,6 @@ class StderrTo(WorkerPlugin):
 
 
 def _reduce_one(fn: ReduceFn, part: pd.DataFrame) -> str:
-    return encode_result(fn(part))
-
-
-def _write_and_reduce(fn: ReduceFn, part: pd.DataFrame, path: str, index: int, schema: pa.Schema) -> str:
-    """Write one partition as `part.<index>.parquet` under path and return fn of it (one task, one partition)."""
-    pq.write_table(to_arrow(part, schema), os.path.join(path, f"part.{index}.parquet"))
     return encode_result(fn(part))
 
 
@@ -266,7 +259,7 @@ class DaskEngine(Engine):
         """Each partition is mapped once, by one task that writes its part file and reduces it."""
         os.makedirs(path)
         mapped = self.map_partitions(frame, fn, schema).to_delayed()
-        tasks = [dask.delayed(_write_and_reduce)(reduce, p, path, i, schema) for i, p in enumerate(mapped)]
+        tasks = [dask.delayed(write_part_and_reduce)(reduce, p, path, i, schema) for i, p in enumerate(mapped)]
         return [decode_result(text) for text in dask.compute(*tasks)]
 
     def read_parquet(self, path: str) -> Any:

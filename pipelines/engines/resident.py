@@ -1,4 +1,5 @@
-"""Blocks resident on a single host: arrays in .npy files that Python workers map once and keep between passes.
+"""Data resident on a single host: block arrays in .npy files that Python workers map once and keep between
+passes, and frame partitions as Arrow files.
 
 On a local Spark master every Python worker runs on the driver's host, so a block built by one task can be
 written once to a host directory and memory-mapped by whichever worker runs a later pass: the engine then
@@ -15,6 +16,7 @@ import tempfile
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from pipelines.engines.base import Block
 
@@ -22,10 +24,30 @@ MIN_FILE_BYTES = 1 << 16  # arrays at least this large go to a file; smaller val
 _MAPPED: dict[str, Block] = {}  # this worker's open blocks, by block directory
 
 
-def new_store(root: str | None = None) -> str:
-    """A fresh directory for one set of blocks (under PIPELINES_BLOCKS_DIR, else the system's temp dir)."""
+def new_store(root: str | None = None, kind: str = "blocks") -> str:
+    """A fresh directory for one set of blocks or frame parts (under PIPELINES_BLOCKS_DIR, else the temp dir)."""
     base = root or os.environ.get("PIPELINES_BLOCKS_DIR") or tempfile.gettempdir()
-    return tempfile.mkdtemp(prefix="pipelines-blocks-", dir=base)
+    return tempfile.mkdtemp(prefix=f"pipelines-{kind}-", dir=base)
+
+
+def write_frame_part(store: str, index: int, table: pa.Table) -> None:
+    """Write partition `index` of a frame as an Arrow IPC file in store (atomically: a retried task replaces it)."""
+    path = os.path.join(store, f"part-{index:05d}.arrow")
+    with pa.OSFile(path + ".tmp", "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    os.replace(path + ".tmp", path)
+
+
+def read_frame_part(store: str, index: int) -> pa.Table:
+    """Partition `index` of a frame written by `write_frame_part`, memory-mapped (no copy)."""
+    path = os.path.join(store, f"part-{index:05d}.arrow")
+    try:
+        return pa.ipc.open_file(pa.memory_map(path)).read_all()
+    except FileNotFoundError:
+        raise RuntimeError(
+            f"{path} is missing: resident frames need every worker on the driver's host (a local master) and "
+            "the directory kept until the frame is released"
+        ) from None
 
 
 def write_block(store: str, index: int, block: Block) -> dict[str, Any]:

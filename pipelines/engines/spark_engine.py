@@ -25,10 +25,12 @@ from pipelines.engines.base import (
     ReduceFn,
     T,
     captured,
+    conform,
     decode_result,
     encode_result,
     settle,
     to_arrow,
+    write_part_and_reduce,
 )
 from pipelines.engines.config import LOCAL_MASTER, SparkSettings
 from pipelines.engines.quiet import (
@@ -40,7 +42,14 @@ from pipelines.engines.quiet import (
     translated,
     verbose,
 )
-from pipelines.engines.resident import load_block, new_store, remove_store, write_block
+from pipelines.engines.resident import (
+    load_block,
+    new_store,
+    read_frame_part,
+    remove_store,
+    write_block,
+    write_frame_part,
+)
 from pipelines.javacheck import require_java
 from pipelines.launch.ranks import RankJob, run_spark_ranks
 
@@ -125,6 +134,30 @@ def _in_order(results: dict[int, str], expected: int, what: str) -> list[dict[st
 
 
 @dataclass(frozen=True)
+class _ResidentFrame:
+    """A persisted frame on a local master: partition i is an Arrow file in `store`, `steps` mapped on reading."""
+
+    store: str
+    parts: int
+    schema: pa.Schema  # of the stored parts
+    steps: tuple[tuple[PartitionFn, pa.Schema], ...] = ()  # map_partitions not yet run, in order
+
+    @property
+    def out_schema(self) -> pa.Schema:
+        return self.steps[-1][1] if self.steps else self.schema
+
+    def then(self, fn: PartitionFn, schema: pa.Schema) -> _ResidentFrame:
+        return _ResidentFrame(self.store, self.parts, self.schema, (*self.steps, (fn, schema)))
+
+    def read(self, index: int) -> pd.DataFrame:
+        """Partition `index` with every step applied (in the Python worker that runs the task)."""
+        pdf = read_frame_part(self.store, index).to_pandas()
+        for fn, schema in self.steps:
+            pdf = conform(fn(pdf), schema)
+        return pdf
+
+
+@dataclass(frozen=True)
 class _ResidentBlocks:
     """Blocks on a local master: Spark caches one small handle per block; the arrays are files in `store`."""
 
@@ -143,7 +176,7 @@ class SparkEngine(Engine):
         self.spark = session
         self._owns_session = session is None
         self._submitter: cf.ThreadPoolExecutor | None = None
-        self._stores: set[str] = set()  # directories of resident blocks not yet released
+        self._stores: set[str] = set()  # directories of resident blocks and frames not yet released
         self.log_file: Any = None
 
     def start(self) -> None:
@@ -190,8 +223,7 @@ class SparkEngine(Engine):
 
     def stop(self) -> None:
         for store in list(self._stores):
-            remove_store(store)
-        self._stores.clear()
+            self._drop_store(store)
         if self._submitter is not None:
             if self.spark is not None:
                 self.spark.sparkContext.cancelAllJobs()
@@ -221,7 +253,7 @@ class SparkEngine(Engine):
 
     def rank_launcher(self) -> str:
         """Under spark-submit or with a cluster master, ranks run in the executors (`spark`); else horovodrun."""
-        remote = not self.spark.sparkContext.master.startswith("local")
+        remote = not self._local
         return "spark" if under_spark_submit() or remote else "horovodrun"
 
     @translated
@@ -274,10 +306,10 @@ class SparkEngine(Engine):
         def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             for batch in batches:
                 for i in batch.column(0).to_pylist():
-                    table = to_arrow(fn(items[i]), schema)
+                    pdf = fn(items[i])
                     if reduce is not None:
-                        results.add({i: encode_result(reduce(table.to_pandas()))})
-                    yield from table.to_batches()
+                        results.add({i: encode_result(reduce(pdf))})
+                    yield from to_arrow(pdf, schema).to_batches()
 
         return seeds.mapInArrow(run, _spark_schema(schema))
 
@@ -285,8 +317,15 @@ class SparkEngine(Engine):
     def persist_tasks(
         self, fn: Callable[[T], pd.DataFrame], items: Sequence[T], schema: pa.Schema, reduce: ReduceFn
     ) -> tuple[Any, list[dict[str, Any]]]:
-        """Each task reduces the part it makes: a second job would ship every cached row to Python again."""
+        """Each task reduces the part it makes: a second job would ship every cached row to Python again.
+
+        On a local master each part is an Arrow file the Python workers map; later passes read it there, so
+        no row crosses into the JVM unless a step needs Spark itself. Elsewhere Spark caches the frame and
+        the reductions come back through an accumulator.
+        """
         items = list(items)
+        if self._local:
+            return self._resident_frame(fn, items, schema, reduce)
         results = self.spark.sparkContext.accumulator({}, _KeyedResults())
         frame = self.persist(self._from_tasks(fn, items, schema, reduce, results))
         try:
@@ -295,7 +334,43 @@ class SparkEngine(Engine):
             self.release(frame)
             raise
 
+    def _resident_frame(
+        self, fn: Callable[[T], pd.DataFrame], items: list[T], schema: pa.Schema, reduce: ReduceFn
+    ) -> tuple[_ResidentFrame, list[dict[str, Any]]]:
+        store = new_store(kind="frame")
+        self._stores.add(store)
+
+        def make(i: int) -> str:
+            pdf = fn(items[i])
+            write_frame_part(store, i, to_arrow(pdf, schema))
+            return encode_result(reduce(pdf))
+
+        try:
+            results = self.run_tasks(make, range(len(items)))
+        except BaseException:
+            self._drop_store(store)
+            raise
+        return _ResidentFrame(store, len(items), schema), [decode_result(r) for r in results]
+
+    @property
+    def _local(self) -> bool:
+        """Every Python worker runs on the driver's host (a local master)."""
+        return bool(self.spark.sparkContext.master.startswith("local"))
+
+    def _drop_store(self, store: str) -> None:
+        remove_store(store)
+        self._stores.discard(store)
+
+    def _frame(self, frame: Any) -> Any:
+        """A Spark DataFrame of any frame: a resident one is read (its steps applied) by one task per part."""
+        if not isinstance(frame, _ResidentFrame):
+            return frame
+        return self.from_tasks(frame.read, range(frame.parts), frame.out_schema)
+
     def map_partitions(self, frame: Any, fn: PartitionFn, schema: pa.Schema) -> Any:
+        if isinstance(frame, _ResidentFrame):
+            return frame.then(fn, schema)
+
         def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             pdf = _batches_to_pandas(batches)
             if pdf is not None:
@@ -307,25 +382,42 @@ class SparkEngine(Engine):
     def write_mapped(
         self, frame: Any, fn: PartitionFn, path: str, schema: pa.Schema, reduce: ReduceFn
     ) -> list[dict[str, Any]]:
-        """One job: each task maps its partition, reduces what it hands to Spark's Parquet writer, and reports it."""
+        """One job: each task maps its partition, reduces what it hands to the Parquet writer, and reports it.
+
+        A resident frame's tasks write their part files themselves (every worker shares the driver's disk).
+        """
+        if isinstance(frame, _ResidentFrame):
+            os.makedirs(path)
+            done = self.run_tasks(
+                lambda i: write_part_and_reduce(reduce, fn(frame.read(i)), path, i, schema),
+                range(frame.parts),
+            )
+            return [decode_result(text) for text in done]
         results = self.spark.sparkContext.accumulator({}, _KeyedResults())
         empty = frame.schema
 
         def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             from pyspark import TaskContext
 
-            table = to_arrow(fn(_partition_frame(batches, empty)), schema)
-            results.add({TaskContext.get().partitionId(): encode_result(reduce(table.to_pandas()))})
-            yield from table.to_batches()
+            out = fn(_partition_frame(batches, empty))
+            results.add({TaskContext.get().partitionId(): encode_result(reduce(out))})
+            yield from to_arrow(out, schema).to_batches()
 
         self.write_parquet(frame.mapInArrow(run, _spark_schema(schema)), path, schema)
         return _in_order(results.value, self.num_partitions(frame), "write_mapped")
 
     def where_set(self, frame: Any, column: str, keep: Sequence[str]) -> Any:
+        if isinstance(frame, _ResidentFrame):  # filtered in the workers: only the kept rows reach the JVM
+            kept = pa.schema([frame.out_schema.field(name) for name in keep])
+            return frame.then(lambda pdf: pdf.loc[pdf[column].notna(), list(keep)], kept)
         return frame.where(frame[column].isNotNull()).select(*keep)
 
     @translated
     def reduce_partitions(self, frame: Any, fn: ReduceFn) -> list[dict[str, Any]]:
+        if isinstance(frame, _ResidentFrame):
+            return [
+                decode_result(r) for r in self.run_tasks(lambda i: encode_result(fn(frame.read(i))), range(frame.parts))
+            ]
         empty = frame.schema
 
         def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -339,20 +431,23 @@ class SparkEngine(Engine):
     def persist(self, frame: Any) -> Any:
         from pyspark import StorageLevel
 
-        frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
+        frame = self._frame(frame).persist(StorageLevel.MEMORY_AND_DISK)
         frame.count()
         return frame
 
     def release(self, frame: Any) -> None:
-        frame.unpersist()
+        if isinstance(frame, _ResidentFrame):
+            self._drop_store(frame.store)
+        else:
+            frame.unpersist()
 
     @translated
     def to_blocks(self, frame: Any, fn: BlockFn) -> Any:
         """Each partition's Arrow batches go straight to a Python task (no Row conversion) that builds its block."""
         from pyspark import StorageLevel
 
-        rdd, schema = self._arrow_batch_rdd(frame)
-        store = new_store() if self.spark.sparkContext.master.startswith("local") else None
+        rdd, schema = self._arrow_batch_rdd(self._frame(frame))
+        store = new_store() if self._local else None
 
         def build(index: int, messages: Iterator[bytes]) -> Iterator[Any]:
             table = pa.Table.from_batches([_read_batch(m, schema) for m in messages], schema)
@@ -389,22 +484,22 @@ class SparkEngine(Engine):
     def release_blocks(self, blocks: Any) -> None:
         if isinstance(blocks, _ResidentBlocks):
             blocks.handles.unpersist()
-            remove_store(blocks.store)
-            self._stores.discard(blocks.store)
+            self._drop_store(blocks.store)
         else:
             blocks.unpersist()
 
     @translated
     def write_parquet(self, frame: Any, path: str, schema: pa.Schema) -> None:
-        frame.write.mode("errorifexists").parquet(path)
+        self._frame(frame).write.mode("errorifexists").parquet(path)
 
     def read_parquet(self, path: str) -> Any:
         return self.spark.read.parquet(path)
 
     @translated
     def to_pandas(self, frame: Any) -> pd.DataFrame:
+        frame = self._frame(frame)
         table = frame.toArrow() if hasattr(frame, "toArrow") else pa.Table.from_pandas(frame.toPandas())
         return table.to_pandas()
 
     def num_partitions(self, frame: Any) -> int:
-        return frame.rdd.getNumPartitions()
+        return frame.parts if isinstance(frame, _ResidentFrame) else frame.rdd.getNumPartitions()
