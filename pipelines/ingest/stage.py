@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -22,11 +22,18 @@ from pipelines.errors import ConfigError, DataError
 from pipelines.ingest import readers, sources
 from pipelines.ingest.config import DatasetConfig, SplitConfig, declared_split_problems
 from pipelines.ingest.digest import combine_digests, partition_digest
+from pipelines.ingest.handoff import (
+    NEEDS_WRITTEN_SPLITS,
+    ImageInputs,
+    TableInputs,
+    TrainingData,
+    needs_written_splits,
+    splits_fingerprint,
+)
 from pipelines.ingest.schema import TableSchema, resolve_table_schema
-from pipelines.ingest.split import SPLIT_NAMES, assign_split
+from pipelines.ingest.split import SPLIT_NAMES, TRAIN, assign_split
 from pipelines.ingest.transform import (
     Fitted,
-    encoded_columns,
     image_output_schema,
     output_schema,
     partition_stats,
@@ -82,6 +89,15 @@ class Plan:
     @property
     def records(self) -> int:
         return sum(seg.stop - seg.start for part in self.parts for seg in part)
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether the files hold labels (a label column, or a labels file)."""
+        return self.table.label is not None if self.table is not None else self.labels is not None
+
+    def arrow_schema(self) -> pa.Schema:
+        """The schema of the validated rows the plan's partitions become."""
+        return table_arrow_schema(self.table) if self.table is not None else image_arrow_schema()
 
 
 def plan_ingest(
@@ -245,12 +261,49 @@ class IngestResult(StageResult):
     unsplit_files: list[str] = field(default_factory=list)
     splits_digest: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def model_columns(self) -> tuple[list[str], str | None]:
-        """Numeric feature columns and the label column of the written tabular splits."""
-        assert self.schema is not None, "image splits have no feature columns"
-        columns = encoded_columns(self.schema, self.fitted, self.encode)
-        names = [name for name, dtype, _, _ in columns if not pa.types.is_string(dtype)]
-        return names, self.schema.label.name if self.schema.label is not None else None
+    image_classes: int | None = None
+    image_flips: bool = False
+
+    @property
+    def inputs(self) -> TableInputs | ImageInputs:
+        """What the written splits hold, for the stages after ingest."""
+        if self.schema is None:
+            assert self.image_dtype is not None and self.image_shape is not None
+            shape = tuple(self.image_shape)
+            return ImageInputs(dtype=self.image_dtype, shape=shape, classes=self.image_classes, flips=self.image_flips)
+        return TableInputs.of(self.schema, self.fitted, self.encode)
+
+    def new_data_schema(self) -> TableSchema | None:
+        """The schema new data must match to be scored (unseen category levels are rejected); None for images."""
+        if self.schema is None:
+            return None
+        levels = {name: tuple(values) for name, values in self.fitted.levels.items()}
+        return dataclasses.replace(self.schema, categories=levels)
+
+    def new_data_rows(self, plan: Plan, image_scale: str) -> tuple[Callable[[pd.DataFrame], pd.DataFrame], Any]:
+        """How validated new data becomes rows as this ingest wrote them, and what those rows hold."""
+        if plan.table is not None:
+            transform = functools.partial(
+                transform_table, split=TRAIN, schema=plan.table, fitted=self.fitted, encode=self.encode
+            )
+            return transform, self.inputs
+        dtype = plan.files[0].dtype
+        inputs = self.inputs.model_copy(update={"dtype": stored_image_dtype(dtype, image_scale)})
+        return functools.partial(transform_images, split=TRAIN, dtype=dtype, scale=image_scale), inputs
+
+    def training_data(self, recorded: dict[str, Any], needed_by: str) -> TrainingData:
+        """The written splits as the one hand-off (`recorded`: the run's output checksums)."""
+        if "train" not in self.outputs:
+            raise needs_written_splits(needed_by)
+        return TrainingData(
+            dataset=self.dataset,
+            outputs=dict(self.outputs),
+            frames=dict(self.frames),
+            rows=dict(self.splits),
+            fingerprint=splits_fingerprint(recorded, list(self.outputs)),
+            inputs=self.inputs,
+            checksums={name: recorded.get(f"data/{name}") for name in sorted(self.outputs)},
+        )
 
     def facts(self) -> dict[str, Any]:
         """Facts for the manifest and metrics (no frames); enough to restore the result on resume."""
@@ -319,6 +372,8 @@ class IngestResult(StageResult):
             declared_files=facts.get("declared_files", {}),
             unsplit_files=facts.get("unsplit_files", []),
             splits_digest=facts.get("splits_digest", {}),
+            image_classes=dataset.image.classes if dataset.image else None,
+            image_flips=dataset.image_flips() if dataset.image else False,
         )
 
 
@@ -352,6 +407,13 @@ class IngestStage(Stage):
             raise NotRestorable(f"stage {self.output_name!r}: the manifest lacks {exc}") from None
 
 
+def written_splits_problems(earlier: Sequence[Stage], path: str = "stage") -> list[Problem]:
+    """The validate-time check of a stage that reads the written splits: an ingest with write: true comes first."""
+    if any(isinstance(s, IngestStage) and s.write for s in earlier):
+        return []
+    return [Problem(path, NEEDS_WRITTEN_SPLITS)]
+
+
 QUARANTINE_COLUMNS = {"_source": "source", "_row": "row", "_column": "column", "_reason": "reason", "_raw": "raw"}
 
 
@@ -378,11 +440,10 @@ def run_ingest(
     log.info(
         "%s: %d records in %d file(s), %d partitions", dataset.name, plan.records, len(plan.files), len(plan.parts)
     )
-    arrow_schema = table_arrow_schema(plan.table) if plan.table else image_arrow_schema()
     validated, stats = engine.persist_tasks(
         lambda part: read_part(plan, part, stage.split),
         plan.parts,
-        arrow_schema,
+        plan.arrow_schema(),
         lambda pdf: partition_stats(pdf, plan.table),
     )
     try:
@@ -414,6 +475,7 @@ def run_ingest(
         if plan.table is None:
             result.image_dtype = stored_image_dtype(plan.files[0].dtype, stage.image_scale)
             result.image_shape = tuple(dataset.image.shape)
+            result.image_classes, result.image_flips = dataset.image.classes, dataset.image_flips()
         if run is not None:
             quarantine = rejected_rows(engine, validated)
             write_quarantine(run.dir / "quarantine.csv", quarantine)
