@@ -207,7 +207,8 @@ class GBTClassifier(ClassifierMixin, _GBT):
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class, a value of classes_."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
     def score(self, X: Any, y: Any = None, sample_weight: Any = None) -> float:
         """Accuracy (Blocks: against their label column)."""

@@ -110,7 +110,7 @@ def _train_spark(
 ) -> tuple[Any, dict[str, Any]]:
     """xgboost's collective (the tracker and communicator xgboost.spark uses) in one Spark barrier stage.
 
-    The cached block RDD is coalesced to at most as many tasks as the cluster has slots (a barrier stage needs
+    The cached blocks are shuffled (whole blocks, round robin) to at most as many tasks as the cluster has slots (a barrier stage needs
     them all at once); each task builds its DMatrix from its blocks, train and val, and rank 0 returns the model.
     """
     import xgboost as xgb
@@ -158,7 +158,9 @@ def _train_spark(
             yield bytes(booster.save_raw("ubj")), json.dumps(history)
 
     try:
-        out = tagged.coalesce(workers).barrier().mapPartitions(train_part).collect()
+        keyed = tagged.mapPartitionsWithIndex(lambda i, items: ((i % workers, item) for item in items))
+        spread = keyed.partitionBy(workers, lambda key: key).values()  # a shuffle: barrier stages allow no coalesce
+        out = spread.barrier().mapPartitions(train_part).collect()
     finally:
         tracker.free()
     raw, history = out[0]
