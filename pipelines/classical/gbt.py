@@ -264,4 +264,3 @@ class GBTRegressor(RegressorMixin, _GBT):
 
 def _label(block: Block) -> np.ndarray:
     return np.asarray(block["y"], dtype=np.float64)
-

@@ -84,9 +84,7 @@ def _train_dask(
     if val is not None:
         xv, yv = dask_arrays(val, encode)
         evals = [(dxgb.DaskDMatrix(client, xv, yv), "val")]
-    out = dxgb.train(
-        client, params, dtrain, rounds, evals=evals, early_stopping_rounds=early, verbose_eval=False
-    )
+    out = dxgb.train(client, params, dtrain, rounds, evals=evals, early_stopping_rounds=early, verbose_eval=False)
     return out["booster"], out["history"]
 
 
@@ -110,8 +108,9 @@ def _train_spark(
 ) -> tuple[Any, dict[str, Any]]:
     """xgboost's collective (the tracker and communicator xgboost.spark uses) in one Spark barrier stage.
 
-    The cached blocks are shuffled (whole blocks, round robin) to at most as many tasks as the cluster has slots (a barrier stage needs
-    them all at once); each task builds its DMatrix from its blocks, train and val, and rank 0 returns the model.
+    The cached blocks are shuffled (whole blocks, round robin) to at most as many tasks as the cluster has
+    slots (a barrier stage needs them all at once); each task builds its DMatrix from its blocks, train and val,
+    and rank 0 returns the model.
     """
     import xgboost as xgb
     from xgboost.collective import CommunicatorContext
@@ -150,7 +149,12 @@ def _train_spark(
             dtrain = xgb.QuantileDMatrix(x, y, max_bin=task_params.get("max_bin", 256))
             evals = [(xgb.DMatrix(*stacked("val")), "val")] if has_val else []
             booster = xgb.train(
-                task_params, dtrain, rounds, evals=evals, early_stopping_rounds=early, evals_result=history,
+                task_params,
+                dtrain,
+                rounds,
+                evals=evals,
+                early_stopping_rounds=early,
+                evals_result=history,
                 verbose_eval=False,
             )
         context.barrier()
