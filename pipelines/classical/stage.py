@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import time
@@ -153,9 +154,12 @@ def run_model(engine: Engine, stage: ModelStage, run: Any, data: TrainingData) -
         train = stack.enter_context(model_blocks(engine, data, "train", stage))
         test = stack.enter_context(model_blocks(engine, data, "test", stage)) if "test" in data.frames else None
         model = stage.estimator()
+        extra: dict[str, Any] = {}
+        if "val" in ingest.frames and "eval_set" in inspect.signature(model.fit).parameters:  # early stopping
+            extra["eval_set"] = stack.enter_context(model_blocks(engine, ingest, "val", stage))
         log.info("fitting %s on %d rows x %d features (%s)", stage.model, train.n_rows, train.n_features, engine.kind)
         t0 = time.perf_counter()
-        model.fit(train)
+        model.fit(train, **extra)
         seconds = time.perf_counter() - t0
         with ExitStack() as outputs:
             plot_dir = outputs.enter_context(run.output(f"plots/{stage.output_name}")) if stage.plots else None
