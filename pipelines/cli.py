@@ -52,11 +52,12 @@ def _resume_and_configs(args: argparse.Namespace) -> tuple[list[str], bool | str
 
 
 def _run(args: argparse.Namespace, configs: list[PipelineConfig], resume: bool | str) -> int:
+    from pipelines.api import run_all
     from pipelines.console import end_progress, print_summaries
-    from pipelines.pipeline import run_many
 
-    done = run_many(configs, _engines(args.engine), resume, args.wait, getattr(args, "force", False))
+    runs = run_all(configs, _engines(args.engine), resume, args.wait, getattr(args, "force", False))
     end_progress()
+    done = [(run.config, run.result) for run in runs]
     for config, out in done:
         console.print(f"[green]done[/] {config.name} on {config.engine.kind}: {out.run.dir}")
     print_summaries(done)
@@ -72,22 +73,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run(args, [load_config(path, args.set) for path in paths], resume)
 
 
-def _set_ranks(config: PipelineConfig, ranks: int | None, hosts: str | None) -> PipelineConfig:
-    deep = [s for s in config.stages if s.stage == "deep"]
-    if not deep:
-        raise PipelineError(f"pipeline {config.name!r} has no deep stage to train")
-    data = config.model_dump()
-    for index, stage in enumerate(config.stages):
-        if stage.stage == "deep":
-            data["stages"][index].update({k: v for k, v in (("ranks", ranks), ("hosts", hosts)) if v})
-    return parse_config(data, config.name)  # re-check the changed values
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     if args.config:
         args.config = [args.config]
     paths, resume = _resume_and_configs(args)
-    config = _set_ranks(load_config(paths[0], args.set), args.ranks, args.hosts)
+    from pipelines.api import with_ranks
+
+    config = with_ranks(load_config(paths[0], args.set), args.ranks, args.hosts)
     return _run(args, [config], resume)
 
 
@@ -220,20 +212,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from pipelines.api import run_records
     from pipelines.console import compare_tables, print_wide, runs_table
-    from pipelines.runs.history import find_run, list_runs
+    from pipelines.runs.history import find_run
 
     if args.compare:
         a, b = (find_run(args.runs_dir, name) for name in args.compare)
         print_wide(*compare_tables(a, b))
         return 0
-    if not Path(args.runs_dir).is_dir():
-        raise UsageError(f"{args.runs_dir}: no runs folder here (give --runs-dir)")
-    records = list_runs(args.runs_dir, args.pipeline)
-    if not records:
-        which = f" of {args.pipeline!r}" if args.pipeline else ""
-        raise UsageError(f"no runs{which} in {args.runs_dir}")
-    print_wide(runs_table(records[: args.limit]))
+    print_wide(runs_table(run_records(args.runs_dir, args.pipeline)[: args.limit]))
     return 0
 
 
@@ -274,12 +261,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from pipelines.predict import predict
+    from pipelines.api import predict
 
-    engine = _engine(args.engine)
-    summary = predict(
-        args.run_dir, args.stage, args.data, args.out, engine, labels=args.labels, partitions=args.partitions
+    out = predict(
+        args.run_dir,
+        args.stage,
+        args.data,
+        args.out,
+        _engine(args.engine),
+        labels=args.labels,
+        partitions=args.partitions,
     )
+    summary = json.loads((out / "summary.json").read_text())
     print(json.dumps(summary, indent=2))
     console.print(
         f"[green]scored[/] {summary['scored']:,} of {summary['read']:,} rows ({summary['rejected']:,} rejected) "
