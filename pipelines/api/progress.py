@@ -43,7 +43,7 @@ class NotebookProgress(logging.Handler):
         self.links: list[str] = []
         self.lines: list[str] = []
         self.drawn = 0.0
-        self.handle = display(HTML(self.render()), display_id=True)
+        self.shown = display(HTML(self.render()), display_id=True)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -90,7 +90,7 @@ class NotebookProgress(logging.Handler):
         now = time.monotonic()
         if force or now - self.drawn >= THROTTLE:
             self.drawn = now
-            self.handle.update(self._html(self.render()))
+            self.shown.update(self._html(self.render()))
 
 
 @contextlib.contextmanager
