@@ -123,6 +123,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notebook(args: argparse.Namespace) -> int:
+    from pipelines.launch.config import BatchSettings
+    from pipelines.launch.notebook import submit_notebook
+
+    batch = load_config(args.config, args.set).batch if args.config else BatchSettings()
+    given = {"walltime": args.walltime, "partition": args.partition, "account": args.account}
+    given |= {"gpus_per_node": args.gpus, "cpus_per_task": args.cpus, "memory": args.memory}
+    batch = batch.model_copy(update={k: v for k, v in given.items() if v is not None})
+    notebook = submit_notebook(batch, args.scheduler, Path(args.jobs_dir), timeout=args.timeout)
+    print(notebook.tunnel(args.login))
+    print(notebook.url)
+    console.print(f"[green]JupyterLab[/] in job {notebook.job} on {notebook.host}; cancel it to stop the server")
+    return 0
+
+
 def cmd_schedule(args: argparse.Namespace) -> int:
     from pipelines.launch.cron import cron_line, install
 
@@ -341,6 +356,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="with --array: the job continues the unfinished run")
     with_overrides(p)
     p.set_defaults(fn=cmd_submit)
+
+    p = sub.add_parser("notebook", help="start JupyterLab in a SLURM/PBS job and print the ssh tunnel and URL")
+    p.add_argument("config", nargs="?", help="a pipeline config whose `batch` section gives the job's resources")
+    p.add_argument("--scheduler", choices=["slurm", "pbs"], default="slurm")
+    p.add_argument("--walltime", help="e.g. 02:00:00")
+    p.add_argument("--partition", help="SLURM partition or PBS queue")
+    p.add_argument("--account", help="allocation to charge")
+    p.add_argument("--gpus", type=int, help="GPUs on the node")
+    p.add_argument("--cpus", type=int, help="CPU cores for the notebook")
+    p.add_argument("--memory", help="e.g. 16G")
+    p.add_argument("--login", help="the login host in the ssh line (default: this host's name)")
+    p.add_argument("--jobs-dir", default="runs", help="where the job folder goes (default: ./runs)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the server (default 600)")
+    with_overrides(p)
+    p.set_defaults(fn=cmd_notebook)
 
     p = sub.add_parser("schedule", help="run a pipeline on a cron schedule (crontab or SLURM scrontab)")
     p.add_argument("config")
