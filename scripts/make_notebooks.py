@@ -77,6 +77,8 @@ def write() -> list[Path]:
     EXAMPLES.mkdir(exist_ok=True)
     paths = []
     for name, cells in NOTEBOOKS.items():
+        for index, cell in enumerate(cells):
+            cell.id = f"{Path(name).stem}-{index}"  # stable ids: a rewrite changes nothing that did not change
         nb = new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3"}})
         path = EXAMPLES / name
         nbformat.write(nb, path)
