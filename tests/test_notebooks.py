@@ -50,6 +50,9 @@ def test_classical_notebook_matches_the_command_line(kind, kernel, tmp_path, mon
     assert not errors
     html = "".join(outputs(nb, "text/html"))
     assert 'src="data:image/png;base64,' in html and "Coefficients:" in html  # the run shown inline
+    progress = [h for h in outputs(nb, "text/html") if "pipelines-progress" in h]
+    assert len(progress) == 2  # run and predict: one live table each, left in its final state
+    assert progress[0].count(">succeeded<") == 2 and ">ingest<" in progress[0] and ">lm<" in progress[0]
     assert (
         "dask dashboard" if kind == "dask" else "master local[2]"
     ) in html  # the engine shown (Spark's UI is off here)
