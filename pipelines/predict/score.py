@@ -31,7 +31,7 @@ def cached_model(ref: ModelRef) -> Any:
     key = (ref.path, ref.digest)
     with _lock:
         if key not in _models:
-            _models[key] = _load(ref)
+            _models[key] = load_ref(ref)
         return _models[key]
 
 
@@ -40,7 +40,8 @@ def loaded_models() -> list[str]:
     return [path for path, _ in _models]
 
 
-def _load(ref: ModelRef) -> Any:
+def load_ref(ref: ModelRef) -> Any:
+    """A saved model loaded from its files (classical: pickle-free arrays; Keras: safe mode)."""
     if ref.kind == "classical":
         from pipelines.classical.persist import load_model
 
