@@ -1,0 +1,211 @@
+"""Several hosts for real: Dask and Spark clusters across three network-namespace hosts (tests/multihost.py).
+
+The driver runs in hostA, workers in hostB and hostC; the run folder is the shared folder, each host's TMPDIR
+its own. Outputs are compared with a single-host run of the same config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from multihost import Hosts, three_hosts, wait_for_text
+
+from pipelines.config import parse_config
+from pipelines.pipeline import run_pipeline
+
+pytestmark = pytest.mark.slow
+
+PY = sys.executable
+LENET = {"stage": "deep", "model": "lenet5", "epochs": 1, "batch_size": 32, "ranks": 2}
+PORT = 8786
+
+
+def pipeline_config(runs: Path, engine: dict, launcher: str, *, sweep: bool = True) -> dict:
+    """Digits: ingest, a classical fit, LeNet-5 trained by 2 ranks (1 epoch), a 2-trial sweep."""
+    stages: list[dict] = [
+        {"stage": "ingest", "split": {"test_fraction": 0.2, "val_fraction": 0.1, "seed": 42}, "image_scale": "unit"},
+        {"stage": "model", "name": "softmax", "model": "logistic_regression", "params": {"C": 1.0}},
+        {**LENET, "launcher": launcher},
+    ]
+    if sweep:
+        stages.append(
+            {
+                "stage": "sweep",
+                "name": "c-grid",
+                "target": {"stage": "model", "model": "logistic_regression"},
+                "grid": {"params.C": [0.1, 1.0]},
+                "metric": "test_accuracy",
+                "mode": "max",
+            }
+        )
+    return {
+        "name": "digits-hosts",
+        "runs_dir": str(runs),
+        "engine": {"partitions": 3, **engine},
+        "dataset": {
+            "name": "digits",
+            "format": "idx",
+            "path": "bundled:digits/images",
+            "labels_path": "bundled:digits/labels",
+            "image": {"shape": [8, 8], "classes": 10},
+        },
+        "stages": stages,
+    }
+
+
+@contextlib.contextmanager
+def dask_cluster(hosts: Hosts, workers: tuple[str, ...] = ("hostB", "hostC")) -> Iterator[str]:
+    """A scheduler on hostA and one worker on each worker host, started with dask-jobqueue's worker command line."""
+    a = hosts["hostA"].addr
+    logs = hosts.shared / "cluster-logs"
+    logs.mkdir(exist_ok=True)
+    scheduler = logs / "scheduler.log"
+    hosts.start(
+        "hostA",
+        [PY, "-m", "distributed.cli.dask_scheduler", "--host", a, "--port", str(PORT), "--no-dashboard"],
+        scheduler,
+    )
+    wait_for_text(scheduler, "Scheduler at:", timeout=60)
+    for name in workers:
+        argv = [PY, "-m", "distributed.cli.dask_worker", f"tcp://{a}:{PORT}", "--name", name, "--nthreads", "1"]
+        argv += ["--memory-limit", "3GB", "--nanny", "--death-timeout", "60", "--host", hosts[name].addr]
+        hosts.start(name, argv, logs / f"worker-{name}.log")
+    wait_for_text(scheduler, "Register worker", count=len(workers), timeout=90)
+    yield f"tcp://{a}:{PORT}"
+
+
+def _latest(runs: Path, name: str = "digits-hosts") -> Path:
+    return (runs / name / "latest").resolve()
+
+
+def _weights(run_dir: Path, stage: str) -> list[np.ndarray]:
+    import keras
+
+    return keras.saving.load_model(run_dir / "deep" / stage / "model.keras").get_weights()
+
+
+def _manifest(run_dir: Path) -> dict:
+    return json.loads((run_dir / "manifest.json").read_text())
+
+
+def assert_same_outputs(multi: Path, single: Path, sweep: bool = True) -> None:
+    """Split digests, classical coefficients, final network weights and sweep scores equal the single-host run's."""
+    a, b = _manifest(multi), _manifest(single)
+    assert a["stages"][0]["splits_digest"] == b["stages"][0]["splits_digest"]
+    with np.load(multi / "models" / "softmax" / "arrays.npz") as x, np.load(single / "models/softmax/arrays.npz") as y:
+        assert sorted(x.files) == sorted(y.files) and "coef_" in x.files
+        for key in x.files:
+            if x[key].dtype.kind == "f":
+                np.testing.assert_allclose(x[key], y[key], rtol=1e-6, atol=1e-8, err_msg=key)
+    for x, y in zip(_weights(multi, "lenet5"), _weights(single, "lenet5"), strict=True):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-5)  # same global batches and seed, one thread per rank
+    if sweep:
+        import pandas as pd
+
+        ours, theirs = (pd.read_csv(d / "sweeps" / "c-grid" / "results.csv") for d in (multi, single))
+        np.testing.assert_allclose(ours["metric"], theirs["metric"], rtol=1e-9)
+        assert set(ours["host"]) <= {"hostB", "hostC"}
+
+
+@pytest.fixture
+def hosts(tmp_path) -> Iterator[Hosts]:
+    with three_hosts(tmp_path) as made:
+        yield made
+
+
+def predict_summary(hosts: Hosts | None, run_dir: Path, out: Path) -> dict:
+    """`pipelines predict` of the classical stage on the bundled digits (on hostA, or here), its summary."""
+    argv = ["-m", "pipelines", "predict", str(run_dir), "--stage", "softmax", "--data", "bundled:digits/images"]
+    argv += ["--labels", "bundled:digits/labels", "--out", str(out)]
+    done = hosts.python("hostA", *argv) if hosts else subprocess.run([PY, *argv], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_dask_across_three_hosts_equals_a_single_host_run(hosts, dask_engine, tmp_path):
+    engine = {"kind": "dask", "dask": {"scheduler": "tcp://{hostA}:8786"}}
+    with dask_cluster(hosts) as address:
+        engine["dask"]["scheduler"] = address
+        conf = hosts.shared / "digits.json"
+        conf.write_text(json.dumps(pipeline_config(hosts.shared / "runs", engine, "dask")))
+        done = hosts.python("hostA", "-m", "pipelines", "run", str(conf), timeout=400)
+        assert done.returncode == 0, done.stderr[-4000:]
+        run_dir = _latest(hosts.shared / "runs")
+        scored = predict_summary(hosts, run_dir, hosts.shared / "scored")
+    manifest = _manifest(run_dir)
+    assert manifest["engine"]["scheduler"] == address and manifest["engine"]["workers"] == 2
+    res = json.loads((run_dir / "deep" / "lenet5" / "results.json").read_text())
+    assert res["launcher"] == "dask" and res["rank_weight_max_abs_diff"] == 0.0
+    assert sorted(p["host"] for p in res["placement"]) == ["hostB", "hostC"]  # the ranks ran on the worker hosts
+    assert {p["worker"].split("//")[1].split(":")[0] for p in res["placement"]} == {
+        hosts["hostB"].addr,
+        hosts["hostC"].addr,
+    }
+    single = parse_config(pipeline_config(tmp_path / "single", {"kind": "dask"}, "dask"))
+    run, _ = run_pipeline(single, engine=dask_engine)
+    assert_same_outputs(run_dir, run.dir)
+    theirs = predict_summary(None, run.dir, tmp_path / "scored-single")
+    assert scored["read"] == scored["scored"] == 1797 and scored["predicted"] == theirs["predicted"]
+    assert scored["metrics"]["accuracy"] == pytest.approx(theirs["metrics"]["accuracy"], abs=1e-12)
+
+
+@contextlib.contextmanager
+def spark_cluster(hosts: Hosts, workers: tuple[str, ...] = ("hostB", "hostC")) -> Iterator[str]:
+    """A standalone master on hostA and one one-core worker on each worker host (SPARK_LOCAL_IP per host)."""
+    from spark_standalone import spark_home
+
+    cls = str(spark_home() / "bin" / "spark-class")
+    a = hosts["hostA"].addr
+    logs = hosts.shared / "cluster-logs"
+    logs.mkdir(exist_ok=True)
+    master = logs / "spark-master.log"
+    env = hosts.env("hostA", SPARK_HOME=str(spark_home()))
+    argv = [cls, "org.apache.spark.deploy.master.Master", "--host", a, "--port", "7077", "--webui-port", "0"]
+    hosts.start("hostA", argv, master, env)
+    url = f"spark://{a}:7077"
+    for name in workers:
+        argv = [cls, "org.apache.spark.deploy.worker.Worker", "--host", hosts[name].addr, "--cores", "1"]
+        argv += ["--memory", "2g", "--webui-port", "0", url]
+        hosts.start(name, argv, logs / f"spark-worker-{name}.log", hosts.env(name, SPARK_HOME=str(spark_home())))
+    wait_for_text(master, "Registering worker", count=len(workers), timeout=120)
+    yield url
+
+
+def spark_submit(hosts: Hosts, url: str, *args: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    """spark-submit the pipelines entry point from hostA to the standalone master (two one-core executors)."""
+    from spark_standalone import spark_home
+
+    import pipelines.__main__ as entry
+
+    argv = [str(spark_home() / "bin" / "spark-submit"), "--master", url, "--total-executor-cores", "2"]
+    argv += ["--executor-cores", "1", "--conf", "spark.executor.memory=1g", entry.__file__, *args]
+    return hosts.run("hostA", argv, timeout, hosts.env("hostA", SPARK_HOME=str(spark_home())))
+
+
+@pytest.mark.spark
+def test_spark_across_three_hosts_equals_a_single_host_run(hosts, spark_engine, tmp_path):
+    with spark_cluster(hosts) as url:
+        conf = hosts.shared / "digits.json"
+        conf.write_text(json.dumps(pipeline_config(hosts.shared / "runs", {"kind": "spark"}, "spark", sweep=False)))
+        done = spark_submit(hosts, url, "run", str(conf))
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    run_dir = _latest(hosts.shared / "runs")
+    manifest = _manifest(run_dir)
+    assert manifest["engine"]["master"] == url and manifest["engine"]["spark_submit"]
+    res = json.loads((run_dir / "deep" / "lenet5" / "results.json").read_text())
+    assert res["launcher"] == "spark" and res["rank_weight_max_abs_diff"] == 0.0
+    assert sorted(p["host"] for p in res["placement"]) == ["hostB", "hostC"]
+    # The executors ran on hostB and hostC only, each with its own TMPDIR: the resident fast path (part files in a
+    # temp dir every worker reads) would have failed here, so the run took the cluster path.
+    assert all(list((hosts[h].scratch / "spark-work").glob("app-*/*")) for h in ("hostB", "hostC"))
+    assert not (hosts["hostA"].scratch / "spark-work").exists()
+    single = parse_config(pipeline_config(tmp_path / "single", {"kind": "spark"}, "spark", sweep=False))
+    run, _ = run_pipeline(single, engine=spark_engine)
+    assert_same_outputs(run_dir, run.dir, sweep=False)
