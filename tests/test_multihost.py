@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,8 +20,6 @@ from multihost import Hosts, three_hosts, wait_for_text
 
 from pipelines.config import parse_config
 from pipelines.pipeline import run_pipeline
-
-pytestmark = pytest.mark.slow
 
 PY = sys.executable
 LENET = {"stage": "deep", "model": "lenet5", "epochs": 1, "batch_size": 32, "ranks": 2}
@@ -129,6 +128,7 @@ def predict_summary(hosts: Hosts | None, run_dir: Path, out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_dask_across_three_hosts_equals_a_single_host_run(hosts, dask_engine, tmp_path):
     engine = {"kind": "dask", "dask": {"scheduler": "tcp://{hostA}:8786"}}
     with dask_cluster(hosts) as address:
@@ -189,6 +189,7 @@ def spark_submit(hosts: Hosts, url: str, *args: str, timeout: float = 400) -> su
     return hosts.run("hostA", argv, timeout, hosts.env("hostA", SPARK_HOME=str(spark_home())))
 
 
+@pytest.mark.slow
 @pytest.mark.spark
 def test_spark_across_three_hosts_equals_a_single_host_run(hosts, spark_engine, tmp_path):
     with spark_cluster(hosts) as url:
@@ -209,3 +210,41 @@ def test_spark_across_three_hosts_equals_a_single_host_run(hosts, spark_engine, 
     single = parse_config(pipeline_config(tmp_path / "single", {"kind": "spark"}, "spark", sweep=False))
     run, _ = run_pipeline(single, engine=spark_engine)
     assert_same_outputs(run_dir, run.dir, sweep=False)
+
+
+@pytest.mark.slow
+def test_a_rank_host_whose_name_does_not_resolve_fails_before_training_naming_it(tmp_path):
+    with three_hosts(tmp_path, resolvable=("hostA", "hostB")) as hosts, dask_cluster(hosts) as address:
+        config = pipeline_config(hosts.shared / "runs", {"kind": "dask", "dask": {"scheduler": address}}, "dask")
+        config["stages"] = [config["stages"][0], config["stages"][2]]
+        conf = hosts.shared / "digits.json"
+        conf.write_text(json.dumps(config))
+        done = hosts.python("hostA", "-m", "pipelines", "run", str(conf), timeout=300)
+    assert done.returncode != 0
+    said = [line for line in done.stderr.splitlines() if "does not resolve" in line]
+    assert said and "host name 'hostC' does not resolve on hostC" in said[0], done.stderr[-3000:]
+    assert "/etc/hosts" in said[0] and "--host ADDR" in said[0]
+    checkpoints = _latest(hosts.shared / "runs") / "checkpoints" / "lenet5"
+    assert not list(checkpoints.glob("epoch-*"))  # nothing trained
+
+
+def test_loopback_names_across_hosts_and_unresolvable_names_are_refused_before_ranks_start():
+    from pipelines.launch.ranks import RankFailed, check_host_names
+
+    check_host_names(["127.0.0.1", "127.0.0.1"])  # one host: loopback is fine
+    with pytest.raises(
+        RankFailed, match=r"host name '\S+' resolves to 127.0.0.1 \(loopback\) on \S+, but the ranks span hosts 127.0.0.1, 10"
+    ):
+        check_host_names(["127.0.0.1", "10.231.0.9"])
+    with pytest.raises(RankFailed, match=r"host name 'no-such-host.invalid' does not resolve on"):
+        check_host_names(["no-such-host.invalid"])
+
+
+def test_a_rank_killed_by_a_signal_says_which_and_where_its_log_is(tmp_path):
+    from pipelines.launch.ranks import _failure, spawn_rank
+
+    log = tmp_path / "r.rank1.log"
+    done = spawn_rank(["-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"], dict(os.environ), log, 30)
+    said = str(_failure(1, "hostC (Dask worker tcp://x:1)", done["returncode"], log))
+    assert said.startswith("rank 1 on hostC (Dask worker tcp://x:1) was killed by signal SIGSEGV (exit code -11)")
+    assert f"log {log}" in said
