@@ -233,7 +233,8 @@ def test_loopback_names_across_hosts_and_unresolvable_names_are_refused_before_r
 
     check_host_names(["127.0.0.1", "127.0.0.1"])  # one host: loopback is fine
     with pytest.raises(
-        RankFailed, match=r"host name '\S+' resolves to 127.0.0.1 \(loopback\) on \S+, but the ranks span hosts 127.0.0.1, 10"
+        RankFailed,
+        match=r"host name '\S+' resolves to 127.0.0.1 \(loopback\) on \S+, but the ranks span hosts 127.0.0.1, 10",
     ):
         check_host_names(["127.0.0.1", "10.231.0.9"])
     with pytest.raises(RankFailed, match=r"host name 'no-such-host.invalid' does not resolve on"):
@@ -248,3 +249,20 @@ def test_a_rank_killed_by_a_signal_says_which_and_where_its_log_is(tmp_path):
     said = str(_failure(1, "hostC (Dask worker tcp://x:1)", done["returncode"], log))
     assert said.startswith("rank 1 on hostC (Dask worker tcp://x:1) was killed by signal SIGSEGV (exit code -11)")
     assert f"log {log}" in said
+
+
+@pytest.mark.slow
+def test_a_run_folder_the_workers_cannot_see_is_refused_before_any_stage(tmp_path):
+    with three_hosts(tmp_path) as hosts, dask_cluster(hosts) as address:
+        runs = hosts.scratch / "runs"  # hostA's own TMPDIR: hostB and hostC each see their own folder there
+        config = pipeline_config(runs, {"kind": "dask", "dask": {"scheduler": address}}, "dask", sweep=False)
+        conf = hosts.shared / "digits.json"
+        conf.write_text(json.dumps(config))
+        done = hosts.python("hostA", "-m", "pipelines", "run", str(conf), timeout=300)
+    assert done.returncode == 4, done.stderr[-3000:]
+    said = [line for line in done.stderr.splitlines() if "is not visible from worker host(s) hostB, hostC" in line]
+    assert said and "runs_dir must be on a file system shared" in said[0], done.stderr[-3000:]
+    run_dir = next((hosts["hostA"].scratch / "runs" / "digits-hosts").glob("2*"))
+    assert not (run_dir / "data").exists()  # no stage ran
+    for host in ("hostB", "hostC"):  # and nothing was written into the workers' own folders of that name
+        assert not (hosts[host].scratch / "runs").exists()

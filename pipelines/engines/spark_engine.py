@@ -352,6 +352,10 @@ class SparkEngine(Engine):
             raise
         return _ResidentFrame(store, len(items), schema), [decode_result(r) for r in results]
 
+    def hosts_not_seeing(self, path: str) -> list[str]:
+        """A local master's workers share the driver's disk; a cluster's are probed by one task per slot."""
+        return [] if self._local else super().hosts_not_seeing(path)
+
     @property
     def _local(self) -> bool:
         """Every Python worker runs on the driver's host (a local master)."""
