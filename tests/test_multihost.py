@@ -266,3 +266,52 @@ def test_a_run_folder_the_workers_cannot_see_is_refused_before_any_stage(tmp_pat
     assert not (run_dir / "data").exists()  # no stage ran
     for host in ("hostB", "hostC"):  # and nothing was written into the workers' own folders of that name
         assert not (hosts[host].scratch / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_worker_host_lost_mid_training_stops_naming_it_and_resume_completes(tmp_path):
+    import threading
+    import time
+
+    stage = {**LENET, "model": "mlp", "epochs": 4, "batch_size": 16, "launcher": "dask"}
+    with three_hosts(tmp_path) as hosts, dask_cluster(hosts) as address:
+        runs = hosts.shared / "runs"
+        config = pipeline_config(runs, {"kind": "dask", "dask": {"scheduler": address}}, "dask", sweep=False)
+        config["stages"] = [config["stages"][0], stage]
+        conf = hosts.shared / "digits.json"
+        conf.write_text(json.dumps(config))
+        lost = []
+
+        def lose_host_c_after_a_checkpoint() -> None:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                if list(runs.glob("digits-hosts/*/checkpoints/mlp/epoch-*")):
+                    hosts.lose("hostC")
+                    lost.append(time.monotonic())
+                    return
+                time.sleep(0.2)
+
+        killer = threading.Thread(target=lose_host_c_after_a_checkpoint)
+        killer.start()
+        done = hosts.python("hostA", "-m", "pipelines", "run", str(conf), timeout=300)
+        killer.join()
+        failed_at = time.monotonic()
+        assert lost, "hostC was never lost"
+        assert failed_at - lost[0] < 60  # the run stops within a minute of the loss
+        assert done.returncode == 5, done.stderr[-3000:]
+        error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert error and "rank" in error[0], done.stderr[-3000:]
+        assert hosts["hostC"].addr in error[0] or "hostC" in error[0], error[0]
+        run_dir = next(p for p in (runs / "digits-hosts").iterdir() if p.name[:1].isdigit())
+        assert not list(run_dir.rglob("*.tmp*"))  # nothing half-written in the shared run folder
+        # a second worker on hostB stands in for the lost host; --resume continues from the checkpoint
+        argv = [PY, "-m", "distributed.cli.dask_worker", address, "--name", "hostB-2", "--nthreads", "1"]
+        argv += ["--memory-limit", "3GB", "--nanny", "--host", hosts["hostB"].addr]
+        hosts.start("hostB", argv, hosts.shared / "cluster-logs" / "worker-hostB-2.log")
+        wait_for_text(hosts.shared / "cluster-logs" / "scheduler.log", "Register worker", count=3, timeout=90)
+        done = hosts.python("hostA", "-m", "pipelines", "run", "--resume", str(run_dir), str(conf), timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads((run_dir / "deep" / "mlp" / "results.json").read_text())
+    assert res["resumed_from"] is not None and res["resumed_from"] >= 1
+    assert [h["epoch"] for h in res["history"]] == [1, 2, 3, 4]  # every epoch once
+    assert {p["host"] for p in res["placement"]} == {"hostB"}
