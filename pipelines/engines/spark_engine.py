@@ -362,6 +362,10 @@ class SparkEngine(Engine):
         """Run task(i) for every part i of a resident frame as Spark tasks; their encoded results, in order."""
         return [decode_result(text) for text in self.run_tasks(task, range(parts))]
 
+    def hosts_not_seeing(self, path: str) -> list[str]:
+        """A local master's workers share the driver's disk; a cluster's are probed by one task per slot."""
+        return [] if self._local else super().hosts_not_seeing(path)
+
     @property
     def _local(self) -> bool:
         """Every Python worker runs on the driver's host (a local master)."""
