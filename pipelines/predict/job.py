@@ -75,7 +75,17 @@ def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out
         levels = {name: tuple(values) for name, values in ingest.fitted.levels.items()}
         table = dataclasses.replace(ingest.schema, categories=levels)
     block_mb = saved.ingest_stage.index_block_mb
-    plan = plan_ingest(dataset, partitions, engine, block_mb, table=table, labels_optional=True)
+    stage = saved.ingest_stage  # the run's filter and derive apply to new data as they did at ingest
+    plan = plan_ingest(
+        dataset,
+        partitions,
+        engine,
+        block_mb,
+        table=table,
+        labels_optional=True,
+        filters=stage.filter,
+        derive=stage.derive,
+    )
     if plan.image_problem:
         raise DataError(f"{dataset.path}: {plan.image_problem} (the run's images)")
     labelled = plan.labels is not None if plan.table is None else plan.table.label is not None
@@ -89,6 +99,7 @@ def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out
     )
     try:
         read, rejected = sum(s["read"] for s in stats), sum(s["rejected"] for s in stats)
+        filtered = sum(sum(s["filtered"].values()) for s in stats)
         if read != plan.records:
             raise DataError(f"{dataset.path}: read {read} records but the files hold {plan.records}")
         with atomic_dir(out) as tmp:
@@ -105,14 +116,16 @@ def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out
                 "engine": engine.kind,
                 "read": read,
                 "scored": sum(p["rows"] for p in parts),
+                "filtered": filtered,
                 "rejected": rejected,
                 "labelled": labelled,
                 **combine_metrics(parts, saved.task),
                 "outputs": {"predictions": "predictions", "quarantine": "quarantine.csv"},
             }
-            if summary["scored"] + rejected != read or len(quarantine) != rejected:
+            if summary["scored"] + filtered + rejected != read or len(quarantine) != rejected:
                 raise DataError(
-                    f"counts do not reconcile: read {read}, scored {summary['scored']}, rejected {rejected}"
+                    f"counts do not reconcile: read {read}, scored {summary['scored']}, filtered {filtered}, "
+                    f"rejected {rejected}"
                 )
             atomic_write_json(tmp / SUMMARY, summary)
     finally:
