@@ -149,7 +149,7 @@ BATTERY = {
         lambda r: "pos" if gt(r["x"], 0.0) else "neg" if lt(r["x"], 0.0) else "other",
     ),
     "CAST(i AS DOUBLE)": ("f", lambda r: None if r["i"] is None else float(r["i"])),
-    "CAST(y AS BIGINT)": ("i", lambda r: None if r["y"] is None else int(half_away(r["y"]))),
+    "CAST(y AS BIGINT)": ("i", lambda r: None if r["y"] is None else round(r["y"])),  # ties to even, as Python
     "CAST(i AS VARCHAR)": ("s", lambda r: None if r["i"] is None else str(r["i"])),
     "TRY_CAST(s AS DOUBLE)": ("f", lambda r: None),
     "COALESCE(x, y, 0)": ("f", lambda r: next((v for v in (r["x"], r["y"]) if v is not None), 0.0)),

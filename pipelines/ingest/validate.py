@@ -94,6 +94,8 @@ def _column(
             frac = np.isfinite(num) & ((num != np.round(num)) | (np.abs(num) > 2**53))
             reasons = _first(reasons, _reasons(frac, "not an integer: ", num))
             values = pd.Series(np.where(np.isfinite(num) & ~frac, num, np.nan)).astype("Int64")
+        elif nullable:  # missing stays NA, NaN stays NaN (SQL NULL and NaN differ)
+            values = pd.Series(pd.arrays.FloatingArray(num, missing.astype(bool)))
         else:
             values = pd.Series(num)
         return values, reasons
