@@ -380,6 +380,10 @@ def test_filter_and_derive_run_reconcile_and_fit_like_statsmodels(engine, tmp_pa
     want = model.predict(np.column_stack([rows["s46"] / 100, rows["s13"].isin([3, 4])]).astype(float))
     got = scored.sort_values("row")["prediction"].to_numpy()
     np.testing.assert_allclose(got, want, rtol=1e-9)
+    unlabelled = tmp_path / "unlabelled.csv"  # without s7 there is no `deny`: scored all the same
+    new.drop(columns="s7").to_csv(unlabelled, index=False, na_rep="")
+    again = predict(result.run.dir, "lm", str(unlabelled), tmp_path / "out2", engine=engine)
+    assert (again["scored"], again["filtered"], again["labelled"]) == (summary["scored"], summary["filtered"], False)
 
 
 def test_expression_error_on_a_row_goes_to_quarantine(dask_engine, tmp_path):

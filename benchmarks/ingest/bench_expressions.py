@@ -120,7 +120,7 @@ def main() -> None:
     for name, s, n, peak, kept in lines:
         kind = name.split()[0]
         ratio = ""
-        if "+ filter" in name:
+        if "pipelines ingest + filter" in name:
             base = next(line for line in lines if line[0].startswith(f"{kind} pipelines ingest, no"))
             ratio = f"{s / base[1]:5.2f} x time w/o exprs"
         elif "own" in name and kind in ("dask", "spark"):

@@ -104,6 +104,11 @@ def parse_expression(text: str) -> exp.Expression:
     return tree
 
 
+def expression_columns(text: str) -> set[str]:
+    """Names of the columns an expression reads."""
+    return {c.name for c in parse_expression(text).find_all(exp.Column)}
+
+
 def _null_if_zero(node: exp.Expression) -> exp.Expression:
     """`a / b`, `a // b`, `a % b`: b = 0 gives NULL (DuckDB would give inf or raise)."""
     if isinstance(node, (exp.Div, exp.IntDiv, exp.Mod)):

@@ -27,6 +27,7 @@ from pipelines.ingest.expressions import (
     Expressions,
     compile_expressions,
     declared_kinds,
+    expression_columns,
     expression_problems,
     filter_list,
     read_schema,
@@ -127,6 +128,10 @@ def plan_ingest(
             files = sources.index_parquet_files(paths)
         files = sources.with_distinct_names(files)
         expressions = None
+        label = table.label.name if table is not None and table.label is not None else None
+        underived = labels_optional and derive and label in derive  # new data may lack what the label comes from
+        if underived and expression_columns(derive[label]) - set(files[0].columns) - set(derive):
+            derive = {name: text for name, text in derive.items() if name != label}
         if filters or derive:
             kinds = declared_kinds(dataset)
             columns = {c: kinds.get(c, "float") for c in files[0].columns}
