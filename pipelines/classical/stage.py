@@ -155,8 +155,8 @@ def run_model(engine: Engine, stage: ModelStage, run: Any, data: TrainingData) -
         test = stack.enter_context(model_blocks(engine, data, "test", stage)) if "test" in data.frames else None
         model = stage.estimator()
         extra: dict[str, Any] = {}
-        if "val" in ingest.frames and "eval_set" in inspect.signature(model.fit).parameters:  # early stopping
-            extra["eval_set"] = stack.enter_context(model_blocks(engine, ingest, "val", stage))
+        if "val" in data.frames and "eval_set" in inspect.signature(model.fit).parameters:  # early stopping
+            extra["eval_set"] = stack.enter_context(model_blocks(engine, data, "val", stage))
         log.info("fitting %s on %d rows x %d features (%s)", stage.model, train.n_rows, train.n_features, engine.kind)
         t0 = time.perf_counter()
         model.fit(train, **extra)

@@ -68,8 +68,16 @@ def predict(
 
 def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out: Path) -> dict[str, Any]:
     block_mb = saved.ingest_stage.index_block_mb
+    stage = saved.ingest_stage  # the run's filter and derive apply to new data as they did at ingest
     plan = plan_ingest(
-        dataset, partitions, engine, block_mb, table=saved.ingest.new_data_schema(), labels_optional=True
+        dataset,
+        partitions,
+        engine,
+        block_mb,
+        table=saved.ingest.new_data_schema(),
+        labels_optional=True,
+        filters=stage.filter,
+        derive=stage.derive,
     )
     if plan.image_problem:
         raise DataError(f"{dataset.path}: {plan.image_problem} (the run's images)")
@@ -84,6 +92,7 @@ def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out
     )
     try:
         read, rejected = sum(s["read"] for s in stats), sum(s["rejected"] for s in stats)
+        filtered = sum(sum(s["filtered"].values()) for s in stats)
         if read != plan.records:
             raise DataError(f"{dataset.path}: read {read} records but the files hold {plan.records}")
         with atomic_dir(out) as tmp:
@@ -100,14 +109,16 @@ def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out
                 "engine": engine.kind,
                 "read": read,
                 "scored": sum(p["rows"] for p in parts),
+                "filtered": filtered,
                 "rejected": rejected,
                 "labelled": labelled,
                 **combine_metrics(parts, saved.task),
                 "outputs": {"predictions": "predictions", "quarantine": "quarantine.csv"},
             }
-            if summary["scored"] + rejected != read or len(quarantine) != rejected:
+            if summary["scored"] + filtered + rejected != read or len(quarantine) != rejected:
                 raise DataError(
-                    f"counts do not reconcile: read {read}, scored {summary['scored']}, rejected {rejected}"
+                    f"counts do not reconcile: read {read}, scored {summary['scored']}, filtered {filtered}, "
+                    f"rejected {rejected}"
                 )
             atomic_write_json(tmp / SUMMARY, summary)
     finally:
