@@ -7,7 +7,7 @@ import logging
 import sys
 
 import pytest
-from test_deep import digits_config
+from helpers import digits_config
 
 from pipelines.config import parse_config
 from pipelines.errors import ConfigError
