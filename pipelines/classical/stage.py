@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, PositiveInt
@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 HEADLINE = ("test_accuracy", "test_roc_auc", "test_roc_auc_ovr", "test_log_loss", "test_r2", "test_rmse")
 HEADLINE += ("train_r_squared", "train_adj_r_squared", "train_inertia", "train_silhouette_sample")
 FIT_SUMMARY = {"r_squared": "train_r_squared", "adj_r_squared": "train_adj_r_squared"}
-ModelKind = Literal[tuple(ESTIMATORS)]  # type: ignore[valid-type]  # the one list of names: the registry
+if TYPE_CHECKING:
+    ModelKind = str  # the names are known only at run time (the registry); pydantic checks the Literal below
+else:
+    ModelKind = Literal[tuple(ESTIMATORS)]  # the one list of names: the registry
 
 
 @dataclass

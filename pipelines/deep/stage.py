@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field, PositiveInt, field_validator
 
@@ -50,7 +50,10 @@ class DeepResult(RecordedResult):
         return facts
 
 
-DeepModelKind = Literal[tuple(NETWORKS)]  # type: ignore[valid-type]  # the one list of names: the registry
+if TYPE_CHECKING:
+    DeepModelKind = str  # the names are known only at run time (the registry); pydantic checks the Literal below
+else:
+    DeepModelKind = Literal[tuple(NETWORKS)]  # the one list of names: the registry
 
 
 class TransferSpec(StrictModel):

@@ -54,7 +54,8 @@ def encode_result(result: dict[str, Any]) -> str:
 
 def decode_result(text: str) -> dict[str, Any]:
     """Inverse of encode_result."""
-    return json.loads(text)
+    result: dict[str, Any] = json.loads(text)
+    return result
 
 
 def write_part_and_reduce(reduce: ReduceFn, part: pd.DataFrame, path: str, index: int, schema: pa.Schema) -> str:
@@ -76,7 +77,7 @@ def captured(fn: Callable[[T], R], item: T) -> tuple[bool, Any]:
         return False, text.splitlines()[0] if text else type(exc).__name__
 
 
-def settle(future: cf.Future, pair: tuple[bool, Any]) -> None:
+def settle(future: cf.Future[Any], pair: tuple[bool, Any]) -> None:
     """Complete a driver-side Future from a captured (ok, value) pair."""
     ok, value = pair
     if ok:
@@ -132,7 +133,7 @@ class Engine(abc.ABC):
         """Run fn on each item as independent tasks across workers; results in item order."""
 
     @abc.abstractmethod
-    def submit(self, fn: Callable[[T], R], item: T, key: str) -> cf.Future:
+    def submit(self, fn: Callable[[T], R], item: T, key: str) -> cf.Future[R]:
         """Start fn(item) now as one task on a worker; the Future ends with its result or raises `TaskError`.
 
         A task that raises is not retried by the engine (the caller decides); `key` names it in the engine's UI.

@@ -276,12 +276,12 @@ class SparkEngine(Engine):
         pairs = rdd.map(lambda pair: (pair[0], fn(pair[1]))).collect()
         return [result for _, result in sorted(pairs, key=lambda pair: pair[0])]
 
-    def submit(self, fn: Callable[[T], R], item: T, key: str) -> cf.Future:
+    def submit(self, fn: Callable[[T], R], item: T, key: str) -> cf.Future[R]:
         if self._submitter is None:  # driver threads, each waiting on its own one-task job (Spark runs them at once)
             threads = max(64, self.parallelism)  # never fewer threads than slots: a queued job would count as running
             self._submitter = cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="spark-submit")
         sc = self.spark.sparkContext
-        future: cf.Future = cf.Future()
+        future: cf.Future[R] = cf.Future()
 
         def job() -> None:
             try:

@@ -92,7 +92,8 @@ class TableInputs(StrictModel, frozen=True):
         """The chosen columns as a float64 matrix."""
         if not len(pdf):
             return np.empty((0, len(features)))
-        return pdf[list(features)].to_numpy(dtype="float64", na_value=np.nan)
+        matrix: np.ndarray = pdf[list(features)].to_numpy(dtype="float64", na_value=np.nan)
+        return matrix
 
     def table(self, needed_by: str) -> TableInputs:
         """Itself."""

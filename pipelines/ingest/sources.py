@@ -298,7 +298,7 @@ def index_csv_files(
 
 def _scan_any(item: tuple[str, int, int] | tuple[str, str]) -> Any:
     """One indexing task: a byte block of a plain file, or a whole compressed file."""
-    return _scan_block(item) if len(item) == 3 else _scan_stream(item)  # type: ignore[arg-type]
+    return _scan_block(item) if len(item) == 3 else _scan_stream(item)
 
 
 def index_parquet_files(paths: list[str]) -> list[SourceFile]:

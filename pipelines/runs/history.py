@@ -36,7 +36,8 @@ class RunRecord:
     @property
     def id(self) -> str:
         """The run id (its folder name)."""
-        return self.manifest.get("run_id", self.dir.name)
+        run_id: str = self.manifest.get("run_id", self.dir.name)
+        return run_id
 
     @property
     def engine(self) -> str:
