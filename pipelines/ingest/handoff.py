@@ -45,9 +45,20 @@ def unknown_columns(needed_by: str, missing: Sequence[str], have: Sequence[str])
 class Inputs(Protocol):
     """What a kind of written split offers the stages after ingest."""
 
-    kind: str
-    label: str | None
-    classes: int | None
+    @property
+    def kind(self) -> str:
+        """The kind's name, as the run records it."""
+        ...
+
+    @property
+    def label(self) -> str | None:
+        """The label column, if the splits have one."""
+        ...
+
+    @property
+    def classes(self) -> int | None:
+        """How many classes the label has, where known."""
+        ...
 
     def columns(
         self, features: Sequence[str] | None, label: str | None, needed_by: str

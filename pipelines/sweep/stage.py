@@ -312,7 +312,7 @@ class Sweep:
         def ended(outcome: Outcome) -> list[Task]:
             index = outcome.item.index
             result = outcome.value if outcome.ok else None
-            extra = {"attempts": outcome.attempts, "seconds": outcome.seconds}
+            extra: dict[str, Any] = {"attempts": outcome.attempts, "seconds": outcome.seconds}
             if not outcome.ok:
                 extra["error"] = outcome.error
                 log.warning(

@@ -136,13 +136,14 @@ def classical_metrics(spec: TrialSpec) -> dict[str, float]:
 
 def deep_metrics(spec: TrialSpec, folder: Path) -> dict[str, float]:
     """Train with the deep worker (1 rank directly, k ranks under horovodrun) up to the budget; its metrics."""
-    from pipelines.deep.stage import RankSpec
+    from pipelines.deep.stage import DeepStage, RankSpec
     from pipelines.launch.horovod import launch_command
 
     budget = {"plots": False, "tensorboard_every_steps": 0}
     if spec.epochs is not None:
         budget["epochs"] = spec.epochs
     assert spec.tensors is not None
+    assert isinstance(spec.target, DeepStage)
     RankSpec(
         stage=spec.target.model_copy(update=budget),
         tensors=spec.tensors,
@@ -255,10 +256,10 @@ def run_trial_task(item: TrialItem) -> dict[str, Any]:
             return {**result, **where}
     if rc != 0:
         raise TrialFailed(f"trial {item.index:03d} exited with code {rc}: {_last_line(log_path)}")
-    result = read_result(folder, spec.digest)
-    if result is None:
+    recorded = read_result(folder, spec.digest)
+    if recorded is None:
         raise TrialFailed(f"trial {item.index:03d} exited without writing {RESULT}")
-    return {**result, **where}
+    return {**recorded, **where}
 
 
 def main(argv: list[str] | None = None) -> int:
