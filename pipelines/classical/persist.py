@@ -73,7 +73,7 @@ def save_model(model: Any, directory: str | Path) -> None:
         meta["summary"] = model.summary_.to_state()
         atomic_write_text(directory / "summary.txt", str(model.summary_) + "\n")
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # numpy stub: ** might hold allow_pickle
     atomic_write_bytes(directory / "arrays.npz", buf.getvalue())
     atomic_write_text(directory / "model.json", json.dumps(meta, indent=2, default=float))
 

@@ -28,7 +28,14 @@ from pipelines.runs.layout import Folder
 log = logging.getLogger(__name__)
 
 # Headline facts: `train_` facts describe the fit on the train split, `test_` ones the held-out test split.
-HEADLINE: tuple[str, ...] = ("test_accuracy", "test_roc_auc", "test_roc_auc_ovr", "test_log_loss", "test_r2", "test_rmse")
+HEADLINE: tuple[str, ...] = (
+    "test_accuracy",
+    "test_roc_auc",
+    "test_roc_auc_ovr",
+    "test_log_loss",
+    "test_r2",
+    "test_rmse",
+)
 HEADLINE += ("train_r_squared", "train_adj_r_squared", "train_inertia", "train_silhouette_sample")
 FIT_SUMMARY = {"r_squared": "train_r_squared", "adj_r_squared": "train_adj_r_squared"}
 if TYPE_CHECKING:
