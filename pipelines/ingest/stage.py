@@ -134,7 +134,7 @@ def plan_ingest(
     declared = dataset.declared()
     if fmt in ("csv", "parquet"):
         suffix = sources.CSV_SUFFIXES if fmt == "csv" else (".parquet", ".pq")
-        groups = [(None, sources.expand_paths(resolve_path(dataset.path), suffix))]
+        groups: list[tuple[int | None, list[str]]] = [(None, sources.expand_paths(resolve_path(dataset.path), suffix))]
         groups += [(SPLIT_CODES[name], sources.expand_paths(resolve_path(path), suffix)) for name, path, _ in declared]
         paths = [p for _, group in groups for p in group]
         if fmt == "csv":
@@ -146,23 +146,27 @@ def plan_ingest(
         files = sources.with_distinct_names(files)
         expressions = None
         label = table.label.name if table is not None and table.label is not None else None
-        underived = labels_optional and derive and label in derive  # new data may lack what the label comes from
-        if underived and expression_columns(derive[label]) - set(files[0].columns) - set(derive):
+        if (
+            labels_optional
+            and derive
+            and label in derive  # new data may lack what the label comes from
+            and expression_columns(derive[label]) - set(files[0].columns) - set(derive)
+        ):
             derive = {name: text for name, text in derive.items() if name != label}
         if filters or derive:
             kinds = declared_kinds(dataset)
             columns = {c: kinds.get(c, "float") for c in files[0].columns}
             expressions = compile_expressions(filters, derive or {}, columns, dataset.types)
         derived = expressions.derived if expressions else {}
-        inputs = expressions.inputs if expressions else ()
+        read_by = expressions.inputs if expressions else ()
         if table is None:
-            table = resolve_table_schema(dataset, list(files[0].columns), files[0].path, derived, inputs)
+            table = resolve_table_schema(dataset, list(files[0].columns), files[0].path, derived, read_by)
             for f in files[1:]:
-                resolve_table_schema(dataset, list(f.columns), f.path, derived, inputs)
+                resolve_table_schema(dataset, list(f.columns), f.path, derived, read_by)
         else:
             table = _given_table(table, files, labels_optional, derived)
         for f in files:
-            lacking = [n for n in inputs if n not in f.columns]
+            lacking = [n for n in read_by if n not in f.columns]
             if lacking:
                 raise DataError(
                     f"{f.path}: missing column(s) {lacking} read by filter/derive; it has {list(f.columns)}"
@@ -278,6 +282,7 @@ def read_part(plan: Plan, part: list[sources.Segment], split: SplitConfig) -> pd
             keys = (plan.dataset.npz_keys.images, plan.dataset.npz_keys.labels)
             x, y = readers.read_image_segment(img_seg, lbl_seg, plan.dataset.format, keys)
             image = plan.dataset.image
+            assert image is not None  # an image format's dataset has its image section (checked in config)
             rows = np.arange(seg.start, seg.stop, dtype=np.int64)
             frames.append(
                 validate_images(
@@ -572,6 +577,7 @@ def run_ingest(
         if plan.unsplit():
             log.info("%s: compressed, read whole by one task each: %s", dataset.name, ", ".join(plan.unsplit()))
         if plan.table is None:
+            assert dataset.image is not None
             result.image_dtype = stored_image_dtype(plan.files[0].dtype, stage.image_scale)
             result.image_shape = tuple(dataset.image.shape)
             result.image_classes, result.image_flips = dataset.image.classes, dataset.image_flips()
