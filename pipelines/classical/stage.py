@@ -52,7 +52,7 @@ class ModelResult(RecordedResult):
 
     def facts(self) -> dict[str, Any]:
         """Headline facts for the manifest and the console: train-split fit facts, test-split metrics."""
-        facts = {k: self.values[k] for k in ("model", "train_rows", "fit_seconds") if k in self.values}
+        facts: dict[str, Any] = {k: self.values[k] for k in ("model", "train_rows", "fit_seconds") if k in self.values}
         facts.update({k: self.values[k] for k in HEADLINE if k in self.values})
         if "components_for_variance" in self.values:
             facts["components_for_variance"] = self.values["components_for_variance"]
