@@ -28,4 +28,4 @@ bench: setup
 	$(PY) -m benchmarks.ingest.bench_ingest
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache .mypy_cache
