@@ -158,15 +158,15 @@ def plan_ingest(
             columns = {c: kinds.get(c, "float") for c in files[0].columns}
             expressions = compile_expressions(filters, derive or {}, columns, dataset.types)
         derived = expressions.derived if expressions else {}
-        read_by = expressions.inputs if expressions else ()
+        inputs = expressions.inputs if expressions else ()
         if table is None:
-            table = resolve_table_schema(dataset, list(files[0].columns), files[0].path, derived, read_by)
+            table = resolve_table_schema(dataset, list(files[0].columns), files[0].path, derived, inputs)
             for f in files[1:]:
-                resolve_table_schema(dataset, list(f.columns), f.path, derived, read_by)
+                resolve_table_schema(dataset, list(f.columns), f.path, derived, inputs)
         else:
             table = _given_table(table, files, labels_optional, derived)
         for f in files:
-            lacking = [n for n in read_by if n not in f.columns]
+            lacking = [n for n in inputs if n not in f.columns]
             if lacking:
                 raise DataError(
                     f"{f.path}: missing column(s) {lacking} read by filter/derive; it has {list(f.columns)}"
@@ -183,12 +183,12 @@ def plan_ingest(
             expressions=expressions,
             reading=reading,
         )
-    inputs = [_image_input(dataset, dataset.path, dataset.labels_path, labels_optional)]
-    inputs += [_image_input(dataset, path, labels, False) for _, path, labels in declared]
-    named = sources.with_distinct_names([i.images for i in inputs])
-    inputs = [dataclasses.replace(i, images=f) for i, f in zip(inputs, named, strict=True)]
-    main = inputs[0]
-    for other in inputs[1:]:
+    image_inputs = [_image_input(dataset, dataset.path, dataset.labels_path, labels_optional)]
+    image_inputs += [_image_input(dataset, path, labels, False) for _, path, labels in declared]
+    named = sources.with_distinct_names([i.images for i in image_inputs])
+    image_inputs = [dataclasses.replace(i, images=f) for i, f in zip(image_inputs, named, strict=True)]
+    main = image_inputs[0]
+    for other in image_inputs[1:]:
         if np.dtype(other.images.dtype) != np.dtype(main.images.dtype):
             raise DataError(
                 f"{other.images.path}: {np.dtype(other.images.dtype)} records, but {main.images.path} holds "
@@ -196,17 +196,17 @@ def plan_ingest(
             )
     combined = [
         dataclasses.replace(i.images, records=max(i.images.records, i.labels.records if i.labels else 0))
-        for i in inputs
+        for i in image_inputs
     ]
     return Plan(
         dataset,
-        [i.images for i in inputs],
+        [i.images for i in image_inputs],
         sources.balanced_segments(combined, partitions),
         labels=main.labels,
         image_problem=main.problem,
         labelled=main.labels is not None,
-        declared={i.images.name: SPLIT_CODES[name] for i, (name, _, _) in zip(inputs[1:], declared, strict=True)},
-        images={i.images.name: i for i in inputs},
+        declared={i.images.name: SPLIT_CODES[name] for i, (name, _, _) in zip(image_inputs[1:], declared, strict=True)},
+        images={i.images.name: i for i in image_inputs},
     )
 
 
