@@ -12,14 +12,15 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, StringConstraints, ValidationInfo, field_validator
 
 from pipelines.atomic import atomic_write_json
 from pipelines.deep.augment import AugmentSpec, EvalViews, flip_problem
-from pipelines.deep.models import NETWORKS, check_params
+from pipelines.deep.models import NETWORKS, check_params, network
 from pipelines.deep.shards import MANIFEST, TensorShards, write_shards
+from pipelines.deep.usercode import CODE_DIR, REF, copy_code, is_user_model
 from pipelines.engines.base import Engine
 from pipelines.errors import ConfigError, DataError
 from pipelines.ingest.stage import IngestResult, IngestStage
@@ -50,6 +51,7 @@ class DeepResult(RecordedResult):
 
 
 DeepModelKind = Literal[tuple(NETWORKS)]  # type: ignore[valid-type]  # the one list of names: the registry
+UserModel = Annotated[str, StringConstraints(pattern=REF)]  # "package.module:function" of the user's own network
 
 
 class TransferSpec(StrictModel):
@@ -65,8 +67,14 @@ class DeepStage(Stage):
     """Train a TensorFlow/Keras network data-parallel with Horovod on the ingested splits."""
 
     stage: Literal["deep"] = "deep"
-    model: DeepModelKind
+    model: DeepModelKind | UserModel = Field(
+        description="a network of the zoo, or 'package.module:function' building the user's own Keras model"
+    )
     params: dict[str, Any] = Field(default_factory=dict)
+    code: str | None = Field(
+        default=None,
+        description="user network: a .py file or a folder (relative to the config) to import `model` from",
+    )
     transfer: TransferSpec | None = None
     classes: list[int] | None = Field(default=None, min_length=2, description="keep only these labels (renumbered)")
     ranks: PositiveInt = 2
@@ -125,8 +133,26 @@ class DeepStage(Stage):
     )
 
     def default_name(self) -> str:
-        """Outputs go under deep/<network kind> unless named."""
-        return self.model
+        """Outputs go under deep/<network kind> (a user network: deep/<module>.<function>) unless named."""
+        return self.model.replace(":", ".")
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _known_model(cls, value: Any) -> Any:
+        """One clear error for a name that is neither a network of the zoo nor a `module:function` ref."""
+        if isinstance(value, str) and value not in NETWORKS and not is_user_model(value):
+            raise ValueError(f"unknown network {value!r}: one of {sorted(NETWORKS)} or 'package.module:function'")
+        return value
+
+    @field_validator("code")
+    @classmethod
+    def _code_beside_config(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A relative `code:` path is taken beside the config file (absolute from then on)."""
+        if value is None:
+            return None
+        base = (info.context or {}).get("config_dir")
+        path = Path(value) if Path(value).is_absolute() or base is None else Path(base) / value
+        return str(path.resolve())
 
     @field_validator("augment", mode="before")
     @classmethod
@@ -139,18 +165,20 @@ class DeepStage(Stage):
     def check_values(self) -> list[Problem]:
         """Params fit the network's builder; a transfer network (only) has a transfer section; classes distinct."""
         problems = []
-        if NETWORKS[self.model].from_base != (self.transfer is not None):
+        if self.code is not None and not is_user_model(self.model):
+            problems.append(Problem("code", f"'code' is for a user network ('module:function'), not {self.model!r}"))
+        if network(self.model).from_base != (self.transfer is not None):
             message = f"model {self.model!r} needs a 'transfer' section, and only it takes one"
             problems.append(Problem("transfer", message))
-        if self.test_time_augment is not None and NETWORKS[self.model].task != "classify":
+        if self.test_time_augment is not None and network(self.model).task != "classify":
             message = f"{self.model!r} does not classify: its outputs are not averaged"
             problems.append(Problem("test_time_augment", message))
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             problems.append(Problem("classes", "classes must be distinct"))
         try:
-            check_params(self.model, self.params)
+            check_params(self.model, self.params, self.code, self.output_name)
         except ValueError as exc:
-            problems.append(Problem("params", str(exc)))
+            problems.append(Problem("model" if str(exc).startswith("cannot import") else "params", str(exc)))
         return problems
 
     def check(self, earlier: Sequence[Stage], config: PipelineSettings) -> list[Problem]:
@@ -280,6 +308,22 @@ def transfer_model_path(stage: DeepStage, run: Any) -> str | None:
     return str(path)
 
 
+def user_code(run: Any, stage: DeepStage, name: str) -> dict[str, str] | None:
+    """The run's copy of a stage's user code (<run>/code/<name>/, checksums in the manifest), made once per run.
+
+    Ranks, trials and predict import the copy (`usercode.pin`); a resumed run keeps the copy it trained with.
+    """
+    if stage.code is None:
+        return None
+    key = f"{CODE_DIR}/{name}"
+    target = run.dir / key
+    if key not in run.manifest["outputs"] or not target.is_dir():
+        with run.output(key) as tmp:
+            copy_code(stage.code, tmp)
+        log.info("%s: copied the user code %s (%d files)", key, stage.code, len(run.manifest["outputs"][key]))
+    return {"stage": stage.output_name, "dir": str(target)}
+
+
 def run_deep(
     engine: Engine, config: PipelineSettings, stage: DeepStage, run: Any, ingest: IngestResult, ranks: int | None = None
 ) -> DeepResult:
@@ -297,6 +341,7 @@ def run_deep(
         "tensorboard": str(run.dir / "tensorboard" / name),  # rank 0's events; a folder every rank's host sees
         "transfer_model": transfer_model_path(stage, run),
         "class_names": [str(c) for c in classes],
+        "code": user_code(run, stage, name),  # the run's copy of the user's network code, imported first
     }
     with run.output(f"deep/{name}") as tmp:
         spec["out"] = str(tmp)

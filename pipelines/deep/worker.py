@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.atomic import atomic_write_json
+from pipelines.deep import usercode
 from pipelines.deep.shards import MANIFEST
 from pipelines.deep.stage import DeepStage
 
@@ -107,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.deep.train import Trainer
 
     hvd.init()
+    if spec.get("code"):  # the run's copy of the user's network: import it, not the file the config names
+        usercode.pin(spec["code"]["stage"], spec["code"]["dir"])
     stage = DeepStage.model_validate(spec["stage"])
     pids = Path(spec["checkpoints"]) / "pids"
     pids.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,9 @@ from pipelines.atomic import checksum_tree
 from pipelines.classical.persist import load_model
 from pipelines.classical.stage import ModelStage
 from pipelines.config import PipelineConfig, load_config
+from pipelines.deep import usercode
 from pipelines.deep.augment import EvalViews
-from pipelines.deep.models import NETWORKS
+from pipelines.deep.models import network
 from pipelines.deep.stage import DeepStage, tensors_key
 from pipelines.errors import DataError, UsageError
 from pipelines.ingest.stage import IngestResult, IngestStage
@@ -33,6 +34,7 @@ class ModelRef:
     kind: Literal["classical", "keras"]
     path: str
     digest: str
+    code: tuple[str, str, str] | None = None  # a user network: (stage, the run's copy of its code, module:function)
 
 
 @dataclass
@@ -78,6 +80,10 @@ def load_saved(run_dir: str | Path, name: str) -> SavedStage:
     if not (run_dir / MANIFEST).is_file() or not (run_dir / CONFIG).is_file():
         raise UsageError(f"{run_dir}: not a run directory (needs {CONFIG} and {MANIFEST})")
     manifest = RunRecord.read(run_dir).manifest
+    for output in manifest.get("outputs", {}):
+        if output.startswith(f"{usercode.CODE_DIR}/"):
+            _verified(run_dir, manifest, output)  # user code is imported only from intact copies
+    usercode.pin_run(run_dir)  # user networks' code: the run's copies
     config = load_config(run_dir / CONFIG)
     names = [s.output_name for s in config.stages]
     if name not in names:
@@ -139,7 +145,7 @@ def _deep(
 ) -> SavedStage:
     output = f"deep/{stage.output_name}"
     digest = _verified(run_dir, manifest, output)
-    task: Task = NETWORKS[stage.model].task
+    task: Task = network(stage.model).task
     tensors = run_dir / "tensors" / tensors_key(stage) / "manifest.json"
     classes: list[Any] = []
     if task == "classify":
@@ -151,6 +157,10 @@ def _deep(
             raise DataError(f"{tensors}: missing; it records the classes the network was trained on")
     features = [] if ingest.schema is None else ingest.model_columns()[0]
     label = _label_of(ingest) if task == "classify" else None
-    ref = ModelRef("keras", str(run_dir / output / "model.keras"), digest)
+    code = None
+    if usercode.is_user_model(stage.model):
+        copy = f"{usercode.CODE_DIR}/{stage.output_name}"
+        code = (stage.output_name, str(run_dir / copy) if stage.code is not None else "", stage.model)
+    ref = ModelRef("keras", str(run_dir / output / "model.keras"), digest, code)
     proba = task == "classify"  # the softmax output
     return SavedStage(run_dir, config, stage, ingest_stage, ingest, ref, task, classes, features, label, proba)

@@ -55,6 +55,13 @@ def _load(ref: ModelRef) -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
+    if ref.code is not None:  # a user network: import the run's copy of its module (registers its custom layers)
+        from pipelines.deep import usercode
+
+        stage, root, ref_name = ref.code
+        if root:
+            usercode.pin(stage, root)
+        usercode.load(ref_name, None, stage)
     return keras.saving.load_model(ref.path, compile=False, safe_mode=True)
 
 

@@ -25,7 +25,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_v
 from pipelines.atomic import atomic_write_json
 from pipelines.classical.stage import HEADLINE as MODEL_HEADLINE
 from pipelines.classical.stage import ModelStage
-from pipelines.deep.stage import DeepStage, hand_off, transfer_model_path
+from pipelines.deep.stage import DeepStage, hand_off, transfer_model_path, user_code
 from pipelines.engines.balance import Outcome, Task, run_balanced
 from pipelines.errors import ConfigError, PipelineError
 from pipelines.ingest.stage import IngestResult
@@ -236,6 +236,7 @@ class Sweep:
                 "tensors": str(shards.dir),
                 "transfer_model": transfer_model_path(stage.target, ctx.run),
                 "class_names": [str(c) for c in classes],
+                "code": user_code(ctx.run, stage.target, self.name),  # trials import the run's copy
                 "ranks": stage.ranks_per_trial,
                 "splits": json.loads((shards.dir / "manifest.json").read_text()).get("source", {}).get("splits"),
             }

@@ -108,6 +108,7 @@ def deep_metrics(spec: dict[str, Any], folder: Path) -> dict[str, float]:
         "tensorboard": None,
         "transfer_model": spec.get("transfer_model"),
         "class_names": spec.get("class_names"),
+        "code": spec.get("code"),
         "out": str(folder / "out"),
     }
     atomic_write_json(folder / "worker.json", worker)
