@@ -20,7 +20,7 @@ from pipelines.atomic import atomic_write_json
 from pipelines.deep.augment import AugmentSpec, EvalViews, flip_problem
 from pipelines.deep.models import NETWORKS, check_params, network
 from pipelines.deep.shards import MANIFEST, TensorShards, write_shards
-from pipelines.deep.usercode import CODE_DIR, REF, copy_code, is_user_model
+from pipelines.deep.usercode import CODE_DIR, REF, SOURCE, copy_code, is_user_model
 from pipelines.engines.base import Engine
 from pipelines.errors import ConfigError, DataError
 from pipelines.ingest.stage import IngestResult, IngestStage
@@ -311,15 +311,23 @@ def transfer_model_path(stage: DeepStage, run: Any) -> str | None:
 def user_code(run: Any, stage: DeepStage, name: str) -> dict[str, str] | None:
     """The run's copy of a stage's user code (<run>/code/<name>/, checksums in the manifest), made once per run.
 
-    Ranks, trials and predict import the copy (`usercode.pin`); a resumed run keeps the copy it trained with.
+    Ranks, trials and predict import the copy (`usercode.pin`); a resumed run keeps the copy it trained with, and a
+    later stage naming the same `code:` copies the run's first copy of it (one version of the code per run).
     """
     if stage.code is None:
         return None
     key = f"{CODE_DIR}/{name}"
     target = run.dir / key
     if key not in run.manifest["outputs"] or not target.is_dir():
+        copies = sorted((run.dir / CODE_DIR).glob(f"*/{SOURCE}"))
+        same = [
+            c.parent
+            for c in copies
+            if c.read_text() == stage.code and f"{CODE_DIR}/{c.parent.name}" in run.manifest["outputs"]
+        ]
         with run.output(key) as tmp:
-            copy_code(stage.code, tmp)
+            copy_code(str(same[0]) if same else stage.code, tmp)
+            (tmp / SOURCE).write_text(stage.code)  # hidden: not imported, not part of the checksums
         log.info("%s: copied the user code %s (%d files)", key, stage.code, len(run.manifest["outputs"][key]))
     return {"stage": stage.output_name, "dir": str(target)}
 

@@ -17,6 +17,7 @@ from typing import Any
 
 REF = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$"
 CODE_DIR = "code"
+SOURCE = ".source"  # in a copy: the `code:` path it was copied from
 
 _pinned: dict[str, Path] = {}  # stage name -> the folder its user code is imported from in this process
 
