@@ -259,3 +259,25 @@ def test_user_network_trains_on_two_ranks_resumes_from_its_copy_sweeps_and_predi
     data, labelled = str(tmp_path / "images.gz"), str(tmp_path / "labels.gz")
     summary = predict(run_dir, "mine", data, out, engine=dask_engine, labels=labelled)
     assert summary["scored"] == 200 and summary["metrics"]["accuracy"] > 0.85
+
+
+@pytest.mark.slow
+def test_user_network_trains_as_dask_worker_tasks_importing_the_runs_copy(dask_engine, tmp_path):
+    import keras
+
+    from pipelines.deep import usercode
+    from pipelines.pipeline import run_pipeline
+
+    (tmp_path / "mynet.py").write_text(USER_NET)
+    stage = {"stage": "deep", "name": "mine", "model": "mynet:build", "code": str(tmp_path / "mynet.py")}
+    stage.update({"epochs": 3, "batch_size": 32, "ranks": 2, "launcher": "dask", "plots": False})
+    run, _ = run_pipeline(parse_config(digits(tmp_path, stage)), engine=dask_engine)
+    res = json.loads((run.dir / "deep" / "mine" / "results.json").read_text())
+    assert res["launcher"] == "dask" and len({p["worker"] for p in res["placement"]}) == 2
+    assert res["rank_weight_max_abs_diff"] == 0.0 and res["test"]["accuracy"] > 0.5
+    spec = json.loads((run.dir / "checkpoints" / "mine" / "spec.json").read_text())
+    assert spec["code"] == {"stage": "mine", "dir": str(run.dir / "code" / "mine")}
+    usercode.pin("mine", spec["code"]["dir"])
+    usercode.load("mynet:build", None, "mine")  # registers the custom layer, as predict does
+    model = keras.saving.load_model(run.dir / "deep" / "mine" / "model.keras", safe_mode=True)
+    assert type(model.layers[-2]).__name__ == "Gain" and model.layers[-2].start == 1.0
