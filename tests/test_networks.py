@@ -189,6 +189,38 @@ def test_a_user_network_is_checked_against_its_signature_when_the_config_loads(t
         load_config(path)
 
 
+def test_rank_and_trial_specs_import_the_runs_copy_before_their_stage_validates(tmp_path, monkeypatch):
+    """The `code:` file is gone (another host, or moved): a rank and a trial read their spec from the run's copy."""
+    from pipelines.deep.stage import DeepStage, RankSpec
+    from pipelines.deep.usercode import UserCode
+    from pipelines.sweep.trial import TrialSpec
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr("pipelines.deep.usercode._pinned", {})
+    copy = tmp_path / "run" / "code" / "mine"
+    copy.mkdir(parents=True)
+    (copy / "spec_net.py").write_text(USER_NET)  # a module name no other test imports
+    gone = str(tmp_path / "gone" / "spec_net.py")
+    stage = DeepStage.model_construct(name="mine", model="spec_net:build", code=gone, params={"units": 8})
+    code = UserCode(stage="mine", dir=str(copy), checksums={"spec_net.py": "a" * 64})
+    RankSpec.model_construct(stage=stage, tensors="t", checkpoints="c", out="o", code=code).write(tmp_path / "r.json")
+    fields = {"index": 0, "values": {}, "target": stage, "metric": "val_accuracy", "splits": "s", "code": code}
+    TrialSpec.model_construct(**fields).write(tmp_path / "t.json")
+    monkeypatch.delitem(sys.modules, "spec_net", raising=False)
+    rank = RankSpec.read(tmp_path / "r.json")  # validating the stage imports spec_net: from the pinned copy
+    assert rank.code == code and rank.stage.code == gone
+    assert Path(sys.modules["spec_net"].__file__).parent == copy
+    monkeypatch.delitem(sys.modules, "spec_net")
+    trial = TrialSpec.read(tmp_path / "t.json")
+    assert trial.code == code and Path(sys.modules["spec_net"].__file__).parent == copy
+    other = code.model_copy(update={"checksums": {"spec_net.py": "b" * 64}})
+    assert trial.with_digest().digest != trial.model_copy(update={"code": other}).with_digest().digest
+    monkeypatch.delitem(sys.modules, "spec_net")
+    monkeypatch.setattr("pipelines.deep.usercode._pinned", {})
+    with pytest.raises(ValueError, match="user code folder .*gone.* does not exist"):
+        DeepStage.model_validate(rank.stage.model_dump())  # unpinned, the stage's check looks for the file
+
+
 @pytest.mark.slow
 def test_lstm_learns_digit_rows_as_time_steps(dask_engine, tmp_path):
     from pipelines.pipeline import run_pipeline
@@ -266,6 +298,8 @@ def test_user_network_trains_as_dask_worker_tasks_importing_the_runs_copy(dask_e
     import keras
 
     from pipelines.deep import usercode
+    from pipelines.deep.stage import RankSpec
+    from pipelines.deep.usercode import UserCode
     from pipelines.pipeline import run_pipeline
 
     (tmp_path / "mynet.py").write_text(USER_NET)
@@ -275,9 +309,10 @@ def test_user_network_trains_as_dask_worker_tasks_importing_the_runs_copy(dask_e
     res = json.loads((run.dir / "deep" / "mine" / "results.json").read_text())
     assert res["launcher"] == "dask" and len({p["worker"] for p in res["placement"]}) == 2
     assert res["rank_weight_max_abs_diff"] == 0.0 and res["test"]["accuracy"] > 0.5
-    spec = json.loads((run.dir / "checkpoints" / "mine" / "spec.json").read_text())
-    assert spec["code"] == {"stage": "mine", "dir": str(run.dir / "code" / "mine")}
-    usercode.pin("mine", spec["code"]["dir"])
+    spec = RankSpec.read(run.dir / "checkpoints" / "mine" / "spec.json")  # pins the run's copy, as a rank does
+    checksums = json.loads((run.dir / "manifest.json").read_text())["outputs"]["code/mine"]
+    assert spec.code == UserCode(stage="mine", dir=str(run.dir / "code" / "mine"), checksums=checksums)
+    assert set(checksums) == {"mynet.py"}
     usercode.load("mynet:build", None, "mine")  # registers the custom layer, as predict does
     model = keras.saving.load_model(run.dir / "deep" / "mine" / "model.keras", safe_mode=True)
     assert type(model.layers[-2]).__name__ == "Gain" and model.layers[-2].start == 1.0

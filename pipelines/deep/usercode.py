@@ -8,12 +8,17 @@ on `sys.path` ("pin" it), so they import exactly the code the run trained with.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from pydantic import Field
+
+from pipelines.settings import StrictModel
 
 REF = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$"
 CODE_DIR = "code"
@@ -35,6 +40,25 @@ def import_root(code: Path) -> Path:
 def pin(stage: str, root: str | Path) -> None:
     """Import the named stage's user code from root (a run's copy) in this process, ahead of anything else."""
     _pinned[stage] = Path(root)
+
+
+class UserCode(StrictModel):
+    """Where a rank, trial or predict imports a stage's user network from: the run's copy of its `code:`."""
+
+    stage: str = Field(description="the deep stage whose `model` it defines (the name it is pinned under)")
+    dir: str = Field(description="the run's copy, <run>/code/<name>/")
+    checksums: dict[str, str] = Field(default_factory=dict, description="the copy's files, as the manifest has them")
+
+    def pin(self) -> None:
+        """Import this stage's user code from the run's copy in this process."""
+        pin(self.stage, self.dir)
+
+
+def pin_spec(text: str) -> None:
+    """Pin a JSON spec's `code` before the spec validates (its deep stage's check imports the network)."""
+    raw = json.loads(text)
+    if isinstance(raw, dict) and raw.get("code"):
+        UserCode.model_validate(raw["code"]).pin()
 
 
 def pin_run(run_dir: str | Path) -> None:

@@ -34,7 +34,8 @@ class ModelRef:
     kind: Literal["classical", "keras"]
     path: str
     digest: str
-    code: tuple[str, str, str] | None = None  # a user network: (stage, the run's copy of its code, module:function)
+    network: str | None = None  # a user network's "module:function", imported before the model loads
+    code: usercode.UserCode | None = None  # where that module is imported from: the run's copy of `code:`
 
 
 @dataclass
@@ -49,7 +50,7 @@ class SavedStage:
     model: ModelRef
     task: Task
     classes: list[Any]  # the model's class values in output order (label codes for a category label)
-    features: list[str]  # model input columns of the transformed table (empty for images)
+    features: list[str]  # model input columns of the transformed table (px0, px1, ... for images)
     label: str | None  # label column of the transformed data ("label" for images)
     probabilities: bool = False  # the model gives class probabilities (predict_proba, softmax)
 
@@ -107,9 +108,7 @@ def load_saved(run_dir: str | Path, name: str) -> SavedStage:
 
 
 def _label_of(ingest: IngestResult, stage_label: str | None = None) -> str | None:
-    if ingest.schema is None:
-        return "label"
-    return stage_label or (ingest.schema.label.name if ingest.schema.label else None)
+    return stage_label or ingest.inputs.label
 
 
 def _classical(
@@ -126,11 +125,9 @@ def _classical(
         task = "cluster"
     else:
         raise UsageError(f"stage {stage.output_name!r} ({stage.model}) transforms data but predicts nothing")
-    if ingest.schema is None:
-        features: list[str] = []
-    else:
-        features = stage.features or ingest.model_columns()[0]
-        fitted = list(getattr(model, "feature_names_in_", features))
+    features, _ = ingest.inputs.columns(stage.features, stage.label, stage.output_name)
+    if hasattr(model, "feature_names_in_"):
+        fitted = list(model.feature_names_in_)
         if fitted != features:
             raise DataError(f"{run_dir / output}: the model was fitted on {fitted}, the run's config gives {features}")
     classes = model.classes_.tolist() if task == "classify" else []
@@ -155,12 +152,13 @@ def _deep(
             classes = list(range(int(json.loads(tensors.read_text())["classes"])))
         else:
             raise DataError(f"{tensors}: missing; it records the classes the network was trained on")
-    features = [] if ingest.schema is None else ingest.model_columns()[0]
+    features = list(ingest.inputs.features)
     label = _label_of(ingest) if task == "classify" else None
-    code = None
-    if usercode.is_user_model(stage.model):
+    user, code = usercode.is_user_model(stage.model), None
+    if user and stage.code is not None:
         copy = f"{usercode.CODE_DIR}/{stage.output_name}"
-        code = (stage.output_name, str(run_dir / copy) if stage.code is not None else "", stage.model)
-    ref = ModelRef("keras", str(run_dir / output / "model.keras"), digest, code)
+        _verified(run_dir, manifest, copy)  # its network's code was copied into the run and is intact
+        code = usercode.UserCode(stage=stage.output_name, dir=str(run_dir / copy), checksums=manifest["outputs"][copy])
+    ref = ModelRef("keras", str(run_dir / output / "model.keras"), digest, stage.model if user else None, code)
     proba = task == "classify"  # the softmax output
     return SavedStage(run_dir, config, stage, ingest_stage, ingest, ref, task, classes, features, label, proba)
