@@ -294,13 +294,17 @@ def test_user_network_trains_on_two_ranks_resumes_from_its_copy_sweeps_and_predi
 
 
 @pytest.mark.slow
-def test_user_network_trains_as_dask_worker_tasks_importing_the_runs_copy(dask_engine, tmp_path):
+def test_user_network_trains_as_dask_worker_tasks_importing_the_runs_copy(dask_engine, spark_engine, tmp_path):
+    """Ranks as Dask tasks; Spark's Python workers score with the saved network, importing the run's copy too."""
     import keras
+    import pandas as pd
 
+    from pipelines.data.bundled import _digits, idx_bytes
     from pipelines.deep import usercode
     from pipelines.deep.stage import RankSpec
     from pipelines.deep.usercode import UserCode
     from pipelines.pipeline import run_pipeline
+    from pipelines.predict import predict
 
     (tmp_path / "mynet.py").write_text(USER_NET)
     stage = {"stage": "deep", "name": "mine", "model": "mynet:build", "code": str(tmp_path / "mynet.py")}
@@ -316,3 +320,16 @@ def test_user_network_trains_as_dask_worker_tasks_importing_the_runs_copy(dask_e
     usercode.load("mynet:build", None, "mine")  # registers the custom layer, as predict does
     model = keras.saving.load_model(run.dir / "deep" / "mine" / "model.keras", safe_mode=True)
     assert type(model.layers[-2]).__name__ == "Gain" and model.layers[-2].start == 1.0
+    (tmp_path / "mynet.py").unlink()  # predict needs only the run's copy
+    images, labels = _digits()
+    (tmp_path / "images.gz").write_bytes(gzip.compress(idx_bytes(images[:100])))
+    (tmp_path / "labels.gz").write_bytes(gzip.compress(idx_bytes(labels[:100])))
+    out = tmp_path / "predicted"
+    summary = predict(
+        run.dir, "mine", str(tmp_path / "images.gz"), out, engine=spark_engine, labels=str(tmp_path / "labels.gz")
+    )
+    assert (summary["engine"], summary["scored"], summary["rejected"]) == ("spark", 100, 0)
+    scored = pd.read_parquet(out / "predictions").sort_values("row", ignore_index=True)
+    expected = np.asarray(model(images[:100, :, :, None].astype("float32") / 255.0, training=False))  # unit scale
+    np.testing.assert_allclose(scored[[f"probability_{c}" for c in range(10)]], expected, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(scored["prediction"], expected.argmax(axis=1))
