@@ -19,7 +19,7 @@ from pipelines.atomic import atomic_write_json
 from pipelines.deep.augment import AugmentSpec, EvalViews, flip_problem
 from pipelines.deep.models import NETWORKS, check_params, network
 from pipelines.deep.shards import MANIFEST, TensorShards, write_shards
-from pipelines.deep.usercode import CODE_DIR, REF, SOURCE, UserCode, copy_code, is_user_model, pin_spec
+from pipelines.deep.usercode import REF, SOURCE, UserCode, copy_code, is_user_model, pin_spec
 from pipelines.engines.base import Engine
 from pipelines.errors import ConfigError, DataError
 from pipelines.ingest.handoff import TrainingData, training_data
@@ -27,6 +27,7 @@ from pipelines.ingest.stage import written_splits_problems
 from pipelines.launch.horovod import is_progress, launch_command, run_ranks
 from pipelines.launch.ranks import RankJob
 from pipelines.protocol import PipelineSettings, Problem, RecordedResult, Stage, StageContext
+from pipelines.runs.layout import Folder
 from pipelines.settings import StrictModel
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class DeepStage(Stage):
         default=50, ge=0, description="rank 0 logs the training loss to TensorBoard every N steps (0: per epoch only)"
     )
 
-    output_dir: ClassVar[str] = "deep"
+    output_dir: ClassVar[str] = Folder.DEEP
     placement_fields: ClassVar[frozenset[str]] = frozenset(
         {
             "ranks",
@@ -211,7 +212,7 @@ class DeepStage(Stage):
     def restore(self, ctx: StageContext) -> DeepResult:
         """The results rank 0 wrote for this stage in this run."""
         self.recorded_facts(ctx)
-        return DeepResult(json.loads((ctx.run.dir / "deep" / self.output_name / "results.json").read_text()))
+        return DeepResult(json.loads((Folder.DEEP.under(ctx.run.dir, self.output_name) / "results.json").read_text()))
 
 
 class RankSpec(StrictModel):
@@ -250,11 +251,11 @@ def hand_off(engine: Engine, stage: DeepStage, run: Any, data: TrainingData) -> 
     as they were written, and a resumed run checked every recorded output before any stage ran.
     """
     key = tensors_key(stage)
-    target = run.dir / "tensors" / key
+    target = Folder.TENSORS.under(run.dir, key)
     if (target / MANIFEST).exists():
         if json.loads((target / MANIFEST).read_text()).get("source", {}).get("splits") == data.fingerprint:
             try:  # recorded outputs were hashed when written or checked by resume: hash only unrecorded ones
-                return TensorShards(target, verify=f"tensors/{key}" not in run.manifest["outputs"])
+                return TensorShards(target, verify=Folder.TENSORS.of(key) not in run.manifest["outputs"])
             except DataError as exc:
                 log.warning("tensors/%s: %s; writing the shards again", key, exc)
         else:
@@ -265,7 +266,7 @@ def hand_off(engine: Engine, stage: DeepStage, run: Any, data: TrainingData) -> 
     total = data.inputs.classes
     if stage.classes and total is not None and max(stage.classes) >= total:
         raise ConfigError(f"deep stage {stage.output_name!r}: classes {stage.classes} outside 0..{total - 1}")
-    with run.output(f"tensors/{key}") as tmp:
+    with run.output(Folder.TENSORS.of(key)) as tmp:
         tmp.mkdir()
         manifest = write_shards(
             engine,
@@ -306,7 +307,7 @@ def transfer_model_path(stage: DeepStage, run: Any) -> str | None:
         return None
     source = stage.transfer.source
     match = re.fullmatch(r"stage:(.+)", source)
-    path = run.dir / "deep" / match.group(1) / "model.keras" if match else Path(source)
+    path = Folder.DEEP.under(run.dir, match.group(1)) / "model.keras" if match else Path(source)
     if not path.exists():
         raise ConfigError(f"deep stage {stage.output_name!r}: transfer source {source!r} not found ({path})")
     return str(path)
@@ -320,14 +321,14 @@ def user_code(run: Any, stage: DeepStage, name: str) -> UserCode | None:
     """
     if stage.code is None:
         return None
-    key = f"{CODE_DIR}/{name}"
-    target = run.dir / key
+    key = Folder.CODE.of(name)
+    target = Folder.CODE.under(run.dir, name)
     if key not in run.manifest["outputs"] or not target.is_dir():
-        copies = sorted((run.dir / CODE_DIR).glob(f"*/{SOURCE}"))
+        copies = sorted((run.dir / Folder.CODE).glob(f"*/{SOURCE}"))
         same = [
             c.parent
             for c in copies
-            if c.read_text() == stage.code and f"{CODE_DIR}/{c.parent.name}" in run.manifest["outputs"]
+            if c.read_text() == stage.code and Folder.CODE.of(c.parent.name) in run.manifest["outputs"]
         ]
         with run.output(key) as tmp:
             copy_code(str(same[0]) if same else stage.code, tmp)
@@ -340,18 +341,20 @@ def run_deep(engine: Engine, stage: DeepStage, run: Any, data: TrainingData, ran
     """Hand off the data, train with Horovod ranks, write deep/<name>/ (model, history, plots, results)."""
     shards = hand_off(engine, stage, run, data)
     name = stage.output_name
-    checkpoints = run.dir / "checkpoints" / name
+    checkpoints = Folder.CHECKPOINTS.under(run.dir, name)
     _fresh_checkpoints(checkpoints, stage)
     checkpoints.mkdir(parents=True, exist_ok=True)
     classes = stage.classes or list(range(shards.classes))
-    with run.output(f"deep/{name}") as tmp:
+    with run.output(Folder.DEEP.of(name)) as tmp:
         spec_path = checkpoints / "spec.json"
         RankSpec(
             stage=stage,
             tensors=str(shards.dir),
             checkpoints=str(checkpoints),
             out=str(tmp),
-            tensorboard=str(run.dir / "tensorboard" / name),  # rank 0's events; a folder every rank's host sees
+            tensorboard=str(
+                Folder.TENSORBOARD.under(run.dir, name)
+            ),  # rank 0's events; a folder every rank's host sees
             transfer_model=transfer_model_path(stage, run),
             class_names=[str(c) for c in classes],
             code=user_code(run, stage, name),  # the run's copy of the user's network code, imported first

@@ -18,10 +18,10 @@ from typing import Any
 
 from pydantic import Field
 
+from pipelines.runs.layout import Folder
 from pipelines.settings import StrictModel
 
 REF = r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$"
-CODE_DIR = "code"
 SOURCE = ".source"  # in a copy: the `code:` path it was copied from
 
 _pinned: dict[str, Path] = {}  # stage name -> the folder its user code is imported from in this process
@@ -63,7 +63,7 @@ def pin_spec(text: str) -> None:
 
 def pin_run(run_dir: str | Path) -> None:
     """Pin every deep stage's copied user code of a finished run (predict)."""
-    folder = Path(run_dir) / CODE_DIR
+    folder = Path(run_dir) / Folder.CODE
     if folder.is_dir():
         for sub in sorted(folder.iterdir()):
             if sub.is_dir():

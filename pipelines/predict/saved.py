@@ -22,6 +22,7 @@ from pipelines.errors import DataError, UsageError
 from pipelines.ingest.stage import IngestResult, IngestStage
 from pipelines.runs import Run
 from pipelines.runs.history import RunRecord
+from pipelines.runs.layout import Folder
 from pipelines.runs.run import CONFIG, MANIFEST
 
 Task = Literal["classify", "regress", "cluster", "reconstruct"]
@@ -82,7 +83,7 @@ def load_saved(run_dir: str | Path, name: str) -> SavedStage:
         raise UsageError(f"{run_dir}: not a run directory (needs {CONFIG} and {MANIFEST})")
     manifest = RunRecord.read(run_dir).manifest
     for output in manifest.get("outputs", {}):
-        if output.startswith(f"{usercode.CODE_DIR}/"):
+        if output.startswith(Folder.CODE.of("")):
             _verified(run_dir, manifest, output)  # user code is imported only from intact copies
     usercode.pin_run(run_dir)  # user networks' code: the run's copies
     config = load_config(run_dir / CONFIG)
@@ -114,7 +115,7 @@ def _label_of(ingest: IngestResult, stage_label: str | None = None) -> str | Non
 def _classical(
     run_dir: Path, manifest: dict, config: PipelineConfig, stage: ModelStage, ingest_stage: IngestStage, ingest: Any
 ) -> SavedStage:
-    output = f"models/{stage.output_name}"
+    output = Folder.MODELS.of(stage.output_name)
     digest = _verified(run_dir, manifest, output)
     model = load_model(run_dir / output)  # small; the driver reads its classes and feature names
     if is_classifier(model):
@@ -140,10 +141,10 @@ def _classical(
 def _deep(
     run_dir: Path, manifest: dict, config: PipelineConfig, stage: DeepStage, ingest_stage: IngestStage, ingest: Any
 ) -> SavedStage:
-    output = f"deep/{stage.output_name}"
+    output = Folder.DEEP.of(stage.output_name)
     digest = _verified(run_dir, manifest, output)
     task: Task = network(stage.model).task
-    tensors = run_dir / "tensors" / tensors_key(stage) / "manifest.json"
+    tensors = Folder.TENSORS.under(run_dir, tensors_key(stage)) / "manifest.json"
     classes: list[Any] = []
     if task == "classify":
         if stage.classes:
@@ -156,7 +157,7 @@ def _deep(
     label = _label_of(ingest) if task == "classify" else None
     user, code = usercode.is_user_model(stage.model), None
     if user and stage.code is not None:
-        copy = f"{usercode.CODE_DIR}/{stage.output_name}"
+        copy = Folder.CODE.of(stage.output_name)
         _verified(run_dir, manifest, copy)  # its network's code was copied into the run and is intact
         code = usercode.UserCode(stage=stage.output_name, dir=str(run_dir / copy), checksums=manifest["outputs"][copy])
     ref = ModelRef("keras", str(run_dir / output / "model.keras"), digest, stage.model if user else None, code)
