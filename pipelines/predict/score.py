@@ -49,6 +49,12 @@ def load_ref(ref: ModelRef) -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
+    if ref.network is not None:  # a user network: import its module (the run's copy) to register its custom layers
+        from pipelines.deep import usercode
+
+        if ref.code is not None:
+            ref.code.pin()
+        usercode.load(ref.network, None, ref.code.stage if ref.code is not None else None)
     return keras.saving.load_model(ref.path, compile=False, safe_mode=True)
 
 

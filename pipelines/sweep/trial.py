@@ -27,6 +27,7 @@ from pydantic import Field
 from pipelines.atomic import atomic_write_json
 from pipelines.classical.stage import ModelStage
 from pipelines.deep.stage import DeepStage
+from pipelines.deep.usercode import UserCode, pin_spec
 from pipelines.ingest.handoff import AnyInputs
 from pipelines.settings import StrictModel
 
@@ -53,6 +54,7 @@ class TrialSpec(StrictModel):
     tensors: str | None = None
     transfer_model: str | None = None
     class_names: list[str] | None = None
+    code: UserCode | None = None  # a user network: the run's copy of its code (its checksums are in the digest)
     ranks: int = 1
 
     def with_digest(self) -> TrialSpec:
@@ -67,8 +69,10 @@ class TrialSpec(StrictModel):
 
     @classmethod
     def read(cls, path: Path) -> TrialSpec:
-        """Read and validate a spec the driver wrote."""
-        return cls.model_validate_json(path.read_text())
+        """Read and validate a spec the driver wrote (its user code pinned first: the target stage imports it)."""
+        text = path.read_text()
+        pin_spec(text)
+        return cls.model_validate_json(text)
 
 
 def trial_dir(trials_dir: str | os.PathLike[str], index: int) -> Path:
@@ -150,6 +154,7 @@ def deep_metrics(spec: TrialSpec, folder: Path) -> dict[str, float]:
         out=str(folder / "out"),
         transfer_model=spec.transfer_model,
         class_names=spec.class_names,
+        code=spec.code,
     ).write(folder / "worker.json")
     argv = [sys.executable, "-m", "pipelines.deep.worker", str(folder / "worker.json")]
     command = argv if spec.ranks == 1 else launch_command("horovodrun", spec.ranks, None, argv)
