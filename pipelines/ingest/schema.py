@@ -106,6 +106,7 @@ class TableSchema:
     label: Column | None
     intercept: bool = True
     categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    declared: frozenset[str] = frozenset()
 
     @property
     def columns(self) -> tuple[Column, ...]:
@@ -115,9 +116,25 @@ class TableSchema:
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
 
+    def undeclared(self) -> list[str]:
+        """Columns whose type no `types:`, `categories:` or `C()` gives: their type comes from the data."""
+        return [n for n in self.names if n not in self.declared]
 
-def resolve_table_schema(dataset: DatasetConfig, file_columns: list[str], source: str) -> TableSchema:
-    """Resolve the declared schema against the columns a file actually has; missing ones are errors."""
+    def column_types(self) -> dict[str, dict[str, str]]:
+        """Each column's type and whether it was declared or inferred (for the manifest)."""
+        return {
+            c.name: {"type": c.kind, "origin": "declared" if c.name in self.declared else "inferred"}
+            for c in self.columns
+        }
+
+
+def resolve_table_schema(
+    dataset: DatasetConfig, file_columns: list[str], source: str, inferred: dict[str, ColumnType] | None = None
+) -> TableSchema:
+    """Resolve the declared schema against the columns a file actually has; missing ones are errors.
+
+    A column no `types:`/`categories:`/`C()` declares takes its type from `inferred` (float until inferred).
+    """
     types = dict(dataset.types)
     intercept = True
     if dataset.formula:
@@ -144,7 +161,9 @@ def resolve_table_schema(dataset: DatasetConfig, file_columns: list[str], source
     unknown_types = set(types) - set(wanted)
     if unknown_types:
         raise ConfigError(f"dataset {dataset.name!r}: 'types' names columns not in the schema: {sorted(unknown_types)}")
+    declared = frozenset(types)
+    types = {**(inferred or {}), **types}
     features = tuple(Column(n, types.get(n, "float")) for n in names)
     label = Column(label_name, types.get(label_name, "float")) if label_name else None
     categories = {k: tuple(v) for k, v in dataset.categories.items()}
-    return TableSchema(features, label, intercept, categories)
+    return TableSchema(features, label, intercept, categories, declared)

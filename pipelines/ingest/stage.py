@@ -22,6 +22,7 @@ from pipelines.errors import ConfigError, DataError
 from pipelines.ingest import readers, sources
 from pipelines.ingest.config import DatasetConfig, SplitConfig, declared_split_problems
 from pipelines.ingest.digest import combine_digests, partition_digest
+from pipelines.ingest.infer import infer_types, summarize_part
 from pipelines.ingest.schema import TableSchema, resolve_table_schema
 from pipelines.ingest.split import SPLIT_NAMES, assign_split
 from pipelines.ingest.transform import (
@@ -111,15 +112,17 @@ def plan_ingest(
         else:
             files = sources.index_parquet_files(paths)
         files = sources.with_distinct_names(files)
+        parts = sources.balanced_segments(files, partitions)
         if table is None:
             table = resolve_table_schema(dataset, list(files[0].columns), files[0].path)
             for f in files[1:]:
                 resolve_table_schema(dataset, list(f.columns), f.path)
+            table = _inferred_table(dataset, table, files, parts, engine)
         else:
             table = _given_table(table, files, labels_optional)
         file_codes = [code for code, group in groups for _ in group]
         codes = {f.name: code for f, code in zip(files, file_codes, strict=True) if code is not None}
-        return Plan(dataset, files, sources.balanced_segments(files, partitions), table=table, declared=codes)
+        return Plan(dataset, files, parts, table=table, declared=codes)
     inputs = [_image_input(dataset, dataset.path, dataset.labels_path, labels_optional)]
     inputs += [_image_input(dataset, path, labels, False) for _, path, labels in declared]
     named = sources.with_distinct_names([i.images for i in inputs])
@@ -145,6 +148,23 @@ def plan_ingest(
         declared={i.images.name: SPLIT_CODES[name] for i, (name, _, _) in zip(inputs[1:], declared, strict=True)},
         images={i.images.name: i for i in inputs},
     )
+
+
+def _inferred_table(
+    dataset: DatasetConfig,
+    table: TableSchema,
+    files: list[sources.SourceFile],
+    parts: list[list[sources.Segment]],
+    engine: Engine,
+) -> TableSchema:
+    """The schema with each undeclared column's type inferred from all of its values (one pass, per partition)."""
+    names = table.undeclared()
+    if not names:
+        return table
+    summarize = functools.partial(summarize_part, fmt=dataset.format, delimiter=dataset.delimiter, names=names)
+    inferred, _ = infer_types(engine.run_tasks(summarize, parts), names)
+    log.info("%s: inferred column types %s", dataset.name, inferred)
+    return resolve_table_schema(dataset, list(files[0].columns), files[0].path, inferred)
 
 
 def _image_input(
@@ -272,6 +292,7 @@ class IngestResult(StageResult):
             "levels": self.fitted.levels,
             "constant_columns": self.fitted.constant,
             "input_columns": self.input_columns,
+            "column_types": self.schema.column_types() if self.schema is not None else {},
             "image_dtype": self.image_dtype,
             "image_shape": list(self.image_shape) if self.image_shape else None,
         }
@@ -295,7 +316,8 @@ class IngestResult(StageResult):
         """The counts, schema and fitted encoding a finished ingest recorded (no frames)."""
         schema = None
         if facts["image_shape"] is None:
-            schema = resolve_table_schema(dataset, facts["input_columns"], "the recorded header")
+            inferred = {n: t["type"] for n, t in facts.get("column_types", {}).items() if t["origin"] == "inferred"}
+            schema = resolve_table_schema(dataset, facts["input_columns"], "the recorded header", inferred)
         return cls(
             dataset=facts["dataset"],
             engine=engine,

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipelines.ingest.infer import r_level_order
 from pipelines.ingest.schema import TableSchema
 from pipelines.ingest.split import SPLIT_NAMES, TRAIN
 
@@ -74,7 +75,7 @@ class Fitted:
         for col in schema.columns:
             if col.kind == "category":
                 declared = schema.categories.get(col.name)
-                seen = sorted({v for s in stats for v in s["levels"].get(col.name, [])})
+                seen = r_level_order({v for s in stats for v in s["levels"].get(col.name, [])})
                 fitted.levels[col.name] = list(declared) if declared else seen
         if standardize:
             for col in schema.features:

@@ -38,8 +38,11 @@ def image_arrow_schema() -> pa.Schema:
     return pa.schema(META_FIELDS + [pa.field("image", pa.binary()), pa.field("label", pa.int64())])
 
 
-def _reasons(mask: np.ndarray, message: str, values: pd.Series | np.ndarray | None = None) -> pd.Series | None:
-    """Per-row reason: message where mask is set (then repr of the value when values are given); None if none."""
+def _reasons(
+    mask: np.ndarray, message: str, values: pd.Series | np.ndarray | None = None, hint: str = ""
+) -> pd.Series | None:
+    """Per-row reason: message where mask is set (then repr of the value when values are given, then the hint);
+    None if none."""
     if not mask.any():
         return None
     out = pd.Series(None, index=range(len(mask)), dtype=object)
@@ -47,8 +50,13 @@ def _reasons(mask: np.ndarray, message: str, values: pd.Series | np.ndarray | No
         out[mask] = message
     else:
         picked = np.asarray(values, dtype=object)[mask]
-        out[mask] = [f"{message}{v!r}" for v in picked]
+        out[mask] = [f"{message}{v!r}{hint}" for v in picked]
     return out
+
+
+def _accepts(col: Column, kind: str) -> str:
+    """The `types:` entry that would accept a value breaking the column's type."""
+    return f" in column {col.name!r}; `types: {{{col.name}: {kind}}}` would accept it"
 
 
 def _first(current: pd.Series | None, new: pd.Series | None) -> pd.Series | None:
@@ -81,14 +89,14 @@ def _column(
             missing = (text == "").to_numpy() | arr.is_null().to_numpy(zero_copy_only=False)
             num = pd.to_numeric(text.where(~missing, None), errors="coerce").astype("float64").to_numpy()
             unparsed = np.isnan(num) & ~missing & ~text.str.lower().isin(NAN_TEXT).to_numpy()
-            reasons = _reasons(unparsed, "not a number: ", text)
+            reasons = _reasons(unparsed, "not a number: ", text, _accepts(col, "category"))
             num = np.where(unparsed, np.nan, num)
         reasons = _first(reasons, _reasons(missing, missing_msg))
         reasons = _first(reasons, _reasons(np.isnan(num) & ~missing, "NaN value"))
         reasons = _first(reasons, _reasons(np.isinf(num), "infinite value"))
         if col.kind == "int":
             frac = np.isfinite(num) & ((num != np.round(num)) | (np.abs(num) > 2**53))
-            reasons = _first(reasons, _reasons(frac, "not an integer: ", num))
+            reasons = _first(reasons, _reasons(frac, "not an integer: ", num, _accepts(col, "float")))
             values = pd.Series(np.where(np.isfinite(num) & ~frac, num, np.nan)).astype("Int64")
         else:
             values = pd.Series(num)
@@ -104,7 +112,9 @@ def _column(
     if col.kind == "bool":
         lower = text.str.lower()
         truthy, falsy = lower.isin(TRUE_TEXT).to_numpy(), lower.isin(FALSE_TEXT).to_numpy()
-        reasons = _first(reasons, _reasons(~missing & ~(truthy | falsy), "not a boolean: ", text))
+        reasons = _first(
+            reasons, _reasons(~missing & ~(truthy | falsy), "not a boolean: ", text, _accepts(col, "category"))
+        )
         values = pd.Series(pd.array(truthy, dtype="boolean"))
         values[~(truthy | falsy)] = pd.NA
         return values, reasons

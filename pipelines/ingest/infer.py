@@ -1,0 +1,135 @@
+"""Column types inferred from the whole data: one rule, summarized per partition and combined on the driver.
+
+The rule (docs/DATA.md, "Inferred column types"), applied to the trimmed non-empty values of a column:
+every value a number -> `int` when all are written as integers, else `float`; every value yes/no, or every
+value true/false (any case) -> `bool`; other text -> `category` (at most MAX_LEVELS distinct values, else `str`).
+Each partition reports what it saw; the driver combines, so the answer is the same on every engine and does not
+depend on how the files are cut into partitions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.ingest.config import ColumnType
+from pipelines.ingest.readers import read_csv_segment, read_parquet_segment
+from pipelines.ingest.schema import Column, TableSchema
+from pipelines.ingest.sources import Segment
+
+MAX_LEVELS = 1000
+BOOL_WORDS = (frozenset({"yes", "no"}), frozenset({"true", "false"}))
+_INT_SYNTAX = r"^[+-]?[0-9]+$"
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def r_level_order(levels: Iterable[str]) -> list[str]:
+    """Levels sorted as R sorts a factor's levels: numerically when every level is a number, else by text
+    ignoring case first, lower case before upper on ties (R's default en_US collation for letters and digits)."""
+    levels = list(dict.fromkeys(levels))
+    numbers = [_number(v) for v in levels]
+    if levels and all(n is not None and not math.isnan(n) for n in numbers):
+        return [v for _, v in sorted(zip(numbers, levels, strict=True), key=lambda p: (p[0], p[1]))]
+    return sorted(levels, key=lambda v: (v.casefold(), v.swapcase()))
+
+
+def summarize(column: pa.ChunkedArray | pa.Array) -> dict[str, Any]:
+    """What one partition's values of a column say about its type (values read as text or as typed by the file).
+
+    Text columns also report their distinct values when there are at most MAX_LEVELS of them, so a column whose
+    numbers in one partition meet text in another becomes a category with the numbers' spellings among its levels.
+    """
+    kind = column.type
+    if pa.types.is_boolean(kind):
+        return {"n": len(column) - column.null_count, "kind": "bool"}
+    if pa.types.is_integer(kind):
+        return {"n": len(column) - column.null_count, "kind": "int"}
+    if pa.types.is_floating(kind):
+        return {"n": len(column) - column.null_count, "kind": "float"}
+    text = pc.utf8_trim_whitespace(column.cast(pa.string()))
+    text = pc.filter(text, pc.and_(pc.is_valid(text), pc.not_equal(text, "")))
+    if len(text) == 0:
+        return {"n": 0, "kind": None}
+    distinct = pc.unique(text)
+    out: dict[str, Any] = {"n": len(text), "kind": "text"}
+    if len(distinct) <= MAX_LEVELS:
+        out["levels"] = sorted(distinct.to_pylist())
+    try:
+        pc.cast(distinct, pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return out
+    out["kind"] = "int" if pc.all(pc.match_substring_regex(distinct, _INT_SYNTAX)).as_py() else "float"
+    return out
+
+
+def combine(parts: list[dict[str, Any]]) -> tuple[ColumnType, list[str]]:
+    """The column's type (and, for a category, its levels in R's order) from every partition's summary."""
+    seen = [p for p in parts if p["n"]]
+    kinds = {p["kind"] for p in seen}
+    if not seen:
+        return "float", []
+    if kinds <= {"int"}:
+        return "int", []
+    if kinds <= {"int", "float"}:
+        return "float", []
+    if kinds <= {"bool"}:
+        return "bool", []
+    if "bool" in kinds or any("levels" not in p for p in seen):
+        return "str", []
+    levels = {v for p in seen for v in p["levels"]}
+    if len(levels) > MAX_LEVELS:
+        return "str", []
+    lower = {v.lower() for v in levels}
+    if any(lower <= words for words in BOOL_WORDS):
+        return "bool", []
+    return "category", r_level_order(levels)
+
+
+def summarize_part(part: list[Segment], fmt: str, delimiter: str, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Summaries of the named columns over one partition's segments (runs on a worker)."""
+    table = TableSchema(tuple(Column(n, "str") for n in names), None)
+    summaries: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    for seg in part:
+        chunk = read_csv_segment(seg, table, delimiter) if fmt == "csv" else read_parquet_segment(seg, table)
+        for name in names:
+            summaries[name].append(summarize(chunk.values.column(name)))
+    return {name: _merge(parts) for name, parts in summaries.items()}
+
+
+def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary standing for several (the combine rule is associative over these fields)."""
+    seen = [p for p in parts if p["n"]]
+    if len(seen) <= 1:
+        return seen[0] if seen else {"n": 0, "kind": None}
+    kinds = {p["kind"] for p in seen}
+    out: dict[str, Any] = {"n": sum(p["n"] for p in seen)}
+    out["kind"] = kinds.pop() if len(kinds) == 1 else ("float" if kinds <= {"int", "float"} else "text")
+    if out["kind"] != "bool" and all("levels" in p for p in seen):
+        levels = sorted({v for p in seen for v in p["levels"]})
+        if len(levels) <= MAX_LEVELS:
+            out["levels"] = levels
+    return out
+
+
+def infer_types(
+    summaries: list[dict[str, dict[str, Any]]], names: list[str]
+) -> tuple[dict[str, ColumnType], dict[str, list[str]]]:
+    """Each named column's type, and each inferred category's levels, from every partition's summaries."""
+    types: dict[str, ColumnType] = {}
+    levels: dict[str, list[str]] = {}
+    for name in names:
+        kind, found = combine([s[name] for s in summaries])
+        types[name] = kind
+        if kind == "category":
+            levels[name] = found
+    return types, levels
