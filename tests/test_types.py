@@ -49,7 +49,9 @@ def test_inference_rule_on_mixed_columns(dask_engine, tmp_path):
 
 def test_inference_sees_the_whole_column_on_both_engines(dask_engine, spark_engine, tmp_path):
     # numbers only in the first 600 rows (the first partitions), text after: a category on either engine
-    rows = [f"{i % 7},{i * 0.5},{i % 2}" for i in range(600)] + [f"{w},{i},1" for i, w in enumerate(["low", "High"] * 20)]
+    rows = [f"{i % 7},{i * 0.5},{i % 2}" for i in range(600)] + [
+        f"{w},{i},1" for i, w in enumerate(["low", "High"] * 20)
+    ]
     path = tmp_path / "late.csv"
     path.write_text("code,x,y\n" + "\n".join(rows) + "\n")
     ds = DatasetConfig(name="late", format="csv", path=str(path), features=["code", "x"], label="y")
@@ -133,3 +135,50 @@ def test_prepared_hmda_fits_with_no_types_section_as_r_does(engine, tmp_path):
     assert again["coefficients"]["std_error"] == coefficients["std_error"]
     written = pq.read_table(run.dir / "data" / "train").to_pandas()
     assert set(written["deny"].unique()) == {0, 1}
+
+
+def test_schema_command_prints_types_to_paste(tmp_path, capsys):
+    import yaml
+
+    from pipelines.cli import main
+
+    _, path = _write_prepared(tmp_path)
+    conf = tmp_path / "c.yaml"
+    conf.write_text(
+        "name: s\ndataset: {name: s, format: csv, path: " + str(path) + ", formula: deny ~ pirat + afam + C(chist)}\n"
+        "stages: [{stage: ingest}]\n"
+    )
+    assert main(["schema", str(conf)]) == 0
+    types = yaml.safe_load(capsys.readouterr().out)["types"]
+    assert types == {"pirat": "float", "afam": "bool", "chist": "category", "deny": "bool"}
+
+
+def _accepts_expressions() -> bool:
+    return "filter" in DatasetConfig.model_fields and "derive" in DatasetConfig.model_fields
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _accepts_expressions(), reason="needs filter/derive from the expressions module")
+def test_hmda_raw_layout_config_reproduces_the_course(engine, tmp_path):
+    from conftest import ROOT
+
+    from pipelines.config import load_config
+
+    cfg = load_config(ROOT / "conf" / "hmda.yaml", [f"runs_dir={tmp_path / engine.kind}"])
+    run, _ = run_pipeline(cfg, engine=engine)
+    metrics = json.loads((run.dir / "metrics.json").read_text())
+    raw = hmda.raw()
+    kept = raw[raw["s13"].isin([3, 4, 5])]
+    frame = pd.DataFrame(
+        {"deny": (kept["s7"] == 3).astype(float), "pi_rat": kept["s46"] / 100, "race": kept["s13"].isin([3, 4]).astype(float)}
+    )
+    lpm = smf.ols("deny ~ pi_rat + race", frame).fit(cov_type="HC1")
+    logit = smf.logit("deny ~ pi_rat + race", frame).fit(disp=0, method="newton", tol=1e-12, maxiter=100)
+    ours = metrics["lpm"]["summary"]
+    assert _rel(ours["coefficients"]["estimate"], lpm.params) < 1e-8
+    assert _rel(ours["coefficients_hc1"]["std_error"], lpm.bse) < 1e-8
+    glm = metrics["logit"]["summary"]["coefficients"]
+    assert _rel(glm["estimate"], logit.params) < 1e-6 and _rel(glm["std_error"], logit.bse) < 1e-4
+    manifest = json.loads((run.dir / "manifest.json").read_text())
+    ingest = next(s for s in manifest["stages"] if s["name"] == "ingest")
+    assert ingest["accepted"] == len(kept) and ingest["read"] == len(raw)

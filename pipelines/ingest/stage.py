@@ -167,6 +167,40 @@ def _inferred_table(
     return resolve_table_schema(dataset, list(files[0].columns), files[0].path, inferred)
 
 
+class _InProcess:
+    """Runs planning tasks one after another in this process (for commands that start no engine)."""
+
+    kind = "local"
+
+    def run_tasks(self, fn: Any, items: Sequence[Any]) -> list[Any]:
+        return [fn(item) for item in items]
+
+
+def inspect_table(dataset: DatasetConfig) -> TableSchema:
+    """A tabular dataset's schema with every undeclared column's type inferred, in this process (no engine)."""
+    if dataset.format not in ("csv", "parquet"):
+        raise ConfigError(f"dataset {dataset.name!r}: format {dataset.format!r} has no table schema")
+    plan = plan_ingest(dataset, 1, _InProcess())  # type: ignore[arg-type]  # planning only needs run_tasks
+    assert plan.table is not None
+    return plan.table
+
+
+def schema_snippet(table: TableSchema) -> str:
+    """The schema's types as a YAML `types:` section ready to paste under `dataset:` (declared ones marked)."""
+    lines = ["types:"]
+    for name, entry in table.column_types().items():
+        key = yaml_key(name)
+        lines.append(f"  {key}: {entry['type']}" + ("  # declared" if entry["origin"] == "declared" else ""))
+    return "\n".join(lines) + "\n"
+
+
+def yaml_key(name: str) -> str:
+    """A column name as a YAML mapping key (quoted where plain YAML would read it otherwise)."""
+    import yaml
+
+    return yaml.safe_dump({name: 0}, default_flow_style=False).rsplit(": 0", 1)[0]
+
+
 def _image_input(
     dataset: DatasetConfig, path: str | list[str], labels_path: str | None, labels_optional: bool
 ) -> ImageInput:
