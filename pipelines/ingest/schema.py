@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
@@ -107,6 +108,11 @@ class TableSchema:
     intercept: bool = True
     categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
     declared: frozenset[str] = frozenset()
+    missing: dict[str, Any] = field(default_factory=dict)
+
+    def policy(self, name: str) -> Any:
+        """The missing-value policy of a column: 'quarantine', 'drop' or an Impute."""
+        return self.missing.get(name, "quarantine")
 
     @property
     def columns(self) -> tuple[Column, ...]:
@@ -166,4 +172,21 @@ def resolve_table_schema(
     features = tuple(Column(n, types.get(n, "float")) for n in names)
     label = Column(label_name, types.get(label_name, "float")) if label_name else None
     categories = {k: tuple(v) for k, v in dataset.categories.items()}
-    return TableSchema(features, label, intercept, categories, declared)
+    _check_missing(dataset, features, label)
+    return TableSchema(features, label, intercept, categories, declared, dict(dataset.missing))
+
+
+def _check_missing(dataset: DatasetConfig, features: tuple[Column, ...], label: Column | None) -> None:
+    """Each missing-value policy names a schema column and fits its type (mean/median: numbers; the label: no
+    imputing)."""
+    kinds = {c.name: c.kind for c in features + ((label,) if label else ())}
+    for name, policy in dataset.missing.items():
+        key = f"dataset.missing.{name}"
+        if name not in kinds:
+            raise ConfigError(f"{key}: {name!r} is not a column of the schema {sorted(kinds)}")
+        if isinstance(policy, str):
+            continue
+        if label is not None and name == label.name:
+            raise ConfigError(f"{key}: the label is not imputed; use drop or quarantine")
+        if policy.impute in ("mean", "median") and kinds[name] not in ("float", "int"):
+            raise ConfigError(f"{key}: impute {policy.impute} needs a number column; {name!r} is {kinds[name]}")

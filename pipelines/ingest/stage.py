@@ -35,7 +35,7 @@ from pipelines.ingest.transform import (
     transform_images,
     transform_table,
 )
-from pipelines.ingest.validate import image_arrow_schema, table_arrow_schema, validate_images, validate_table
+from pipelines.ingest.validate import DROPPED, image_arrow_schema, table_arrow_schema, validate_images, validate_table
 from pipelines.protocol import NotRestorable, PipelineSettings, Problem, Stage, StageContext, StageResult
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,7 @@ def _with_split(frame: pd.DataFrame, split: SplitConfig, declared: dict[str, int
     for source, idx in frame.groupby("_source", sort=False).indices.items():
         name = str(source)
         codes[idx] = declared[name] if name in declared else assign_split(name, frame["_row"].to_numpy()[idx], split)
-    frame["_split"] = codes
+    frame["_split"] = np.where(frame["_split"].to_numpy() == DROPPED, DROPPED, codes).astype(np.int8)
     return frame
 
 
@@ -298,6 +298,7 @@ class IngestResult(StageResult):
     declared_files: dict[str, list[str]] = field(default_factory=dict)
     unsplit_files: list[str] = field(default_factory=list)
     splits_digest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dropped: int = 0
 
     def model_columns(self) -> tuple[list[str], str | None]:
         """Numeric feature columns and the label column of the written tabular splits."""
@@ -314,6 +315,13 @@ class IngestResult(StageResult):
             "read": self.read,
             "accepted": self.accepted,
             "rejected": self.rejected,
+            "dropped": self.dropped,
+            "missing": {
+                k: v if isinstance(v, str) else v.model_dump()
+                for k, v in (self.schema.missing if self.schema else {}).items()
+            },
+            "imputed_values": self.fitted.impute,
+            "imputed_cells": self.fitted.imputed,
             "splits": self.splits,
             "split_rejected": self.split_rejected,
             "declared_files": self.declared_files,
@@ -365,7 +373,10 @@ class IngestResult(StageResult):
                 scale={k: (v["mean"], v["std"]) for k, v in facts["scaler"].items()},
                 levels=facts["levels"],
                 constant=facts["constant_columns"],
+                impute=facts.get("imputed_values", {}),
+                imputed=facts.get("imputed_cells", {}),
             ),
+            dropped=facts.get("dropped", 0),
             schema=schema,
             encode=encode,
             input_columns=facts["input_columns"],
@@ -444,6 +455,7 @@ def run_ingest(
     try:
         read = sum(s["read"] for s in stats)
         rejected = sum(s["rejected"] for s in stats)
+        dropped = sum(s["dropped"] for s in stats)
         if read != plan.records:
             raise DataError(f"{dataset.name}: read {read} records but the files hold {plan.records}")
         splits = {name: sum(s["splits"][name] for s in stats) for name in SPLIT_NAMES.values()}
@@ -452,8 +464,9 @@ def run_ingest(
             dataset=dataset.name,
             engine=engine.kind,
             read=read,
-            accepted=read - rejected,
+            accepted=read - rejected - dropped,
             rejected=rejected,
+            dropped=dropped,
             splits=splits,
             partition_rows=[s["read"] for s in stats],
             split_partition_rows={name: [s["splits"][name] for s in stats] for name in SPLIT_NAMES.values()},

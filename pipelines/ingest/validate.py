@@ -22,6 +22,7 @@ META_FIELDS = [
     pa.field("_raw", pa.string()),
     pa.field("_split", pa.int8()),
 ]
+DROPPED = -1  # the `_split` of an accepted row its missing-value policy drops: in no split, counted apart
 NAN_TEXT = {"nan", "-nan", "+nan"}
 TRUE_TEXT = {"true", "t", "yes", "y", "1"}
 FALSE_TEXT = {"false", "f", "no", "n", "0"}
@@ -75,10 +76,22 @@ def _text(arr: pa.ChunkedArray) -> pd.Series:
 
 
 def _column(
-    arr: pa.ChunkedArray, col: Column, is_label: bool, levels: tuple[str, ...] | None
-) -> tuple[pd.Series, pd.Series | None]:
-    """Typed values of one column and, per row, why it is rejected (None when it is fine)."""
+    arr: pa.ChunkedArray, col: Column, is_label: bool, levels: tuple[str, ...] | None, reject_missing: bool = True
+) -> tuple[pd.Series, pd.Series | None, np.ndarray]:
+    """Typed values of one column, per row why it is rejected (None when it is fine), and which cells are missing
+    (rejected only with `reject_missing`: the column's missing-value policy is quarantine)."""
     missing_msg = "missing label" if is_label else "missing value"
+    reasons, values, missing = _checked(arr, col, missing_msg, levels)
+    if not reject_missing and reasons is not None:
+        reasons = reasons.where(~(missing & (reasons == missing_msg).to_numpy()), None)
+        reasons = reasons if reasons.notna().any() else None
+    return values, reasons, missing
+
+
+def _checked(
+    arr: pa.ChunkedArray, col: Column, missing_msg: str, levels: tuple[str, ...] | None
+) -> tuple[pd.Series | None, pd.Series, np.ndarray]:
+    """Reasons, typed values and missing mask of one column."""
     reasons: pd.Series | None = None
     if col.kind in ("float", "int"):
         if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
@@ -100,11 +113,11 @@ def _column(
             values = pd.Series(np.where(np.isfinite(num) & ~frac, num, np.nan)).astype("Int64")
         else:
             values = pd.Series(num)
-        return values, reasons
+        return reasons, values, missing
     if col.kind == "bool" and pa.types.is_boolean(arr.type):
         missing = arr.is_null().to_numpy(zero_copy_only=False)
         values = pd.Series(arr.to_pandas(), dtype="boolean")
-        return values, _reasons(missing, missing_msg)
+        return _reasons(missing, missing_msg), values, missing
     text = _text(arr)
     missing = (text == "").to_numpy()
     reasons = _reasons(missing, missing_msg)
@@ -117,11 +130,11 @@ def _column(
         )
         values = pd.Series(pd.array(truthy, dtype="boolean"))
         values[~(truthy | falsy)] = pd.NA
-        return values, reasons
+        return reasons, values, missing
     if levels is not None:
         unknown = ~missing & ~text.isin(levels).to_numpy()
         reasons = _first(reasons, _reasons(unknown, "unknown category: ", text))
-    return text.where(~missing, None), reasons
+    return reasons, text.where(~missing, None), missing
 
 
 def validate_table(chunk: RawChunk, schema: TableSchema) -> pd.DataFrame:
@@ -130,9 +143,14 @@ def validate_table(chunk: RawChunk, schema: TableSchema) -> pd.DataFrame:
     reason = pd.Series(None, index=range(n), dtype=object)
     column = pd.Series(None, index=range(n), dtype=object)
     out: dict[str, pd.Series] = {}
+    dropped = np.zeros(n, bool)
     for col in schema.columns:
         is_label = schema.label is not None and col.name == schema.label.name
-        values, why = _column(chunk.values.column(col.name), col, is_label, schema.categories.get(col.name))
+        policy = schema.policy(col.name)
+        arr = chunk.values.column(col.name)
+        values, why, missing = _column(arr, col, is_label, schema.categories.get(col.name), policy == "quarantine")
+        if policy == "drop":
+            dropped |= missing
         out[col.name] = values
         if why is None:
             continue
@@ -154,7 +172,7 @@ def validate_table(chunk: RawChunk, schema: TableSchema) -> pd.DataFrame:
             "_reason": reason,
             "_column": column,
             "_raw": raw,
-            "_split": np.int8(0),
+            "_split": np.where(dropped & reason.isna().to_numpy(), DROPPED, 0).astype(np.int8),
             **out,
         }
     )
