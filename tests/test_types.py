@@ -170,7 +170,11 @@ def test_hmda_raw_layout_config_reproduces_the_course(engine, tmp_path):
     raw = hmda.raw()
     kept = raw[raw["s13"].isin([3, 4, 5])]
     frame = pd.DataFrame(
-        {"deny": (kept["s7"] == 3).astype(float), "pi_rat": kept["s46"] / 100, "race": kept["s13"].isin([3, 4]).astype(float)}
+        {
+            "deny": (kept["s7"] == 3).astype(float),
+            "pi_rat": kept["s46"] / 100,
+            "race": kept["s13"].isin([3, 4]).astype(float),
+        }
     )
     lpm = smf.ols("deny ~ pi_rat + race", frame).fit(cov_type="HC1")
     logit = smf.logit("deny ~ pi_rat + race", frame).fit(disp=0, method="newton", tol=1e-12, maxiter=100)
