@@ -121,3 +121,10 @@ def test_policies_are_checked_against_the_schema():
             resolve_table_schema(ds, ["a", "g", "y"], "x.csv")
     with pytest.raises(ValueError, match="'value' goes with impute: constant"):
         DatasetConfig(name="d", format="csv", path="x", features=["a"], missing={"a": {"impute": "constant"}})
+
+
+def test_report_lists_imputed_cells_and_dropped_rows():
+    from pipelines.report.content import short_facts
+
+    facts = dict(short_facts({"name": "ingest", "read": 10, "dropped": 2, "imputed_cells": {"a": 3, "g": 1}}))
+    assert facts["dropped"] == "2" and facts["imputed cells"] == "a 3, g 1"
