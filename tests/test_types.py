@@ -153,12 +153,7 @@ def test_schema_command_prints_types_to_paste(tmp_path, capsys):
     assert types == {"pirat": "float", "afam": "bool", "chist": "category", "deny": "bool"}
 
 
-def _accepts_expressions() -> bool:
-    return "filter" in DatasetConfig.model_fields and "derive" in DatasetConfig.model_fields
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _accepts_expressions(), reason="needs filter/derive from the expressions module")
 def test_hmda_raw_layout_config_reproduces_the_course(engine, tmp_path):
     from conftest import ROOT
 

@@ -120,3 +120,41 @@ def infer_types(
         if kind == "category":
             levels[name] = found
     return types, levels
+
+
+SAMPLE_BYTES = 1 << 20
+
+
+def sample_types(dataset: Any, header: list[str], names: list[str]) -> dict[str, ColumnType]:
+    """The named columns' types from the first rows (about SAMPLE_BYTES) of the dataset's first file.
+
+    What `pipelines validate` checks expressions with, without reading the data; the run infers from every value
+    and checks again. An unreadable sample leaves the columns out (they count as float there).
+    """
+    from pipelines.data.bundled import resolve_path
+    from pipelines.errors import PipelineError
+    from pipelines.ingest.sources import CSV_SUFFIXES, expand_paths
+
+    if not names:
+        return {}
+    try:
+        if dataset.format == "parquet":
+            import pyarrow.parquet as pq
+
+            found = pq.ParquetFile(expand_paths(resolve_path(dataset.path), (".parquet", ".pq"))[0])
+            table = found.read_row_group(0, columns=names) if found.num_row_groups else None
+        else:
+            import pyarrow.csv as pacsv
+
+            path = expand_paths(resolve_path(dataset.path), CSV_SUFFIXES)[0]
+            read = pacsv.ReadOptions(
+                block_size=SAMPLE_BYTES, skip_rows=1, column_names=header, encoding=dataset.encoding
+            )
+            convert = pacsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string()), include_columns=names)
+            with pacsv.open_csv(path, read, pacsv.ParseOptions(delimiter=dataset.delimiter), convert) as reader:
+                table = pa.Table.from_batches([reader.read_next_batch()])
+    except (PipelineError, OSError, StopIteration, pa.ArrowException):
+        return {}
+    if table is None:
+        return {}
+    return {name: combine([summarize(table.column(name))])[0] for name in names}

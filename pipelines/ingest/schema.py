@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +110,7 @@ class TableSchema:
     categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
     declared: frozenset[str] = frozenset()
     missing: dict[str, Any] = field(default_factory=dict)
+    derived: frozenset[str] = frozenset()
 
     def policy(self, name: str) -> Any:
         """The missing-value policy of a column: 'quarantine', 'drop' or an Impute."""
@@ -124,24 +126,36 @@ class TableSchema:
 
     def undeclared(self) -> list[str]:
         """Columns whose type no `types:`, `categories:` or `C()` gives: their type comes from the data."""
-        return [n for n in self.names if n not in self.declared]
+        return [n for n in self.names if n not in self.declared and n not in self.derived]
 
     def column_types(self) -> dict[str, dict[str, str]]:
-        """Each column's type and whether it was declared or inferred (for the manifest)."""
-        return {
-            c.name: {"type": c.kind, "origin": "declared" if c.name in self.declared else "inferred"}
-            for c in self.columns
-        }
+        """Each column's type and where it comes from (for the manifest): declared, derived or inferred."""
+        return {c.name: {"type": c.kind, "origin": self.origin(c.name)} for c in self.columns}
+
+    def origin(self, name: str) -> str:
+        """Where a column's type comes from: `declared` (types/categories/C()), `derived` or `inferred`."""
+        if name in self.derived:
+            return "derived"
+        return "declared" if name in self.declared else "inferred"
 
 
 def resolve_table_schema(
-    dataset: DatasetConfig, file_columns: list[str], source: str, inferred: dict[str, ColumnType] | None = None
+    dataset: DatasetConfig,
+    file_columns: list[str],
+    source: str,
+    derived: Mapping[str, ColumnType] | None = None,
+    inputs: Collection[str] = (),
+    inferred: Mapping[str, ColumnType] | None = None,
 ) -> TableSchema:
     """Resolve the declared schema against the columns a file actually has; missing ones are errors.
 
-    A column no `types:`/`categories:`/`C()` declares takes its type from `inferred` (float until inferred).
+    `derived` (the ingest stage's derived columns and their types) are columns too; `inputs` (file columns
+    the expressions read) may have `types:` entries without being in the schema. A file column no
+    `types:`/`categories:`/`C()` declares takes its type from `inferred` (float until inferred).
     """
-    types = dict(dataset.types)
+    derived = dict(derived or {})
+    file_columns = list(file_columns) + [n for n in derived if n not in file_columns]
+    types = {**dataset.types, **derived}
     intercept = True
     if dataset.formula:
         formula = parse_formula(dataset.formula)
@@ -164,16 +178,16 @@ def resolve_table_schema(
         raise DataError(f"{source}: missing column(s) {missing}; the file has {file_columns}")
     if label_name in names:
         raise ConfigError(f"dataset {dataset.name!r}: label {label_name!r} is also listed as a feature")
-    unknown_types = set(types) - set(wanted)
+    unknown_types = set(types) - set(wanted) - set(inputs) - set(derived)
     if unknown_types:
         raise ConfigError(f"dataset {dataset.name!r}: 'types' names columns not in the schema: {sorted(unknown_types)}")
-    declared = frozenset(types)
+    declared = frozenset(types) - set(derived)
     types = {**(inferred or {}), **types}
     features = tuple(Column(n, types.get(n, "float")) for n in names)
     label = Column(label_name, types.get(label_name, "float")) if label_name else None
     categories = {k: tuple(v) for k, v in dataset.categories.items()}
     _check_missing(dataset, features, label)
-    return TableSchema(features, label, intercept, categories, declared, dict(dataset.missing))
+    return TableSchema(features, label, intercept, categories, declared, dict(dataset.missing), frozenset(derived))
 
 
 def _check_missing(dataset: DatasetConfig, features: tuple[Column, ...], label: Column | None) -> None:

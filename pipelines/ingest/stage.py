@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -20,14 +21,33 @@ from pipelines.data.bundled import resolve_path
 from pipelines.engines.base import Engine
 from pipelines.errors import ConfigError, DataError
 from pipelines.ingest import readers, sources
-from pipelines.ingest.config import DatasetConfig, SplitConfig, declared_split_problems
+from pipelines.ingest.config import ColumnType, DatasetConfig, SplitConfig, declared_split_problems
 from pipelines.ingest.digest import combine_digests, partition_digest
-from pipelines.ingest.infer import infer_types, summarize_part
+from pipelines.ingest.expressions import (
+    FILTERED,
+    ExpressionError,
+    Expressions,
+    compile_expressions,
+    declared_kinds,
+    expression_columns,
+    expression_problems,
+    filter_list,
+    read_schema,
+    validate_with_steps,
+)
+from pipelines.ingest.handoff import (
+    NEEDS_WRITTEN_SPLITS,
+    ImageInputs,
+    TableInputs,
+    TrainingData,
+    needs_written_splits,
+    splits_fingerprint,
+)
+from pipelines.ingest.infer import infer_types, sample_types, summarize_part
 from pipelines.ingest.schema import TableSchema, resolve_table_schema
-from pipelines.ingest.split import SPLIT_NAMES, assign_split
+from pipelines.ingest.split import SPLIT_NAMES, TRAIN, assign_split
 from pipelines.ingest.transform import (
     Fitted,
-    encoded_columns,
     image_output_schema,
     output_schema,
     partition_stats,
@@ -68,6 +88,8 @@ class Plan:
     labelled: bool = True
     declared: dict[str, int] = field(default_factory=dict)
     images: dict[str, ImageInput] = field(default_factory=dict)
+    expressions: Expressions | None = None
+    reading: TableSchema | None = None  # the file columns read (the schema's and the expressions' inputs)
 
     def unsplit(self) -> list[str]:
         """Names of the files read whole by one task (compressed: a stream cannot be split)."""
@@ -84,6 +106,22 @@ class Plan:
     def records(self) -> int:
         return sum(seg.stop - seg.start for part in self.parts for seg in part)
 
+    @property
+    def has_labels(self) -> bool:
+        """Whether the files hold labels (a label column, or a labels file)."""
+        return self.table.label is not None if self.table is not None else self.labels is not None
+
+    def input_types(self) -> dict[str, ColumnType]:
+        """The type each file column the expressions read is read as (recorded: new data is read the same way)."""
+        if self.expressions is None or self.reading is None:
+            return {}
+        kinds = {c.name: c.kind for c in self.reading.columns}
+        return {name: kinds[name] for name in self.expressions.inputs}
+
+    def arrow_schema(self) -> pa.Schema:
+        """The schema of the validated rows the plan's partitions become."""
+        return table_arrow_schema(self.table) if self.table is not None else image_arrow_schema()
+
 
 def plan_ingest(
     dataset: DatasetConfig,
@@ -92,11 +130,17 @@ def plan_ingest(
     block_mb: int = 32,
     table: TableSchema | None = None,
     labels_optional: bool = False,
+    filters: str | list[str] | None = None,
+    derive: dict[str, str] | None = None,
+    input_types: dict[str, ColumnType] | None = None,
 ) -> Plan:
     """Index the input files and cut them into `partitions` balanced segments.
 
     `table` (a finished run's schema) is checked against the files instead of resolved from them; with
     `labels_optional` (new data to score) a label column or labels file the data lacks is left out.
+    `filters` and `derive` (the ingest stage's) are checked against the first file's columns. Without `table`,
+    the undeclared columns the schema or the expressions read are typed by all their values (one pass);
+    with it, by the run's types (`input_types`: those of the columns only the expressions read).
     """
     fmt = dataset.format
     declared = dataset.declared()
@@ -113,16 +157,48 @@ def plan_ingest(
             files = sources.index_parquet_files(paths)
         files = sources.with_distinct_names(files)
         parts = sources.balanced_segments(files, partitions)
+        expressions = None
+        label = table.label.name if table is not None and table.label is not None else None
+        underived = labels_optional and derive and label in derive  # new data may lack what the label comes from
+        if underived and expression_columns(derive[label]) - set(files[0].columns) - set(derive):
+            derive = {name: text for name, text in derive.items() if name != label}
+        kinds = declared_kinds(dataset)
+        if table is None:  # undeclared columns the schema or the expressions read: typed by their values
+            names = _undeclared_read(dataset, files, filters, derive or {}, kinds)
+            inferred = _inferred_types(dataset, names, parts, engine)
+        else:  # new data: the run's types (its schema's and its expressions' inputs'), never the new values'
+            inferred = {c.name: c.kind for c in table.columns if c.name not in table.derived}
+            inferred.update(input_types or {})
+        kinds = {**inferred, **kinds}
+        if filters or derive:
+            columns = {c: kinds.get(c, "float") for c in files[0].columns}
+            expressions = compile_expressions(filters, derive or {}, columns, dataset.types)
+        derived = expressions.derived if expressions else {}
+        inputs = expressions.inputs if expressions else ()
         if table is None:
-            table = resolve_table_schema(dataset, list(files[0].columns), files[0].path)
+            table = resolve_table_schema(dataset, list(files[0].columns), files[0].path, derived, inputs, inferred)
             for f in files[1:]:
-                resolve_table_schema(dataset, list(f.columns), f.path)
-            table = _inferred_table(dataset, table, files, parts, engine)
+                resolve_table_schema(dataset, list(f.columns), f.path, derived, inputs)
         else:
-            table = _given_table(table, files, labels_optional)
+            table = _given_table(table, files, labels_optional, derived)
+        for f in files:
+            lacking = [n for n in inputs if n not in f.columns]
+            if lacking:
+                raise DataError(
+                    f"{f.path}: missing column(s) {lacking} read by filter/derive; it has {list(f.columns)}"
+                )
+        reading = read_schema(table, expressions, kinds) if expressions else None
         file_codes = [code for code, group in groups for _ in group]
         codes = {f.name: code for f, code in zip(files, file_codes, strict=True) if code is not None}
-        return Plan(dataset, files, parts, table=table, declared=codes)
+        return Plan(
+            dataset,
+            files,
+            parts,
+            table=table,
+            declared=codes,
+            expressions=expressions,
+            reading=reading,
+        )
     inputs = [_image_input(dataset, dataset.path, dataset.labels_path, labels_optional)]
     inputs += [_image_input(dataset, path, labels, False) for _, path, labels in declared]
     named = sources.with_distinct_names([i.images for i in inputs])
@@ -150,21 +226,40 @@ def plan_ingest(
     )
 
 
-def _inferred_table(
+def _undeclared_read(
     dataset: DatasetConfig,
-    table: TableSchema,
     files: list[sources.SourceFile],
-    parts: list[list[sources.Segment]],
-    engine: Engine,
-) -> TableSchema:
-    """The schema with each undeclared column's type inferred from all of its values (one pass, per partition)."""
-    names = table.undeclared()
+    filters: str | list[str] | None,
+    derive: dict[str, str],
+    kinds: dict[str, ColumnType],
+) -> list[str]:
+    """File columns the schema or the expressions read that no `types:`/`categories:`/`C()` declares.
+
+    The schema is resolved against every file's header first (a missing column fails before any value is read);
+    derived columns stand in as floats here, their types come from their expressions.
+    """
+    read: set[str] = set()
+    for text in [*derive.values(), *_texts(filters)]:
+        with contextlib.suppress(ExpressionError):  # compile_expressions names the key
+            read |= expression_columns(text)
+    placeholders: dict[str, ColumnType] = {name: "float" for name in derive}
+    header = list(files[0].columns)
+    for f in files:
+        table = resolve_table_schema(dataset, list(f.columns), f.path, placeholders, sorted(read))
+    wanted = set(table.undeclared()) | (read & set(header))
+    return [c for c in header if c in wanted and c not in kinds and c not in derive]
+
+
+def _inferred_types(
+    dataset: DatasetConfig, names: list[str], parts: list[list[sources.Segment]], engine: Engine
+) -> dict[str, ColumnType]:
+    """Each named column's type inferred from all of its values (one pass on the engine, per partition)."""
     if not names:
-        return table
+        return {}
     summarize = functools.partial(summarize_part, fmt=dataset.format, delimiter=dataset.delimiter, names=names)
     inferred, _ = infer_types(engine.run_tasks(summarize, parts), names)
     log.info("%s: inferred column types %s", dataset.name, inferred)
-    return resolve_table_schema(dataset, list(files[0].columns), files[0].path, inferred)
+    return inferred
 
 
 class _InProcess:
@@ -176,20 +271,35 @@ class _InProcess:
         return [fn(item) for item in items]
 
 
-def inspect_table(dataset: DatasetConfig) -> TableSchema:
-    """A tabular dataset's schema with every undeclared column's type inferred, in this process (no engine)."""
+def inspect_table(
+    dataset: DatasetConfig, filters: str | list[str] | None = None, derive: dict[str, str] | None = None
+) -> Plan:
+    """A tabular dataset's plan with every undeclared column's type inferred, in this process (no engine)."""
     if dataset.format not in ("csv", "parquet"):
         raise ConfigError(f"dataset {dataset.name!r}: format {dataset.format!r} has no table schema")
-    plan = plan_ingest(dataset, 1, _InProcess())  # type: ignore[arg-type]  # planning only needs run_tasks
+    plan = plan_ingest(dataset, 1, _InProcess(), filters=filters, derive=derive)  # type: ignore[arg-type]
     assert plan.table is not None
-    return plan.table
+    return plan
 
 
-def schema_snippet(table: TableSchema) -> str:
-    """The schema's types as a YAML `types:` section ready to paste under `dataset:` (declared ones marked)."""
+def schema_snippet(plan: Plan) -> str:
+    """The column types as a YAML `types:` section ready to paste under `dataset:` (declared ones marked).
+
+    Columns only the expressions read are listed too; derived columns are comments (their expressions type them).
+    """
+    assert plan.table is not None
+    entries = plan.table.column_types()
+    if plan.reading is not None:
+        declared = declared_kinds(plan.dataset)
+        for c in plan.reading.columns:
+            origin = "declared" if c.name in declared else "inferred"
+            entries.setdefault(c.name, {"type": c.kind, "origin": origin})
     lines = ["types:"]
-    for name, entry in table.column_types().items():
+    for name, entry in entries.items():
         key = yaml_key(name)
+        if entry["origin"] == "derived":
+            lines.append(f"  # {key}: {entry['type']}  (derived: its expression gives the type)")
+            continue
         lines.append(f"  {key}: {entry['type']}" + ("  # declared" if entry["origin"] == "declared" else ""))
     return "\n".join(lines) + "\n"
 
@@ -226,12 +336,16 @@ def _image_input(
     return ImageInput(images, labels, problem)
 
 
-def _given_table(table: TableSchema, files: list[sources.SourceFile], labels_optional: bool) -> TableSchema:
-    """A recorded schema checked against each file's columns (its label dropped where optional and absent)."""
-    if table.label is not None and labels_optional and not any(table.label.name in f.columns for f in files):
+def _given_table(
+    table: TableSchema, files: list[sources.SourceFile], labels_optional: bool, derived: Any = ()
+) -> TableSchema:
+    """A recorded schema checked against each file's columns (its label dropped where optional and absent;
+    derived columns are made, not read)."""
+    label = table.label.name if table.label is not None else None
+    if label is not None and label not in derived and labels_optional and not any(label in f.columns for f in files):
         table = dataclasses.replace(table, label=None)
     for f in files:
-        missing = [n for n in table.names if n not in f.columns]
+        missing = [n for n in table.names if n not in f.columns and n not in derived]
         if missing:
             raise DataError(f"{f.path}: missing column(s) {missing}; the file has {list(f.columns)}")
     return table
@@ -243,7 +357,8 @@ def _with_split(frame: pd.DataFrame, split: SplitConfig, declared: dict[str, int
     for source, idx in frame.groupby("_source", sort=False).indices.items():
         name = str(source)
         codes[idx] = declared[name] if name in declared else assign_split(name, frame["_row"].to_numpy()[idx], split)
-    frame["_split"] = np.where(frame["_split"].to_numpy() == DROPPED, DROPPED, codes).astype(np.int8)
+    marked = np.isin(frame["_split"].to_numpy(), (FILTERED, DROPPED))  # a filter's or a policy's drop stays a drop
+    frame["_split"] = np.where(marked, frame["_split"].to_numpy(), codes).astype(np.int8)
     return frame
 
 
@@ -252,11 +367,15 @@ def read_part(plan: Plan, part: list[sources.Segment], split: SplitConfig) -> pd
     frames = []
     for seg in part:
         if plan.table is not None:
+            reading = plan.reading or plan.table
             if plan.dataset.format == "csv":
-                chunk = readers.read_csv_segment(seg, plan.table, plan.dataset.delimiter)
+                chunk = readers.read_csv_segment(seg, reading, plan.dataset.delimiter)
             else:
-                chunk = readers.read_parquet_segment(seg, plan.table)
-            frames.append(validate_table(chunk, plan.table))
+                chunk = readers.read_parquet_segment(seg, reading)
+            if plan.expressions is not None:
+                frames.append(validate_with_steps(chunk, reading, plan.table, plan.expressions))
+            else:
+                frames.append(validate_table(chunk, plan.table))
         else:
             source = plan.images[seg.file.name]
             img_seg = sources.Segment(source.images, seg.start, seg.stop)
@@ -298,14 +417,56 @@ class IngestResult(StageResult):
     declared_files: dict[str, list[str]] = field(default_factory=dict)
     unsplit_files: list[str] = field(default_factory=list)
     splits_digest: dict[str, dict[str, Any]] = field(default_factory=dict)
-    dropped: int = 0
+    filtered: int = 0
+    filters: list[dict[str, Any]] = field(default_factory=list)  # each filter: key, expression, rows dropped
+    derived: dict[str, str] = field(default_factory=dict)  # each derived column's type
+    expression_inputs: list[str] = field(default_factory=list)
+    input_types: dict[str, str] = field(default_factory=dict)  # each expression input's type (declared or inferred)
+    dropped: int = 0  # rows a missing-value policy `drop` left out
 
-    def model_columns(self) -> tuple[list[str], str | None]:
-        """Numeric feature columns and the label column of the written tabular splits."""
-        assert self.schema is not None, "image splits have no feature columns"
-        columns = encoded_columns(self.schema, self.fitted, self.encode)
-        names = [name for name, dtype, _, _ in columns if not pa.types.is_string(dtype)]
-        return names, self.schema.label.name if self.schema.label is not None else None
+    image_classes: int | None = None
+    image_flips: bool = False
+
+    @property
+    def inputs(self) -> TableInputs | ImageInputs:
+        """What the written splits hold, for the stages after ingest."""
+        if self.schema is None:
+            assert self.image_dtype is not None and self.image_shape is not None
+            shape = tuple(self.image_shape)
+            return ImageInputs(dtype=self.image_dtype, shape=shape, classes=self.image_classes, flips=self.image_flips)
+        return TableInputs.of(self.schema, self.fitted, self.encode)
+
+    def new_data_schema(self) -> TableSchema | None:
+        """The schema new data must match to be scored (unseen category levels are rejected); None for images."""
+        if self.schema is None:
+            return None
+        levels = {name: tuple(values) for name, values in self.fitted.levels.items()}
+        return dataclasses.replace(self.schema, categories=levels)
+
+    def new_data_rows(self, plan: Plan, image_scale: str) -> tuple[Callable[[pd.DataFrame], pd.DataFrame], Any]:
+        """How validated new data becomes rows as this ingest wrote them, and what those rows hold."""
+        if plan.table is not None:
+            transform = functools.partial(
+                transform_table, split=TRAIN, schema=plan.table, fitted=self.fitted, encode=self.encode
+            )
+            return transform, self.inputs
+        dtype = plan.files[0].dtype
+        inputs = self.inputs.model_copy(update={"dtype": stored_image_dtype(dtype, image_scale)})
+        return functools.partial(transform_images, split=TRAIN, dtype=dtype, scale=image_scale), inputs
+
+    def training_data(self, recorded: dict[str, Any], needed_by: str) -> TrainingData:
+        """The written splits as the one hand-off (`recorded`: the run's output checksums)."""
+        if "train" not in self.outputs:
+            raise needs_written_splits(needed_by)
+        return TrainingData(
+            dataset=self.dataset,
+            outputs=dict(self.outputs),
+            frames=dict(self.frames),
+            rows=dict(self.splits),
+            fingerprint=splits_fingerprint(recorded, list(self.outputs)),
+            inputs=self.inputs,
+            checksums={name: recorded.get(f"data/{name}") for name in sorted(self.outputs)},
+        )
 
     def facts(self) -> dict[str, Any]:
         """Facts for the manifest and metrics (no frames); enough to restore the result on resume."""
@@ -313,6 +474,7 @@ class IngestResult(StageResult):
             "dataset": self.dataset,
             "engine": self.engine,
             "read": self.read,
+            "filtered": self.filtered,
             "accepted": self.accepted,
             "rejected": self.rejected,
             "dropped": self.dropped,
@@ -322,6 +484,10 @@ class IngestResult(StageResult):
             },
             "imputed_values": self.fitted.impute,
             "imputed_cells": self.fitted.imputed,
+            "filters": self.filters,
+            "derived": self.derived,
+            "expression_inputs": self.expression_inputs,
+            "input_types": self.input_types,
             "splits": self.splits,
             "split_rejected": self.split_rejected,
             "declared_files": self.declared_files,
@@ -359,7 +525,14 @@ class IngestResult(StageResult):
         schema = None
         if facts["image_shape"] is None:
             inferred = {n: t["type"] for n, t in facts.get("column_types", {}).items() if t["origin"] == "inferred"}
-            schema = resolve_table_schema(dataset, facts["input_columns"], "the recorded header", inferred)
+            schema = resolve_table_schema(
+                dataset,
+                facts["input_columns"],
+                "the recorded header",
+                facts.get("derived", {}),
+                facts.get("expression_inputs", []),
+                inferred,
+            )
         return cls(
             dataset=facts["dataset"],
             engine=engine,
@@ -386,6 +559,13 @@ class IngestResult(StageResult):
             declared_files=facts.get("declared_files", {}),
             unsplit_files=facts.get("unsplit_files", []),
             splits_digest=facts.get("splits_digest", {}),
+            image_classes=dataset.image.classes if dataset.image else None,
+            image_flips=dataset.image_flips() if dataset.image else False,
+            filtered=facts.get("filtered", 0),
+            filters=facts.get("filters", []),
+            derived=facts.get("derived", {}),
+            expression_inputs=facts.get("expression_inputs", []),
+            input_types=facts.get("input_types", {}),
         )
 
 
@@ -400,12 +580,21 @@ class IngestStage(Stage):
     max_rejected_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     index_block_mb: PositiveInt = 32
     write: bool = True
+    filter: str | list[str] | None = Field(default=None, description="SQL condition(s) a row must meet to be kept")
+    derive: dict[str, str] = Field(default_factory=dict, description="new columns: name -> SQL expression, in order")
 
     placement_fields: ClassVar[frozenset[str]] = frozenset({"index_block_mb"})
 
+    def check_values(self) -> list[Problem]:
+        """Each filter and derived expression parses and uses only the documented SQL (docs/DATA.md)."""
+        return expression_problems(self.filter, self.derive)
+
     def check(self, earlier: Sequence[Stage], config: PipelineSettings) -> list[Problem]:
-        """A split the dataset declares files for is not also drawn by a fraction."""
-        return declared_split_problems(config.dataset, self.split)
+        """A split the dataset declares files for is not also drawn by a fraction; expressions fit the file."""
+        problems = declared_split_problems(config.dataset, self.split)
+        if (self.filter or self.derive) and config.dataset.format in ("csv", "parquet"):
+            problems += _expression_check(config.dataset, self.filter, self.derive)
+        return problems
 
     def run(self, ctx: StageContext) -> IngestResult:
         """Ingest the pipeline's dataset on the context's engine into the run."""
@@ -417,6 +606,38 @@ class IngestStage(Stage):
             return IngestResult.restore(self.recorded_facts(ctx), ctx.config.dataset, self, ctx.run, ctx.engine)
         except KeyError as exc:  # a run recorded by an older version lacks a fact
             raise NotRestorable(f"stage {self.output_name!r}: the manifest lacks {exc}") from None
+
+
+def written_splits_problems(earlier: Sequence[Stage], path: str = "stage") -> list[Problem]:
+    """The validate-time check of a stage that reads the written splits: an ingest with write: true comes first."""
+    if any(isinstance(s, IngestStage) and s.write for s in earlier):
+        return []
+    return [Problem(path, NEEDS_WRITTEN_SPLITS)]
+
+
+def _texts(filters: Any) -> list[str]:
+    return [text for _, text in filter_list(filters)]
+
+
+def _expression_check(dataset: DatasetConfig, filters: Any, derive: dict[str, str]) -> list[Problem]:
+    """Unknown columns and type errors of the expressions, against the first file's header where it is readable
+    (undeclared columns they read typed by the first rows: `sample_types`)."""
+    header = sources.table_header(dataset)
+    if header is None:
+        return []  # the files are not there yet: the run checks them when it reads them
+    kinds = declared_kinds(dataset)
+    read = [c for c in header if c not in kinds and c not in derive]
+    try:
+        read = [c for c in read if any(c in expression_columns(t) for t in [*derive.values(), *_texts(filters)])]
+    except ExpressionError:
+        return []  # check_values names it
+    kinds = {**sample_types(dataset, header, read), **kinds}  # undeclared: typed by the first rows, as the run will
+    try:
+        compile_expressions(filters, derive, {c: kinds.get(c, "float") for c in header}, dataset.types)
+    except ConfigError as exc:
+        key, _, message = str(exc).partition(": ")
+        return [Problem(key, message)]
+    return []
 
 
 QUARANTINE_COLUMNS = {"_source": "source", "_row": "row", "_column": "column", "_reason": "reason", "_raw": "raw"}
@@ -441,21 +662,22 @@ def run_ingest(
     problems = declared_split_problems(dataset, stage.split)
     if problems:
         raise ConfigError("; ".join(str(p) for p in problems))
-    plan = plan_ingest(dataset, partitions, engine, stage.index_block_mb)
+    plan = plan_ingest(dataset, partitions, engine, stage.index_block_mb, filters=stage.filter, derive=stage.derive)
     log.info(
         "%s: %d records in %d file(s), %d partitions", dataset.name, plan.records, len(plan.files), len(plan.parts)
     )
-    arrow_schema = table_arrow_schema(plan.table) if plan.table else image_arrow_schema()
     validated, stats = engine.persist_tasks(
         lambda part: read_part(plan, part, stage.split),
         plan.parts,
-        arrow_schema,
+        plan.arrow_schema(),
         lambda pdf: partition_stats(pdf, plan.table),
     )
     try:
         read = sum(s["read"] for s in stats)
         rejected = sum(s["rejected"] for s in stats)
         dropped = sum(s["dropped"] for s in stats)
+        by_filter = {key: sum(s["filtered"].get(key, 0) for s in stats) for key, _ in filter_list(stage.filter)}
+        filtered = sum(by_filter.values())
         if read != plan.records:
             raise DataError(f"{dataset.name}: read {read} records but the files hold {plan.records}")
         splits = {name: sum(s["splits"][name] for s in stats) for name in SPLIT_NAMES.values()}
@@ -464,9 +686,14 @@ def run_ingest(
             dataset=dataset.name,
             engine=engine.kind,
             read=read,
-            accepted=read - rejected - dropped,
+            accepted=read - filtered - rejected - dropped,
             rejected=rejected,
             dropped=dropped,
+            filtered=filtered,
+            filters=[{"key": k, "expression": t, "dropped": by_filter[k]} for k, t in filter_list(stage.filter)],
+            derived=dict(plan.expressions.derived) if plan.expressions else {},
+            expression_inputs=list(plan.expressions.inputs) if plan.expressions else [],
+            input_types=plan.input_types(),
             splits=splits,
             partition_rows=[s["read"] for s in stats],
             split_partition_rows={name: [s["splits"][name] for s in stats] for name in SPLIT_NAMES.values()},
@@ -483,12 +710,14 @@ def run_ingest(
         if plan.table is None:
             result.image_dtype = stored_image_dtype(plan.files[0].dtype, stage.image_scale)
             result.image_shape = tuple(dataset.image.shape)
+            result.image_classes, result.image_flips = dataset.image.classes, dataset.image_flips()
         if run is not None:
             quarantine = rejected_rows(engine, validated)
             write_quarantine(run.dir / "quarantine.csv", quarantine)
             run.manifest["quarantine"] = {"file": "quarantine.csv", "rows": rejected}
             run.save()
-        fraction = rejected / read if read else 0.0
+        kept = read - filtered - dropped  # rows a filter or a `drop` policy left out are not part of the rejected share
+        fraction = rejected / kept if kept else 0.0
         if read == 0:
             raise DataError(f"{dataset.name}: no records to read")
         if fraction > stage.max_rejected_fraction:
@@ -498,7 +727,7 @@ def run_ingest(
                 reason = str(row["reason"]).replace("\n", "\\n")
                 where = f"; first: {row['source']} row {row['row']}, column {row['column']}: {reason}{where}"
             raise DataError(
-                f"{dataset.name}: {rejected} of {read} rows rejected ({fraction:.2%}), above "
+                f"{dataset.name}: {rejected} of {kept} rows rejected ({fraction:.2%}), above "
                 f"max_rejected_fraction={stage.max_rejected_fraction:.2%}{where}"
             )
         if run is not None and stage.write:

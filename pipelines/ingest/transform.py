@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipelines.ingest.expressions import step_counts
 from pipelines.ingest.infer import r_level_order
 from pipelines.ingest.schema import TableSchema
 from pipelines.ingest.split import SPLIT_NAMES, TRAIN
@@ -28,6 +29,7 @@ def partition_stats(pdf: pd.DataFrame, schema: TableSchema | None) -> dict[str, 
         "rejected": int((~ok).sum()),
         "splits": {name: int((ok & (split == code)).sum()) for code, name in SPLIT_NAMES.items()},
         "split_rejected": {name: int((~ok & (split == code)).sum()) for code, name in SPLIT_NAMES.items()},
+        "filtered": step_counts(pdf),
         "dropped": int((ok & (split == DROPPED)).sum()),
         "moments": {},
         "levels": {},
@@ -37,7 +39,7 @@ def partition_stats(pdf: pd.DataFrame, schema: TableSchema | None) -> dict[str, 
     if schema is None:
         return out
     train = pdf[ok & (split == TRAIN)]
-    kept = pdf[ok & (split != DROPPED)]
+    kept = pdf[ok & (split >= 0)]  # neither filtered nor dropped
     for col in schema.features:
         policy = schema.policy(col.name)
         if not isinstance(policy, str):
@@ -53,7 +55,7 @@ def partition_stats(pdf: pd.DataFrame, schema: TableSchema | None) -> dict[str, 
             out["moments"][col.name] = [n, mean, float(((x - mean) ** 2).sum()) if n else 0.0]
     for col in schema.columns:
         if col.kind == "category":
-            out["levels"][col.name] = sorted(set(pdf.loc[ok, col.name].dropna().astype(str)))
+            out["levels"][col.name] = sorted(set(kept[col.name].dropna().astype(str)))
     return out
 
 

@@ -22,7 +22,8 @@ META_FIELDS = [
     pa.field("_raw", pa.string()),
     pa.field("_split", pa.int8()),
 ]
-DROPPED = -1  # the `_split` of an accepted row its missing-value policy drops: in no split, counted apart
+DROPPED = -2  # the `_split` of an accepted row its missing-value policy drops: in no split, counted apart
+# (-1 is a filter's drop: pipelines.ingest.expressions.FILTERED)
 NAN_TEXT = {"nan", "-nan", "+nan"}
 TRUE_TEXT = {"true", "t", "yes", "y", "1"}
 FALSE_TEXT = {"false", "f", "no", "n", "0"}
@@ -76,12 +77,20 @@ def _text(arr: pa.ChunkedArray) -> pd.Series:
 
 
 def _column(
-    arr: pa.ChunkedArray, col: Column, is_label: bool, levels: tuple[str, ...] | None, reject_missing: bool = True
+    arr: pa.ChunkedArray,
+    col: Column,
+    is_label: bool,
+    levels: tuple[str, ...] | None,
+    nullable: bool = False,
+    reject_missing: bool = True,
 ) -> tuple[pd.Series, pd.Series | None, np.ndarray]:
-    """Typed values of one column, per row why it is rejected (None when it is fine), and which cells are missing
-    (rejected only with `reject_missing`: the column's missing-value policy is quarantine)."""
+    """Typed values of one column, per row why it is rejected (None when it is fine), and which cells are missing.
+
+    `nullable`: only values of the wrong type are rejected; missing values stay null, NaN and inf stay.
+    `reject_missing` False (the column's missing-value policy is drop or impute): a missing cell is no rejection.
+    """
     missing_msg = "missing label" if is_label else "missing value"
-    reasons, values, missing = _checked(arr, col, missing_msg, levels)
+    reasons, values, missing = _checked(arr, col, missing_msg, levels, nullable)
     if not reject_missing and reasons is not None:
         reasons = reasons.where(~(missing & (reasons == missing_msg).to_numpy()), None)
         reasons = reasons if reasons.notna().any() else None
@@ -89,7 +98,7 @@ def _column(
 
 
 def _checked(
-    arr: pa.ChunkedArray, col: Column, missing_msg: str, levels: tuple[str, ...] | None
+    arr: pa.ChunkedArray, col: Column, missing_msg: str, levels: tuple[str, ...] | None, nullable: bool
 ) -> tuple[pd.Series | None, pd.Series, np.ndarray]:
     """Reasons, typed values and missing mask of one column."""
     reasons: pd.Series | None = None
@@ -104,23 +113,26 @@ def _checked(
             unparsed = np.isnan(num) & ~missing & ~text.str.lower().isin(NAN_TEXT).to_numpy()
             reasons = _reasons(unparsed, "not a number: ", text, _accepts(col, "category"))
             num = np.where(unparsed, np.nan, num)
-        reasons = _first(reasons, _reasons(missing, missing_msg))
-        reasons = _first(reasons, _reasons(np.isnan(num) & ~missing, "NaN value"))
-        reasons = _first(reasons, _reasons(np.isinf(num), "infinite value"))
+        if not nullable:
+            reasons = _first(reasons, _reasons(missing, missing_msg))
+            reasons = _first(reasons, _reasons(np.isnan(num) & ~missing, "NaN value"))
+            reasons = _first(reasons, _reasons(np.isinf(num), "infinite value"))
         if col.kind == "int":
             frac = np.isfinite(num) & ((num != np.round(num)) | (np.abs(num) > 2**53))
             reasons = _first(reasons, _reasons(frac, "not an integer: ", num, _accepts(col, "float")))
             values = pd.Series(np.where(np.isfinite(num) & ~frac, num, np.nan)).astype("Int64")
+        elif nullable:  # missing stays NA, NaN stays NaN (SQL NULL and NaN differ)
+            values = pd.Series(pd.arrays.FloatingArray(num, missing.astype(bool)))
         else:
             values = pd.Series(num)
         return reasons, values, missing
     if col.kind == "bool" and pa.types.is_boolean(arr.type):
         missing = arr.is_null().to_numpy(zero_copy_only=False)
         values = pd.Series(arr.to_pandas(), dtype="boolean")
-        return _reasons(missing, missing_msg), values, missing
+        return None if nullable else _reasons(missing, missing_msg), values, missing
     text = _text(arr)
     missing = (text == "").to_numpy()
-    reasons = _reasons(missing, missing_msg)
+    reasons = None if nullable else _reasons(missing, missing_msg)
     reasons = _first(reasons, _reasons(text.str.contains("\x00", regex=False).to_numpy(dtype=bool), "NUL byte in text"))
     if col.kind == "bool":
         lower = text.str.lower()
@@ -137,8 +149,11 @@ def _checked(
     return reasons, text.where(~missing, None), missing
 
 
-def validate_table(chunk: RawChunk, schema: TableSchema) -> pd.DataFrame:
-    """Typed, checked frame for one tabular chunk, malformed records included as rejected rows."""
+def validate_table(chunk: RawChunk, schema: TableSchema, nullable: bool = False) -> pd.DataFrame:
+    """Typed, checked frame for one tabular chunk, malformed records included as rejected rows.
+
+    `nullable` (the columns expressions read): a missing value is null, not a rejection (see `_column`).
+    """
     n = chunk.values.num_rows
     reason = pd.Series(None, index=range(n), dtype=object)
     column = pd.Series(None, index=range(n), dtype=object)
@@ -148,7 +163,8 @@ def validate_table(chunk: RawChunk, schema: TableSchema) -> pd.DataFrame:
         is_label = schema.label is not None and col.name == schema.label.name
         policy = schema.policy(col.name)
         arr = chunk.values.column(col.name)
-        values, why, missing = _column(arr, col, is_label, schema.categories.get(col.name), policy == "quarantine")
+        levels = schema.categories.get(col.name)
+        values, why, missing = _column(arr, col, is_label, levels, nullable, policy == "quarantine")
         if policy == "drop":
             dropped |= missing
         out[col.name] = values
