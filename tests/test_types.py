@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import statsmodels.formula.api as smf
+import yaml
 
 from pipelines.config import PipelineConfig
 from pipelines.data import hmda
@@ -181,3 +182,83 @@ def test_hmda_raw_layout_config_reproduces_the_course(engine, tmp_path):
     manifest = json.loads((run.dir / "manifest.json").read_text())
     ingest = next(s for s in manifest["stages"] if s["name"] == "ingest")
     assert ingest["accepted"] == len(kept) and ingest["read"] == len(raw)
+
+
+def test_expressions_read_inferred_columns_and_counts_reconcile_with_filter_and_drop(dask_engine, tmp_path, capsys):
+    """An undeclared text column a derive reads is inferred (category) in the schema's pass, checked at validate
+    from the first rows, recorded for predict; read = accepted + rejected + filtered + dropped, here and in predict."""
+    from pipelines.cli import main
+    from pipelines.plan import check_plan
+    from pipelines.predict import predict
+
+    rng = np.random.default_rng(7)
+    n = 300
+    frame = pd.DataFrame(
+        {
+            "grade": rng.choice(["a", "b", "c"], n),
+            "keep": rng.choice(["yes", "no"], n, p=[0.8, 0.2]),
+            "x": np.round(rng.normal(0, 1, n), 3),
+            "z": np.round(rng.normal(0, 1, n), 3),
+        }
+    )
+    frame["y"] = np.round(2.0 * frame["x"] + (frame["grade"] != "c") + rng.normal(0, 0.1, n), 4)
+    frame["z"] = frame["z"].astype(object).where(rng.random(n) >= 0.1, None)  # missing: dropped by policy
+    frame.loc[5, "y"] = None  # a missing label: quarantined
+    path = tmp_path / "g.csv"
+    frame.to_csv(path, index=False)
+    conf = {
+        "name": "g",
+        "runs_dir": str(tmp_path / "runs"),
+        "engine": {"kind": "dask", "partitions": 3},
+        "dataset": {
+            "name": "g",
+            "format": "csv",
+            "path": str(path),
+            "formula": "y ~ x + good + z",
+            "missing": {"z": "drop"},
+        },  # fmt: skip
+        "stages": [
+            {
+                "stage": "ingest",
+                "filter": "keep",
+                "derive": {"good": "grade IN ('a', 'b')"},
+                "split": {"test_fraction": 0.0},
+                "standardize": False,
+                "encode": "dummy",
+            },  # fmt: skip
+            {"stage": "model", "name": "lm", "model": "linear_regression"},
+        ],
+    }
+    cfg = PipelineConfig.model_validate(conf)
+    assert check_plan(cfg) == []  # grade typed by the first rows: a category, so IN ('a', 'b') is fine
+    run, _ = run_pipeline(cfg, engine=dask_engine)
+    facts = run.stage_facts("ingest")
+    kept = frame[frame["keep"] == "yes"]
+    assert facts["filtered"] == int((frame["keep"] == "no").sum())
+    assert facts["rejected"] == int(kept["y"].isna().sum())
+    assert facts["dropped"] == int((kept["z"].isna() & kept["y"].notna()).sum())
+    assert facts["read"] == facts["accepted"] + facts["rejected"] + facts["filtered"] + facts["dropped"] == n
+    assert facts["input_types"] == {"grade": "category", "keep": "bool"}
+    assert facts["column_types"]["good"] == {"type": "bool", "origin": "derived"}
+    assert facts["column_types"]["z"] == {"type": "float", "origin": "inferred"}
+    rows = kept[kept["y"].notna() & kept["z"].notna()]
+    x = np.column_stack([np.ones(len(rows)), rows["x"], rows["grade"] != "c", rows["z"].astype(float)]).astype(float)
+    want = np.linalg.lstsq(x, rows["y"].to_numpy(float), rcond=None)[0]
+    summary = json.loads((run.dir / "metrics.json").read_text())["lm"]["summary"]
+    assert _rel(summary["coefficients"]["estimate"], want) < 1e-8
+
+    new = frame.head(80).drop(columns="y")  # predict: the run's types, filter, derive and drop policy
+    new_path = tmp_path / "new.csv"
+    new.to_csv(new_path, index=False)
+    out = predict(run.dir, "lm", str(new_path), tmp_path / "out", engine=dask_engine)
+    assert out["filtered"] == int((new["keep"] == "no").sum())
+    assert out["dropped"] == int(((new["keep"] == "yes") & new["z"].isna()).sum())
+    assert out["scored"] + out["filtered"] + out["dropped"] + out["rejected"] == 80 and out["rejected"] == 0
+
+    conf_path = tmp_path / "g.yaml"
+    conf_path.write_text(yaml.safe_dump(conf))
+    assert main(["schema", str(conf_path)]) == 0
+    printed = capsys.readouterr().out
+    assert yaml.safe_load(printed)["types"] == {"x": "float", "z": "float", "y": "float", "grade": "category",
+                                                "keep": "bool"}  # fmt: skip
+    assert "# good: bool" in printed
