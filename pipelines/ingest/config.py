@@ -36,6 +36,22 @@ class NpzKeys(StrictModel):
 DECLARED_SPLITS = ("test", "val")
 
 
+class Impute(StrictModel):
+    """Fill a column's missing cells with a value fitted on the train split (or a constant)."""
+
+    impute: Literal["mean", "median", "most_frequent", "constant"]
+    value: float | str | None = None
+
+    @model_validator(mode="after")
+    def _constant_has_value(self) -> Impute:
+        if (self.impute == "constant") != (self.value is not None):
+            raise ValueError("'value' goes with impute: constant (and only with it)")
+        return self
+
+
+MissingPolicy = Literal["quarantine", "drop"] | Impute
+
+
 class DatasetConfig(StrictModel):
     """Where the data is and what it must look like."""
 
@@ -52,6 +68,9 @@ class DatasetConfig(StrictModel):
     types: dict[str, ColumnType] = Field(default_factory=dict)
     categories: dict[str, list[str]] = Field(default_factory=dict)
     formula: str | None = None
+    missing: dict[str, MissingPolicy] = Field(
+        default_factory=dict, description="per column: quarantine (default), drop, or {impute: ..., value: ...}"
+    )
     image: ImageSpec | None = None
     npz_keys: NpzKeys = Field(default_factory=NpzKeys)
     delimiter: str = Field(default=",", min_length=1, max_length=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -20,10 +21,11 @@ from pipelines.data.bundled import resolve_path
 from pipelines.engines.base import Engine
 from pipelines.errors import ConfigError, DataError
 from pipelines.ingest import readers, sources
-from pipelines.ingest.config import DatasetConfig, SplitConfig, declared_split_problems
+from pipelines.ingest.config import ColumnType, DatasetConfig, SplitConfig, declared_split_problems
 from pipelines.ingest.digest import combine_digests, partition_digest
 from pipelines.ingest.expressions import (
     FILTERED,
+    ExpressionError,
     Expressions,
     compile_expressions,
     declared_kinds,
@@ -41,6 +43,7 @@ from pipelines.ingest.handoff import (
     needs_written_splits,
     splits_fingerprint,
 )
+from pipelines.ingest.infer import infer_types, sample_types, summarize_part
 from pipelines.ingest.schema import TableSchema, resolve_table_schema
 from pipelines.ingest.split import SPLIT_NAMES, TRAIN, assign_split
 from pipelines.ingest.transform import (
@@ -52,7 +55,7 @@ from pipelines.ingest.transform import (
     transform_images,
     transform_table,
 )
-from pipelines.ingest.validate import image_arrow_schema, table_arrow_schema, validate_images, validate_table
+from pipelines.ingest.validate import DROPPED, image_arrow_schema, table_arrow_schema, validate_images, validate_table
 from pipelines.protocol import NotRestorable, PipelineSettings, Problem, Stage, StageContext, StageResult
 from pipelines.runs.layout import Folder
 
@@ -109,6 +112,13 @@ class Plan:
         """Whether the files hold labels (a label column, or a labels file)."""
         return self.table.label is not None if self.table is not None else self.labels is not None
 
+    def input_types(self) -> dict[str, ColumnType]:
+        """The type each file column the expressions read is read as (recorded: new data is read the same way)."""
+        if self.expressions is None or self.reading is None:
+            return {}
+        kinds = {c.name: c.kind for c in self.reading.columns}
+        return {name: kinds[name] for name in self.expressions.inputs}
+
     def arrow_schema(self) -> pa.Schema:
         """The schema of the validated rows the plan's partitions become."""
         return table_arrow_schema(self.table) if self.table is not None else image_arrow_schema()
@@ -123,12 +133,15 @@ def plan_ingest(
     labels_optional: bool = False,
     filters: str | list[str] | None = None,
     derive: dict[str, str] | None = None,
+    input_types: dict[str, ColumnType] | None = None,
 ) -> Plan:
     """Index the input files and cut them into `partitions` balanced segments.
 
     `table` (a finished run's schema) is checked against the files instead of resolved from them; with
     `labels_optional` (new data to score) a label column or labels file the data lacks is left out.
-    `filters` and `derive` (the ingest stage's) are checked against the first file's columns.
+    `filters` and `derive` (the ingest stage's) are checked against the first file's columns. Without `table`,
+    the undeclared columns the schema or the expressions read are typed by all their values (one pass);
+    with it, by the run's types (`input_types`: those of the columns only the expressions read).
     """
     fmt = dataset.format
     declared = dataset.declared()
@@ -144,19 +157,27 @@ def plan_ingest(
         else:
             files = sources.index_parquet_files(paths)
         files = sources.with_distinct_names(files)
+        parts = sources.balanced_segments(files, partitions)
         expressions = None
         label = table.label.name if table is not None and table.label is not None else None
         underived = labels_optional and derive and label in derive  # new data may lack what the label comes from
         if underived and expression_columns(derive[label]) - set(files[0].columns) - set(derive):
             derive = {name: text for name, text in derive.items() if name != label}
+        kinds = declared_kinds(dataset)
+        if table is None:  # undeclared columns the schema or the expressions read: typed by their values
+            names = _undeclared_read(dataset, files, filters, derive or {}, kinds)
+            inferred = _inferred_types(dataset, names, parts, engine)
+        else:  # new data: the run's types (its schema's and its expressions' inputs'), never the new values'
+            inferred = {c.name: c.kind for c in table.columns if c.name not in table.derived}
+            inferred.update(input_types or {})
+        kinds = {**inferred, **kinds}
         if filters or derive:
-            kinds = declared_kinds(dataset)
             columns = {c: kinds.get(c, "float") for c in files[0].columns}
             expressions = compile_expressions(filters, derive or {}, columns, dataset.types)
         derived = expressions.derived if expressions else {}
         inputs = expressions.inputs if expressions else ()
         if table is None:
-            table = resolve_table_schema(dataset, list(files[0].columns), files[0].path, derived, inputs)
+            table = resolve_table_schema(dataset, list(files[0].columns), files[0].path, derived, inputs, inferred)
             for f in files[1:]:
                 resolve_table_schema(dataset, list(f.columns), f.path, derived, inputs)
         else:
@@ -173,7 +194,7 @@ def plan_ingest(
         return Plan(
             dataset,
             files,
-            sources.balanced_segments(files, partitions),
+            parts,
             table=table,
             declared=codes,
             expressions=expressions,
@@ -204,6 +225,91 @@ def plan_ingest(
         declared={i.images.name: SPLIT_CODES[name] for i, (name, _, _) in zip(inputs[1:], declared, strict=True)},
         images={i.images.name: i for i in inputs},
     )
+
+
+def _undeclared_read(
+    dataset: DatasetConfig,
+    files: list[sources.SourceFile],
+    filters: str | list[str] | None,
+    derive: dict[str, str],
+    kinds: dict[str, ColumnType],
+) -> list[str]:
+    """File columns the schema or the expressions read that no `types:`/`categories:`/`C()` declares.
+
+    The schema is resolved against every file's header first (a missing column fails before any value is read);
+    derived columns stand in as floats here, their types come from their expressions.
+    """
+    read: set[str] = set()
+    for text in [*derive.values(), *_texts(filters)]:
+        with contextlib.suppress(ExpressionError):  # compile_expressions names the key
+            read |= expression_columns(text)
+    placeholders: dict[str, ColumnType] = {name: "float" for name in derive}
+    header = list(files[0].columns)
+    for f in files:
+        table = resolve_table_schema(dataset, list(f.columns), f.path, placeholders, sorted(read))
+    wanted = set(table.undeclared()) | (read & set(header))
+    return [c for c in header if c in wanted and c not in kinds and c not in derive]
+
+
+def _inferred_types(
+    dataset: DatasetConfig, names: list[str], parts: list[list[sources.Segment]], engine: Engine
+) -> dict[str, ColumnType]:
+    """Each named column's type inferred from all of its values (one pass on the engine, per partition)."""
+    if not names:
+        return {}
+    summarize = functools.partial(summarize_part, fmt=dataset.format, delimiter=dataset.delimiter, names=names)
+    inferred, _ = infer_types(engine.run_tasks(summarize, parts), names)
+    log.info("%s: inferred column types %s", dataset.name, inferred)
+    return inferred
+
+
+class _InProcess:
+    """Runs planning tasks one after another in this process (for commands that start no engine)."""
+
+    kind = "local"
+
+    def run_tasks(self, fn: Any, items: Sequence[Any]) -> list[Any]:
+        return [fn(item) for item in items]
+
+
+def inspect_table(
+    dataset: DatasetConfig, filters: str | list[str] | None = None, derive: dict[str, str] | None = None
+) -> Plan:
+    """A tabular dataset's plan with every undeclared column's type inferred, in this process (no engine)."""
+    if dataset.format not in ("csv", "parquet"):
+        raise ConfigError(f"dataset {dataset.name!r}: format {dataset.format!r} has no table schema")
+    plan = plan_ingest(dataset, 1, _InProcess(), filters=filters, derive=derive)  # type: ignore[arg-type]
+    assert plan.table is not None
+    return plan
+
+
+def schema_snippet(plan: Plan) -> str:
+    """The column types as a YAML `types:` section ready to paste under `dataset:` (declared ones marked).
+
+    Columns only the expressions read are listed too; derived columns are comments (their expressions type them).
+    """
+    assert plan.table is not None
+    entries = plan.table.column_types()
+    if plan.reading is not None:
+        declared = declared_kinds(plan.dataset)
+        for c in plan.reading.columns:
+            origin = "declared" if c.name in declared else "inferred"
+            entries.setdefault(c.name, {"type": c.kind, "origin": origin})
+    lines = ["types:"]
+    for name, entry in entries.items():
+        key = yaml_key(name)
+        if entry["origin"] == "derived":
+            lines.append(f"  # {key}: {entry['type']}  (derived: its expression gives the type)")
+            continue
+        lines.append(f"  {key}: {entry['type']}" + ("  # declared" if entry["origin"] == "declared" else ""))
+    return "\n".join(lines) + "\n"
+
+
+def yaml_key(name: str) -> str:
+    """A column name as a YAML mapping key (quoted where plain YAML would read it otherwise)."""
+    import yaml
+
+    return yaml.safe_dump({name: 0}, default_flow_style=False).rsplit(": 0", 1)[0]
 
 
 def _image_input(
@@ -252,8 +358,8 @@ def _with_split(frame: pd.DataFrame, split: SplitConfig, declared: dict[str, int
     for source, idx in frame.groupby("_source", sort=False).indices.items():
         name = str(source)
         codes[idx] = declared[name] if name in declared else assign_split(name, frame["_row"].to_numpy()[idx], split)
-    filtered = frame["_split"].to_numpy() == FILTERED  # a filter's drop stays a drop
-    frame["_split"] = np.where(filtered, np.int8(FILTERED), codes)
+    marked = np.isin(frame["_split"].to_numpy(), (FILTERED, DROPPED))  # a filter's or a policy's drop stays a drop
+    frame["_split"] = np.where(marked, frame["_split"].to_numpy(), codes).astype(np.int8)
     return frame
 
 
@@ -316,6 +422,8 @@ class IngestResult(StageResult):
     filters: list[dict[str, Any]] = field(default_factory=list)  # each filter: key, expression, rows dropped
     derived: dict[str, str] = field(default_factory=dict)  # each derived column's type
     expression_inputs: list[str] = field(default_factory=list)
+    input_types: dict[str, str] = field(default_factory=dict)  # each expression input's type (declared or inferred)
+    dropped: int = 0  # rows a missing-value policy `drop` left out
 
     image_classes: int | None = None
     image_flips: bool = False
@@ -370,9 +478,17 @@ class IngestResult(StageResult):
             "filtered": self.filtered,
             "accepted": self.accepted,
             "rejected": self.rejected,
+            "dropped": self.dropped,
+            "missing": {
+                k: v if isinstance(v, str) else v.model_dump()
+                for k, v in (self.schema.missing if self.schema else {}).items()
+            },
+            "imputed_values": self.fitted.impute,
+            "imputed_cells": self.fitted.imputed,
             "filters": self.filters,
             "derived": self.derived,
             "expression_inputs": self.expression_inputs,
+            "input_types": self.input_types,
             "splits": self.splits,
             "split_rejected": self.split_rejected,
             "declared_files": self.declared_files,
@@ -385,6 +501,7 @@ class IngestResult(StageResult):
             "levels": self.fitted.levels,
             "constant_columns": self.fitted.constant,
             "input_columns": self.input_columns,
+            "column_types": self.schema.column_types() if self.schema is not None else {},
             "image_dtype": self.image_dtype,
             "image_shape": list(self.image_shape) if self.image_shape else None,
         }
@@ -408,12 +525,14 @@ class IngestResult(StageResult):
         """The counts, schema and fitted encoding a finished ingest recorded (no frames)."""
         schema = None
         if facts["image_shape"] is None:
+            inferred = {n: t["type"] for n, t in facts.get("column_types", {}).items() if t["origin"] == "inferred"}
             schema = resolve_table_schema(
                 dataset,
                 facts["input_columns"],
                 "the recorded header",
                 facts.get("derived", {}),
                 facts.get("expression_inputs", []),
+                inferred,
             )
         return cls(
             dataset=facts["dataset"],
@@ -428,7 +547,10 @@ class IngestResult(StageResult):
                 scale={k: (v["mean"], v["std"]) for k, v in facts["scaler"].items()},
                 levels=facts["levels"],
                 constant=facts["constant_columns"],
+                impute=facts.get("imputed_values", {}),
+                imputed=facts.get("imputed_cells", {}),
             ),
+            dropped=facts.get("dropped", 0),
             schema=schema,
             encode=encode,
             input_columns=facts["input_columns"],
@@ -444,6 +566,7 @@ class IngestResult(StageResult):
             filters=facts.get("filters", []),
             derived=facts.get("derived", {}),
             expression_inputs=facts.get("expression_inputs", []),
+            input_types=facts.get("input_types", {}),
         )
 
 
@@ -493,12 +616,23 @@ def written_splits_problems(earlier: Sequence[Stage], path: str = "stage") -> li
     return [Problem(path, NEEDS_WRITTEN_SPLITS)]
 
 
+def _texts(filters: Any) -> list[str]:
+    return [text for _, text in filter_list(filters)]
+
+
 def _expression_check(dataset: DatasetConfig, filters: Any, derive: dict[str, str]) -> list[Problem]:
-    """Unknown columns and type errors of the expressions, against the first file's header where it is readable."""
+    """Unknown columns and type errors of the expressions, against the first file's header where it is readable
+    (undeclared columns they read typed by the first rows: `sample_types`)."""
     header = sources.table_header(dataset)
     if header is None:
         return []  # the files are not there yet: the run checks them when it reads them
     kinds = declared_kinds(dataset)
+    read = [c for c in header if c not in kinds and c not in derive]
+    try:
+        read = [c for c in read if any(c in expression_columns(t) for t in [*derive.values(), *_texts(filters)])]
+    except ExpressionError:
+        return []  # check_values names it
+    kinds = {**sample_types(dataset, header, read), **kinds}  # undeclared: typed by the first rows, as the run will
     try:
         compile_expressions(filters, derive, {c: kinds.get(c, "float") for c in header}, dataset.types)
     except ConfigError as exc:
@@ -542,8 +676,9 @@ def run_ingest(
     try:
         read = sum(s["read"] for s in stats)
         rejected = sum(s["rejected"] for s in stats)
-        dropped = {key: sum(s["filtered"].get(key, 0) for s in stats) for key, _ in filter_list(stage.filter)}
-        filtered = sum(dropped.values())
+        dropped = sum(s["dropped"] for s in stats)
+        by_filter = {key: sum(s["filtered"].get(key, 0) for s in stats) for key, _ in filter_list(stage.filter)}
+        filtered = sum(by_filter.values())
         if read != plan.records:
             raise DataError(f"{dataset.name}: read {read} records but the files hold {plan.records}")
         splits = {name: sum(s["splits"][name] for s in stats) for name in SPLIT_NAMES.values()}
@@ -552,12 +687,14 @@ def run_ingest(
             dataset=dataset.name,
             engine=engine.kind,
             read=read,
-            accepted=read - filtered - rejected,
+            accepted=read - filtered - rejected - dropped,
             rejected=rejected,
+            dropped=dropped,
             filtered=filtered,
-            filters=[{"key": k, "expression": t, "dropped": dropped[k]} for k, t in filter_list(stage.filter)],
+            filters=[{"key": k, "expression": t, "dropped": by_filter[k]} for k, t in filter_list(stage.filter)],
             derived=dict(plan.expressions.derived) if plan.expressions else {},
             expression_inputs=list(plan.expressions.inputs) if plan.expressions else [],
+            input_types=plan.input_types(),
             splits=splits,
             partition_rows=[s["read"] for s in stats],
             split_partition_rows={name: [s["splits"][name] for s in stats] for name in SPLIT_NAMES.values()},
@@ -580,7 +717,7 @@ def run_ingest(
             write_quarantine(run.dir / "quarantine.csv", quarantine)
             run.manifest["quarantine"] = {"file": "quarantine.csv", "rows": rejected}
             run.save()
-        kept = read - filtered  # rows a filter dropped are not part of the rejected share
+        kept = read - filtered - dropped  # rows a filter or a `drop` policy left out are not part of the rejected share
         fraction = rejected / kept if kept else 0.0
         if read == 0:
             raise DataError(f"{dataset.name}: no records to read")

@@ -78,6 +78,7 @@ def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out
         labels_optional=True,
         filters=stage.filter,
         derive=stage.derive,
+        input_types=saved.ingest.input_types,
     )
     if plan.image_problem:
         raise DataError(f"{dataset.path}: {plan.image_problem} (the run's images)")
@@ -93,6 +94,7 @@ def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out
     try:
         read, rejected = sum(s["read"] for s in stats), sum(s["rejected"] for s in stats)
         filtered = sum(sum(s["filtered"].values()) for s in stats)
+        dropped = sum(s["dropped"] for s in stats)  # a missing-value policy `drop`, as at ingest
         if read != plan.records:
             raise DataError(f"{dataset.path}: read {read} records but the files hold {plan.records}")
         with atomic_dir(out) as tmp:
@@ -110,15 +112,16 @@ def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out
                 "read": read,
                 "scored": sum(p["rows"] for p in parts),
                 "filtered": filtered,
+                "dropped": dropped,
                 "rejected": rejected,
                 "labelled": labelled,
                 **combine_metrics(parts, saved.task),
                 "outputs": {"predictions": "predictions", "quarantine": "quarantine.csv"},
             }
-            if summary["scored"] + filtered + rejected != read or len(quarantine) != rejected:
+            if summary["scored"] + filtered + dropped + rejected != read or len(quarantine) != rejected:
                 raise DataError(
                     f"counts do not reconcile: read {read}, scored {summary['scored']}, filtered {filtered}, "
-                    f"rejected {rejected}"
+                    f"dropped {dropped}, rejected {rejected}"
                 )
             atomic_write_json(tmp / SUMMARY, summary)
     finally:
