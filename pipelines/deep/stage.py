@@ -218,7 +218,7 @@ def hand_off(
         image = (ingest.image_dtype, tuple(ingest.image_shape))
         features: list[str] = []
         label = "label"
-        total = config.dataset.image.classes if config.dataset.image else None
+        total = len(ingest.class_names) if ingest.class_names else getattr(config.dataset.image, "classes", None)
     else:
         image = None
         features, label = ingest.model_columns()
@@ -296,7 +296,7 @@ def run_deep(
         "checkpoints": str(checkpoints),
         "tensorboard": str(run.dir / "tensorboard" / name),  # rank 0's events; a folder every rank's host sees
         "transfer_model": transfer_model_path(stage, run),
-        "class_names": [str(c) for c in classes],
+        "class_names": ingest.names_of(classes),
     }
     with run.output(f"deep/{name}") as tmp:
         spec["out"] = str(tmp)

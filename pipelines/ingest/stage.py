@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from pipelines.atomic import atomic_write_bytes
 from pipelines.data.bundled import resolve_path
 from pipelines.engines.base import Engine
 from pipelines.errors import ConfigError, DataError
+from pipelines.ingest import images as image_files
 from pipelines.ingest import readers, sources
 from pipelines.ingest.config import DatasetConfig, SplitConfig, declared_split_problems
 from pipelines.ingest.digest import combine_digests, partition_digest
@@ -67,6 +69,13 @@ class Plan:
     labelled: bool = True
     declared: dict[str, int] = field(default_factory=dict)
     images: dict[str, ImageInput] = field(default_factory=dict)
+    listing: image_files.ImageListing | None = None  # format images: the files, in row order of the one part source
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """Names of the classes, in label order (format images: the class folders or the listing's labels)."""
+        names = self.listing.class_names if self.listing is not None else None
+        return list(names) if names is not None else None
 
     def unsplit(self) -> list[str]:
         """Names of the files read whole by one task (compressed: a stream cannot be split)."""
@@ -91,14 +100,18 @@ def plan_ingest(
     block_mb: int = 32,
     table: TableSchema | None = None,
     labels_optional: bool = False,
+    classes: list[str] | None = None,
 ) -> Plan:
     """Index the input files and cut them into `partitions` balanced segments.
 
     `table` (a finished run's schema) is checked against the files instead of resolved from them; with
-    `labels_optional` (new data to score) a label column or labels file the data lacks is left out.
+    `labels_optional` (new data to score) a label column or labels file the data lacks is left out;
+    `classes` (format images: a finished run's class names) fixes the class index of each folder name.
     """
     fmt = dataset.format
     declared = dataset.declared()
+    if fmt == "images":
+        return _image_files_plan(dataset, partitions, labels_optional, classes)
     if fmt in ("csv", "parquet"):
         suffix = sources.CSV_SUFFIXES if fmt == "csv" else (".parquet", ".pq")
         groups = [(None, sources.expand_paths(resolve_path(dataset.path), suffix))]
@@ -144,6 +157,43 @@ def plan_ingest(
         labelled=main.labels is not None,
         declared={i.images.name: SPLIT_CODES[name] for i, (name, _, _) in zip(inputs[1:], declared, strict=True)},
         images={i.images.name: i for i in inputs},
+    )
+
+
+def _image_files_plan(
+    dataset: DatasetConfig, partitions: int, labels_optional: bool, classes: list[str] | None
+) -> Plan:
+    """Format images: list the files (folder or listing; declared splits' too) as one source of rows, one a file."""
+    assert dataset.image is not None
+    root = resolve_path(dataset.path)
+    if not isinstance(root, str):
+        raise DataError(f"dataset {dataset.name!r}: format 'images' takes one folder or listing in 'path'")
+    main = image_files.list_images(root, tuple(classes) if classes is not None else None, labels_optional)
+    known = main.class_names
+    declared_classes = dataset.image.classes
+    if classes is None and declared_classes is not None and known is not None and len(known) != declared_classes:
+        raise DataError(f"{root}: {len(known)} classes {list(known)}, but image.classes is {declared_classes}")
+    groups = [(None, root, main)]
+    groups += [(SPLIT_CODES[n], p, image_files.list_images(resolve_path(p), known)) for n, p, _ in dataset.declared()]
+    if len(groups) > 1:  # rows are named below the folder that holds every root, so names stay distinct
+        top = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for _, p, _ in groups])
+        groups = [(c, p, image_files.renamed(g, top)) for c, p, g in groups]
+    listing = image_files.concat([g for _, _, g in groups])
+    codes = {name: code for code, _, g in groups if code is not None for name in g.names}
+    source = sources.SourceFile(
+        path=root,
+        name=os.path.basename(os.path.normpath(root)),
+        records=len(listing.paths),
+        shape=tuple(dataset.image.shape),
+        dtype="|u1",
+    )
+    return Plan(
+        dataset,
+        [source],
+        sources.balanced_segments([source], partitions),
+        labelled=main.labelled,
+        declared=codes,
+        listing=listing,
     )
 
 
@@ -197,7 +247,14 @@ def read_part(plan: Plan, part: list[sources.Segment], split: SplitConfig) -> pd
     """Read and validate one partition's segments (runs on a worker)."""
     frames = []
     for seg in part:
-        if plan.table is not None:
+        if plan.listing is not None:
+            image = plan.dataset.image
+            frames.append(
+                image_files.image_file_rows(
+                    plan.listing, seg.start, seg.stop, tuple(image.shape), image.resize, image.filter, plan.labelled
+                )
+            )
+        elif plan.table is not None:
             if plan.dataset.format == "csv":
                 chunk = readers.read_csv_segment(seg, plan.table, plan.dataset.delimiter)
             else:
@@ -244,6 +301,12 @@ class IngestResult(StageResult):
     declared_files: dict[str, list[str]] = field(default_factory=dict)
     unsplit_files: list[str] = field(default_factory=list)
     splits_digest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    class_names: list[str] | None = None
+
+    def names_of(self, classes: Sequence[int]) -> list[str]:
+        """What each label code is called: its class folder or listing name where the data has them, else its number."""
+        names = self.class_names
+        return [names[c] if names is not None and 0 <= c < len(names) else str(c) for c in classes]
 
     def model_columns(self) -> tuple[list[str], str | None]:
         """Numeric feature columns and the label column of the written tabular splits."""
@@ -274,6 +337,7 @@ class IngestResult(StageResult):
             "input_columns": self.input_columns,
             "image_dtype": self.image_dtype,
             "image_shape": list(self.image_shape) if self.image_shape else None,
+            "class_names": self.class_names,
         }
 
     @classmethod
@@ -319,6 +383,7 @@ class IngestResult(StageResult):
             declared_files=facts.get("declared_files", {}),
             unsplit_files=facts.get("unsplit_files", []),
             splits_digest=facts.get("splits_digest", {}),
+            class_names=facts.get("class_names"),
         )
 
 
@@ -408,6 +473,7 @@ def run_ingest(
             split_rejected={name: sum(s["split_rejected"][name] for s in stats) for name in SPLIT_NAMES.values()},
             declared_files=plan.declared_files(),
             unsplit_files=plan.unsplit(),
+            class_names=plan.class_names,
         )
         if plan.unsplit():
             log.info("%s: compressed, read whole by one task each: %s", dataset.name, ", ".join(plan.unsplit()))

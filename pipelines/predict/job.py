@@ -75,10 +75,12 @@ def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out
         levels = {name: tuple(values) for name, values in ingest.fitted.levels.items()}
         table = dataclasses.replace(ingest.schema, categories=levels)
     block_mb = saved.ingest_stage.index_block_mb
-    plan = plan_ingest(dataset, partitions, engine, block_mb, table=table, labels_optional=True)
+    plan = plan_ingest(
+        dataset, partitions, engine, block_mb, table=table, labels_optional=True, classes=ingest.class_names
+    )
     if plan.image_problem:
         raise DataError(f"{dataset.path}: {plan.image_problem} (the run's images)")
-    labelled = plan.labels is not None if plan.table is None else plan.table.label is not None
+    labelled = plan.labelled if plan.table is None else plan.table.label is not None
     scorer = make_scorer(saved, plan.table, plan.files[0].dtype if plan.table is None else "", labelled)
     log.info(
         "%s: %d records in %d file(s), %d partitions", dataset.path, plan.records, len(plan.files), len(plan.parts)
@@ -126,6 +128,8 @@ def make_scorer(saved: SavedStage, table: Any, image_dtype: str, labelled: bool)
     levels = ingest.fitted.levels.get(saved.label or "", None)
     classes = tuple(saved.classes)
     names = tuple(levels[int(c)] for c in classes) if levels else classes
+    if ingest.class_names and saved.task == "classify":  # format images: the class folders' names
+        names = tuple(ingest.names_of([int(c) for c in classes]))
     fields = [pa.field("source_file", pa.string()), pa.field("row", pa.int64())]
     if saved.task == "reconstruct":
         fields.append(pa.field("reconstruction_error", pa.float64()))

@@ -235,7 +235,7 @@ class Sweep:
                 "kind": "deep",
                 "tensors": str(shards.dir),
                 "transfer_model": transfer_model_path(stage.target, ctx.run),
-                "class_names": [str(c) for c in classes],
+                "class_names": ingest.names_of(classes),
                 "ranks": stage.ranks_per_trial,
                 "splits": json.loads((shards.dir / "manifest.json").read_text()).get("source", {}).get("splits"),
             }
