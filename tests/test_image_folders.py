@@ -1,4 +1,4 @@
-"""Format images: class folders and listings decoded on the workers with Pillow, into the same shards on both engines."""
+"""Format images: class folders and listings decoded with Pillow on the workers, the same shards on both engines."""
 
 from __future__ import annotations
 
