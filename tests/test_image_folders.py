@@ -208,3 +208,42 @@ def test_class_names_round_trip_into_training_results_and_predictions(dask_engin
     assert sorted(pd.read_parquet(tmp_path / "bare" / "predictions")["source_file"]) == sorted(
         f.name for f in loose.iterdir()
     )
+
+
+@pytest.mark.slow
+def test_colour_folder_trains_from_scratch_and_by_transfer_from_a_keras_application(dask_engine, tmp_path):
+    import keras
+
+    data = tmp_path / "data"
+    write_patch_folder(data, per_class=40, size=(32, 96), seed=5)
+    base = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None, pooling="avg")
+    weights = tmp_path / "mobilenet.weights.h5"
+    base.save_weights(weights)  # "the user's own weights file": random here, never downloaded
+    common = {"stage": "deep", "ranks": 1, "batch_size": 16, "plots": False}
+    stages = [
+        {**common, "name": "scratch", "model": "mnist_cnn", "epochs": 4, "params": {"filters": 8, "dense": 32}},
+        {
+            **common,
+            "name": "mobilenet",
+            "model": "transfer",
+            "epochs": 1,
+            "transfer": {"source": "keras:MobileNetV2", "weights": str(weights), "head": [16]},
+        },
+    ]
+    run = run_pipeline(parse_config(folder_config(tmp_path, data, [32, 32, 3], *stages)), engine=dask_engine).run
+    scratch = json.loads((run.dir / "deep" / "scratch" / "results.json").read_text())
+    assert scratch["test"]["accuracy"] > 0.5  # four classes: chance is 0.25
+    tuned = json.loads((run.dir / "deep" / "mobilenet" / "results.json").read_text())
+    assert tuned["test"]["confusion_matrix"]["labels"] == list(PATCH_CLASSES)
+    model = keras.saving.load_model(run.dir / "deep" / "mobilenet" / "model.keras", compile=False)
+    moved = model.get_layer("base").get_weights()
+    for a, b in zip(moved, base.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # the named file's weights, frozen (mode: features)
+
+
+def test_a_keras_application_source_is_checked_without_tensorflow(tmp_path):
+    from pipelines.deep.stage import TransferSpec, _application_problems
+
+    spec = TransferSpec(source="keras:NoSuchNet", weights=str(tmp_path / "missing.h5"))
+    problems = [str(p) for p in _application_problems("NoSuchNet", spec)]
+    assert "not one of" in problems[0] and "no such file" in problems[1]

@@ -18,7 +18,7 @@ from pydantic import Field, PositiveInt, field_validator
 
 from pipelines.atomic import atomic_write_json
 from pipelines.deep.augment import AugmentSpec, EvalViews, flip_problem
-from pipelines.deep.models import NETWORKS, check_params
+from pipelines.deep.models import APPLICATIONS, NETWORKS, check_params
 from pipelines.deep.shards import MANIFEST, TensorShards, write_shards
 from pipelines.engines.base import Engine
 from pipelines.errors import ConfigError, DataError
@@ -55,7 +55,13 @@ DeepModelKind = Literal[tuple(NETWORKS)]  # type: ignore[valid-type]  # the one 
 class TransferSpec(StrictModel):
     """Where a transferred model comes from and how much of it trains."""
 
-    source: str = Field(description="'stage:<name>' of an earlier deep stage in this pipeline, or a .keras file")
+    source: str = Field(
+        description="'stage:<name>' of an earlier deep stage in this pipeline, a .keras file, or "
+        "'keras:<architecture>' (a Keras Applications network, e.g. keras:MobileNetV2, without its top)"
+    )
+    weights: str | None = Field(
+        default=None, description="keras:<architecture>: a local weights file for it (none: random init)"
+    )
     mode: Literal["features", "finetune"] = "features"
     trainable_layers: int = Field(default=2, ge=0, description="finetune: top layers of the base left trainable")
     head: list[PositiveInt] = Field(default_factory=lambda: [128])
@@ -170,10 +176,14 @@ class DeepStage(Stage):
         if self.classes and image is not None and image.classes and max(self.classes) >= image.classes:
             problems.append(Problem("classes", f"{self.classes} outside 0..{image.classes - 1}"))
         source = self.transfer.source if self.transfer is not None else ""
+        if self.transfer is not None and self.transfer.weights and not source.startswith("keras:"):
+            problems.append(Problem("transfer.weights", "weights are for a 'keras:<architecture>' source"))
         if source.startswith("stage:"):
             deep = [s.output_name for s in earlier if isinstance(s, DeepStage)]
             if source[len("stage:") :] not in deep:
                 problems.append(Problem("transfer.source", f"{source!r} is not an earlier deep stage (have {deep})"))
+        elif source.startswith("keras:"):
+            problems += _application_problems(source[len("keras:") :], self.transfer)
         elif source and not Path(source).is_file():
             problems.append(Problem("transfer.source", f"{source!r}: no such file"))
         return problems
@@ -186,6 +196,18 @@ class DeepStage(Stage):
         """The results rank 0 wrote for this stage in this run."""
         self.recorded_facts(ctx)
         return DeepResult(json.loads((ctx.run.dir / "deep" / self.output_name / "results.json").read_text()))
+
+
+def _application_problems(name: str, transfer: TransferSpec) -> list[Problem]:
+    """A Keras Applications source names a known architecture; its weights file, if named, is there."""
+    problems = []
+    if name not in APPLICATIONS:
+        problems.append(Problem("transfer.source", f"keras:{name}: not one of {list(APPLICATIONS)}"))
+    if transfer.weights is not None and not Path(transfer.weights).is_file():
+        problems.append(
+            Problem("transfer.weights", f"{transfer.weights!r}: no such file (weights are never downloaded)")
+        )
+    return problems
 
 
 def tensors_key(stage: DeepStage) -> str:
@@ -273,6 +295,8 @@ def transfer_model_path(stage: DeepStage, run: Any) -> str | None:
     if stage.transfer is None:
         return None
     source = stage.transfer.source
+    if source.startswith("keras:"):
+        return source
     match = re.fullmatch(r"stage:(.+)", source)
     path = run.dir / "deep" / match.group(1) / "model.keras" if match else Path(source)
     if not path.exists():
