@@ -215,13 +215,13 @@ def test_colour_folder_trains_from_scratch_and_by_transfer_from_a_keras_applicat
     import keras
 
     data = tmp_path / "data"
-    write_patch_folder(data, per_class=40, size=(32, 96), seed=5)
+    write_patch_folder(data, per_class=50, size=(32, 96), seed=5)
     base = keras.applications.MobileNetV2(input_shape=(32, 32, 3), include_top=False, weights=None, pooling="avg")
     weights = tmp_path / "mobilenet.weights.h5"
     base.save_weights(weights)  # "the user's own weights file": random here, never downloaded
     common = {"stage": "deep", "ranks": 1, "batch_size": 16, "plots": False}
     stages = [
-        {**common, "name": "scratch", "model": "mnist_cnn", "epochs": 4, "params": {"filters": 8, "dense": 32}},
+        {**common, "name": "scratch", "model": "mnist_cnn", "epochs": 15, "params": {"filters": 8, "dense": 32}},
         {
             **common,
             "name": "mobilenet",
