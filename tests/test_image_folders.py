@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from pipelines.deep.stage import DeepStage, hand_off
 from pipelines.errors import DataError
 from pipelines.ingest.config import DatasetConfig
 from pipelines.ingest.images import decode_image, list_images
+from pipelines.ingest.stage import IngestStage
 from pipelines.pipeline import run_pipeline
 
 
@@ -78,7 +80,11 @@ def test_folder_shards_are_identical_on_both_engines_and_equal_decoding_in_proce
         run, state = run_pipeline(config, engine=engine)
         ingest = state["ingest"]
         assert ingest.class_names == list(PATCH_CLASSES) and (ingest.read, ingest.rejected) == (48, 0)
-        tensors[engine.kind] = TensorShards(hand_off(engine, config, DeepStage(model="softmax"), run, ingest).dir)
+        data = ingest.training_data(run.manifest["outputs"], "softmax")
+        inputs = data.inputs  # the typed hand-off carries the class names; mirrors are not declared safe
+        assert (inputs.class_names, inputs.classes, inputs.flips) == (PATCH_CLASSES, 4, False)
+        assert inputs.names_of([3, 0]) == ("flower_top", "china_bottom")
+        tensors[engine.kind] = TensorShards(hand_off(engine, DeepStage(model="softmax"), run, data).dir)
         facts = json.loads((run.dir / "manifest.json").read_text())
         assert facts["stages"][0]["class_names"] == list(PATCH_CLASSES)  # in the manifest and the report
         assert "flower_bottom" in (run.dir / "report.html").read_text()
@@ -167,6 +173,21 @@ def test_grayscale_folder_and_listing_file_with_text_labels(dask_engine, tmp_pat
         x = np.stack([np.frombuffer(b, "float32") for b in rows["image"]]).reshape(-1, 10, 10, 1)
         want = np.stack([reference(data / name, (10, 10, 1)) for name in rows["_source"]]).astype("float32") / 255
         np.testing.assert_array_equal(x, want)
+
+
+@pytest.mark.parametrize(("declared", "refused"), [(None, True), (False, True), (True, False)])
+def test_a_folder_s_flips_are_off_unless_its_image_section_declares_them(tmp_path, declared, refused):
+    """A user's folder has no known mirror symmetry: flips are refused unless `flips: true` is declared."""
+    image = {"shape": [8, 8, 3]} | ({} if declared is None else {"flips": declared})
+    dataset = DatasetConfig(name="mine", format="images", path=str(tmp_path), image=image)
+    assert dataset.image_flips() is (not refused)
+    settings = SimpleNamespace(name="p", dataset=dataset, engine=SimpleNamespace(kind="dask"))
+    for field, stage in (
+        ("augment.flip", DeepStage(model="mnist_cnn", augment={"flip": True})),
+        ("test_time_augment.flip", DeepStage(model="mnist_cnn", test_time_augment={"flip": True})),
+    ):
+        problems = [p.path for p in stage.check([IngestStage(write=True)], settings)]
+        assert (field in problems) == refused
 
 
 def test_folder_errors_name_the_folder(tmp_path):

@@ -47,7 +47,8 @@ def ours(engine, folder: Path, size: int, runs: Path) -> int:
         }
     )
     run, state = run_pipeline(config, engine=engine)
-    shards = hand_off(engine, config, DeepStage(model="softmax"), run, state["ingest"])
+    data = state["ingest"].training_data(run.manifest["outputs"], "softmax")
+    shards = hand_off(engine, DeepStage(model="softmax"), run, data)
     return sum(v["rows"] for v in shards.manifest["splits"].values())
 
 

@@ -8,7 +8,6 @@ spec is never run again. Deep trials may stop early (successive halving / Hyperb
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -25,10 +24,10 @@ from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_v
 from pipelines.atomic import atomic_write_json
 from pipelines.classical.stage import HEADLINE as MODEL_HEADLINE
 from pipelines.classical.stage import ModelStage
-from pipelines.deep.stage import DeepStage, hand_off, transfer_model_path
+from pipelines.deep.stage import DeepStage, hand_off, rank_class_names, transfer_model_path
 from pipelines.engines.balance import Outcome, Task, run_balanced
-from pipelines.errors import ConfigError, PipelineError
-from pipelines.ingest.stage import IngestResult
+from pipelines.errors import PipelineError
+from pipelines.ingest.handoff import ImageInputs, TableInputs, training_data
 from pipelines.launch.array import run_array
 from pipelines.launch.config import ArraySettings
 from pipelines.protocol import PipelineSettings, Problem, RecordedResult, Stage, StageContext
@@ -36,7 +35,7 @@ from pipelines.settings import StrictModel
 from pipelines.sweep import plots
 from pipelines.sweep.hyperband import Request, Schedule
 from pipelines.sweep.space import RandomSearch, Values, grid_values, key_problem, random_values, with_values
-from pipelines.sweep.trial import SPEC, TrialItem, read_result, run_trial_task, rung_of, trial_dir
+from pipelines.sweep.trial import SPEC, TrialItem, TrialSpec, read_result, run_trial_task, rung_of, trial_dir
 
 log = logging.getLogger(__name__)
 
@@ -175,12 +174,6 @@ class SweepStage(Stage):
         return SweepResult(dict(ctx.run.metrics.get(self.output_name, {})))
 
 
-def spec_digest(common: dict[str, Any], target: dict[str, Any], values: Values) -> str:
-    """What a trial's result depends on (the budget aside): its target config, values and input data."""
-    text = json.dumps({"common": common, "target": target, "values": values}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 @dataclass
 class Row:
     """One trial's line of results.csv."""
@@ -217,80 +210,57 @@ class Sweep:
             eta=stop.eta if stop else 3,
             mode=stage.mode,
         )
-        self.columns: tuple[list[str], str | None] | None = None  # a table's numeric columns and its label
-        self.specs: dict[int, dict[str, Any]] = {}
+        self.inputs: TableInputs | ImageInputs | None = None  # what a classical trial's splits hold
+        self.specs: dict[int, TrialSpec] = {}
 
     # --- trial specs -----------------------------------------------------------------------------------
 
     def _common(self) -> dict[str, Any]:
-        """What every trial shares: the written splits (classical) or the tensor shards (deep)."""
+        """What every trial shares: the written splits and their inputs (classical) or the tensor shards (deep)."""
         stage, ctx = self.stage, self.ctx
-        ingest = ctx.latest(IngestResult, self.name)
-        if "train" not in ingest.outputs:
-            raise ConfigError(f"sweep {self.name!r} needs an ingest stage with write: true before it")
+        data = training_data(ctx, self.name)
+        common: dict[str, Any] = {"metric": stage.metric, "splits": data.fingerprint}
         if isinstance(stage.target, DeepStage):
-            shards = hand_off(ctx.engine, ctx.config, stage.target, ctx.run, ingest)
+            shards = hand_off(ctx.engine, stage.target, ctx.run, data)
             classes = stage.target.classes or list(range(shards.classes))
             return {
-                "kind": "deep",
+                **common,
                 "tensors": str(shards.dir),
                 "transfer_model": transfer_model_path(stage.target, ctx.run),
-                "class_names": ingest.names_of(classes),
+                "class_names": rank_class_names(data, classes),
                 "ranks": stage.ranks_per_trial,
-                "splits": json.loads((shards.dir / "manifest.json").read_text()).get("source", {}).get("splits"),
             }
-        common: dict[str, Any] = {"kind": "model", "data": dict(ingest.outputs), "image": None}
-        if ingest.schema is None:
-            common["image"] = {"dtype": ingest.image_dtype, "shape": list(ingest.image_shape or ())}
-        else:
-            self.columns = ingest.model_columns()
-        common["splits"] = {k: ctx.run.manifest["outputs"].get(f"data/{k}") for k in sorted(ingest.outputs)}
-        return common
-
-    def _model_columns(self, target: ModelStage) -> dict[str, Any]:
-        """A classical trial's feature and label columns, as the model stage picks them."""
-        if self.columns is None:
-            return {"features": None, "label": None}
-        available, label = self.columns
-        features = target.features or available
-        missing = [f for f in features if f not in available]
-        if missing:
-            raise ConfigError(f"sweep {self.name!r}: unknown feature column(s) {missing}; have {available}")
-        return {"features": features, "label": target.label or label}
+        self.inputs = data.inputs
+        return {**common, "data": dict(data.outputs), "inputs": data.inputs}
 
     def _prepare(self) -> None:
         """Write each trial's spec.json (only when it changed); drop a trial folder written for another spec."""
         common = self._common()
         for row in self.rows:
-            stage = self.stage.trial_target(row.values)
-            target = stage.model_dump(mode="json")
-            if isinstance(stage, ModelStage):
-                common = {**common, **self._model_columns(stage)}
-            digest = spec_digest({k: v for k, v in common.items() if k != "data"}, target, row.values)
+            target = self.stage.trial_target(row.values)
+            columns: dict[str, Any] = {}
+            if isinstance(target, ModelStage):
+                assert self.inputs is not None
+                features, label = self.inputs.columns(target.features, target.label, self.name)
+                columns = {"features": features, "label": label}
+            spec = TrialSpec(index=row.index, values=row.values, target=target, **common, **columns).with_digest()
             folder = trial_dir(self.dir, row.index)
             spec_path = folder / SPEC
-            if spec_path.exists() and json.loads(spec_path.read_text()).get("digest") != digest:
+            if spec_path.exists() and json.loads(spec_path.read_text()).get("digest") != spec.digest:
                 log.info("sweep %s: trial %03d was run under another spec; starting it over", self.name, row.index)
                 shutil.rmtree(folder)
             folder.mkdir(parents=True, exist_ok=True)
-            self.specs[row.index] = {
-                **common,
-                "index": row.index,
-                "digest": digest,
-                "values": row.values,
-                "target": target,
-                "metric": self.stage.metric,
-            }
+            self.specs[row.index] = spec
 
     def _result(self, index: int) -> dict[str, Any] | None:
         """The trial's result.json, when it was written under its current spec."""
-        return read_result(trial_dir(self.dir, index), self.specs[index]["digest"])
+        return read_result(trial_dir(self.dir, index), self.specs[index].digest)
 
     def _write_spec(self, index: int, epochs: int | None) -> None:
-        spec = {**self.specs[index], "epochs": epochs}
+        spec = self.specs[index].model_copy(update={"epochs": epochs})
         path = trial_dir(self.dir, index) / SPEC
-        if not path.exists() or json.loads(path.read_text()) != spec:
-            atomic_write_json(path, spec)
+        if not path.exists() or json.loads(path.read_text()) != spec.model_dump(mode="json"):
+            spec.write(path)
 
     # --- scheduling ------------------------------------------------------------------------------------
 
@@ -445,7 +415,7 @@ class Sweep:
         counts = {s: sum(r.status == s for r in self.rows) for s in ("ok", "failed", "timeout")}
         values: dict[str, Any] = {
             "model": f"sweep of {stage.target.model}",
-            "train_rows": self.ctx.latest(IngestResult, self.name).splits.get("train", 0),
+            "train_rows": training_data(self.ctx, self.name).rows.get("train", 0),
             "trials": len(self.rows),
             "done": counts["ok"],
             "failed": counts["failed"],

@@ -10,6 +10,7 @@ what a task of the engine runs (in a subprocess, with a time limit) and what a S
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -19,12 +20,55 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from pipelines.atomic import atomic_write_json
+from pipelines.classical.stage import ModelStage
+from pipelines.deep.stage import DeepStage
+from pipelines.ingest.handoff import AnyInputs
+from pipelines.settings import StrictModel
 
 SPEC = "spec.json"
 RESULT = "result.json"
+
+
+class TrialSpec(StrictModel):
+    """One trial, as the sweep's driver writes it (spec.json) and the trial process reads it back, validated."""
+
+    index: int
+    digest: str = ""
+    values: dict[str, Any]
+    target: Annotated[ModelStage | DeepStage, Field(discriminator="stage")]
+    metric: str
+    epochs: int | None = None
+    splits: str = Field(description="fingerprint of the written splits the trial reads")
+    # a classical trial: the written split folders, what they hold, the model's columns
+    data: dict[str, str] = Field(default_factory=dict)
+    inputs: AnyInputs | None = None
+    features: list[str] = Field(default_factory=list)
+    label: str | None = None
+    # a deep trial: the tensor shards and what every rank needs besides the stage
+    tensors: str | None = None
+    transfer_model: str | None = None
+    class_names: list[str] | None = None
+    ranks: int = 1
+
+    def with_digest(self) -> TrialSpec:
+        """The spec with the digest of what its result depends on (not the budget, index or folder paths)."""
+        what = self.model_dump(mode="json", exclude={"index", "digest", "epochs", "data"})
+        text = json.dumps(what, sort_keys=True, default=str)
+        return self.model_copy(update={"digest": hashlib.sha256(text.encode()).hexdigest()[:16]})
+
+    def write(self, path: Path) -> None:
+        """Write the spec atomically as JSON."""
+        atomic_write_json(path, self.model_dump(mode="json"))
+
+    @classmethod
+    def read(cls, path: Path) -> TrialSpec:
+        """Read and validate a spec the driver wrote."""
+        return cls.model_validate_json(path.read_text())
 
 
 def trial_dir(trials_dir: str | os.PathLike[str], index: int) -> Path:
@@ -60,32 +104,28 @@ def _scalars(values: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _split_blocks(path: str, spec: dict[str, Any]) -> Any:
-    """A written split (a Parquet folder) as local blocks, rows in their recorded order."""
-    import numpy as np
+def _split_blocks(path: str, spec: TrialSpec) -> Any:
+    """A written split (a Parquet folder) as local blocks of the trial's inputs, rows in their recorded order."""
     import pyarrow.parquet as pq
 
     from pipelines.classical import Blocks
-    from pipelines.ingest.transform import image_pixels
+    from pipelines.classical.data import extract_inputs_block
 
+    assert spec.inputs is not None
     frame = pq.read_table(path).to_pandas().sort_values(["_source", "_row"], kind="stable")
-    if spec["image"] is not None:
-        shape = (int(np.prod(spec["image"]["shape"])),)
-        x = image_pixels(frame["image"].to_numpy(), spec["image"]["dtype"], shape).astype("float64")
-        names = [f"px{i}" for i in range(x.shape[1])]
-        return Blocks.from_arrays(x, frame["label"].to_numpy(), features=names, label="label")
-    label = spec["label"]
-    y = frame[label].to_numpy() if label is not None else None
-    return Blocks.from_arrays(frame[spec["features"]], y, features=spec["features"], label=label)
+    block = extract_inputs_block(frame, spec.inputs, spec.features, spec.label)
+    y = frame[spec.label].to_numpy() if spec.label else None
+    return Blocks.from_arrays(block["x"], y, features=spec.features, label=spec.label)
 
 
-def classical_metrics(spec: dict[str, Any]) -> dict[str, float]:
+def classical_metrics(spec: TrialSpec) -> dict[str, float]:
     """Fit the target model on the train split, evaluate it as the model stage does (test split)."""
     from pipelines.classical.stage import ModelStage, evaluate_fit
 
-    stage = ModelStage.model_validate(spec["target"])
-    train = _split_blocks(spec["data"]["train"], spec)
-    test = _split_blocks(spec["data"]["test"], spec) if "test" in spec["data"] else None
+    stage = spec.target
+    assert isinstance(stage, ModelStage)
+    train = _split_blocks(spec.data["train"], spec)
+    test = _split_blocks(spec.data["test"], spec) if "test" in spec.data else None
     model = stage.estimator()
     t0 = time.perf_counter()
     model.fit(train)
@@ -94,26 +134,25 @@ def classical_metrics(spec: dict[str, Any]) -> dict[str, float]:
     return _scalars(metrics)
 
 
-def deep_metrics(spec: dict[str, Any], folder: Path) -> dict[str, float]:
+def deep_metrics(spec: TrialSpec, folder: Path) -> dict[str, float]:
     """Train with the deep worker (1 rank directly, k ranks under horovodrun) up to the budget; its metrics."""
+    from pipelines.deep.stage import RankSpec
     from pipelines.launch.horovod import launch_command
 
-    stage = {**spec["target"], "plots": False, "tensorboard_every_steps": 0}
-    if spec.get("epochs") is not None:
-        stage["epochs"] = spec["epochs"]
-    worker = {
-        "stage": stage,
-        "tensors": spec["tensors"],
-        "checkpoints": str(folder / "checkpoints"),
-        "tensorboard": None,
-        "transfer_model": spec.get("transfer_model"),
-        "class_names": spec.get("class_names"),
-        "out": str(folder / "out"),
-    }
-    atomic_write_json(folder / "worker.json", worker)
+    budget = {"plots": False, "tensorboard_every_steps": 0}
+    if spec.epochs is not None:
+        budget["epochs"] = spec.epochs
+    assert spec.tensors is not None
+    RankSpec(
+        stage=spec.target.model_copy(update=budget),
+        tensors=spec.tensors,
+        checkpoints=str(folder / "checkpoints"),
+        out=str(folder / "out"),
+        transfer_model=spec.transfer_model,
+        class_names=spec.class_names,
+    ).write(folder / "worker.json")
     argv = [sys.executable, "-m", "pipelines.deep.worker", str(folder / "worker.json")]
-    ranks = int(spec.get("ranks", 1))
-    command = argv if ranks == 1 else launch_command("horovodrun", ranks, None, argv)
+    command = argv if spec.ranks == 1 else launch_command("horovodrun", spec.ranks, None, argv)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     subprocess.run(command, check=True, env=env)
     results = json.loads((folder / "out" / "results.json").read_text())
@@ -128,10 +167,10 @@ def deep_metrics(spec: dict[str, Any], folder: Path) -> dict[str, float]:
 def run_trial(trials_dir: str, index: int) -> dict[str, Any]:
     """Run one trial from its spec and write its result.json; returns the result."""
     folder = trial_dir(trials_dir, index)
-    spec = json.loads((folder / SPEC).read_text())
+    spec = TrialSpec.read(folder / SPEC)
     t0 = time.perf_counter()
-    metrics = classical_metrics(spec) if spec["kind"] == "model" else deep_metrics(spec, folder)
-    name = spec["metric"]
+    metrics = classical_metrics(spec) if spec.target.stage == "model" else deep_metrics(spec, folder)
+    name = spec.metric
     if name not in metrics:
         raise SystemExit(f"trial {index:03d}: metric {name!r} not among the results {sorted(metrics)}")
     result = write_result(folder, spec, "ok", time.perf_counter() - t0, metrics[name], metrics, pid=os.getpid())
@@ -140,7 +179,7 @@ def run_trial(trials_dir: str, index: int) -> dict[str, Any]:
 
 def write_result(
     folder: Path,
-    spec: dict[str, Any],
+    spec: TrialSpec,
     status: str,
     seconds: float,
     metric: float | None = None,
@@ -148,15 +187,15 @@ def write_result(
     **extra: Any,
 ) -> dict[str, Any]:
     """Write a trial's result.json atomically: its status at this budget, with the rungs reached before kept."""
-    rungs = dict((read_result(folder, spec["digest"]) or {}).get("rungs", {}))
+    rungs = dict((read_result(folder, spec.digest) or {}).get("rungs", {}))
     if status == "ok":
-        rungs[str(spec.get("epochs"))] = metric
+        rungs[str(spec.epochs)] = metric
     result = {
-        "index": spec["index"],
-        "digest": spec["digest"],
-        "values": spec["values"],
+        "index": spec.index,
+        "digest": spec.digest,
+        "values": spec.values,
         "status": status,
-        "epochs": spec.get("epochs"),
+        "epochs": spec.epochs,
         "metric": metric,
         "metrics": metrics or {},
         "seconds": round(seconds, 3),
@@ -193,7 +232,7 @@ def run_trial_task(item: TrialItem) -> dict[str, Any]:
     raised: it is not retried); a non-zero exit raises `TrialFailed` with the log's last line.
     """
     folder = trial_dir(item.trials_dir, item.index)
-    spec = json.loads((folder / SPEC).read_text())
+    spec = TrialSpec.read(folder / SPEC)
     attempt = 1 + len(list(folder.glob("attempt-*.log")))
     log_path = folder / f"attempt-{attempt}.log"
     command = [sys.executable, "-m", "pipelines.sweep.trial", item.trials_dir, str(item.index)]
@@ -216,7 +255,7 @@ def run_trial_task(item: TrialItem) -> dict[str, Any]:
             return {**result, **where}
     if rc != 0:
         raise TrialFailed(f"trial {item.index:03d} exited with code {rc}: {_last_line(log_path)}")
-    result = read_result(folder, spec["digest"])
+    result = read_result(folder, spec.digest)
     if result is None:
         raise TrialFailed(f"trial {item.index:03d} exited without writing {RESULT}")
     return {**result, **where}
