@@ -266,5 +266,5 @@ def test_a_keras_application_source_is_checked_without_tensorflow(tmp_path):
     from pipelines.deep.stage import TransferSpec, _application_problems
 
     spec = TransferSpec(source="keras:NoSuchNet", weights=str(tmp_path / "missing.h5"))
-    problems = [str(p) for p in _application_problems("NoSuchNet", spec)]
+    problems = [str(p) for p in _application_problems("NoSuchNet", spec.weights)]
     assert "not one of" in problems[0] and "no such file" in problems[1]

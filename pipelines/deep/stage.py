@@ -182,7 +182,7 @@ class DeepStage(Stage):
             if source[len("stage:") :] not in deep:
                 problems.append(Problem("transfer.source", f"{source!r} is not an earlier deep stage (have {deep})"))
         elif source.startswith("keras:"):
-            problems += _application_problems(source[len("keras:") :], self.transfer)
+            problems += _application_problems(source[len("keras:") :], self.transfer.weights if self.transfer else None)
         elif source and not Path(source).is_file():
             problems.append(Problem("transfer.source", f"{source!r}: no such file"))
         return problems
@@ -197,15 +197,13 @@ class DeepStage(Stage):
         return DeepResult(json.loads((Folder.DEEP.under(ctx.run.dir, self.output_name) / "results.json").read_text()))
 
 
-def _application_problems(name: str, transfer: TransferSpec) -> list[Problem]:
+def _application_problems(name: str, weights: str | None) -> list[Problem]:
     """A Keras Applications source names a known architecture; its weights file, if named, is there."""
     problems = []
     if name not in APPLICATIONS:
         problems.append(Problem("transfer.source", f"keras:{name}: not one of {list(APPLICATIONS)}"))
-    if transfer.weights is not None and not Path(transfer.weights).is_file():
-        problems.append(
-            Problem("transfer.weights", f"{transfer.weights!r}: no such file (weights are never downloaded)")
-        )
+    if weights is not None and not Path(weights).is_file():
+        problems.append(Problem("transfer.weights", f"{weights!r}: no such file (weights are never downloaded)"))
     return problems
 
 
