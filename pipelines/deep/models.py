@@ -339,12 +339,29 @@ def denoising_autoencoder(shape: Sequence[int], classes: int = 0, filters: Seque
     return model
 
 
+APPLICATIONS = ("MobileNetV2", "MobileNetV3Small", "ResNet50", "EfficientNetB0", "DenseNet121", "VGG16")
+
+
+def application(name: str, shape: Sequence[int], weights: str | None = None) -> Any:
+    """A Keras Applications architecture without its top (global average pooled), randomly initialized or with
+    the weights of a local file; never downloaded (`weights=None` to Keras)."""
+    keras, _ = _keras()
+    if name not in APPLICATIONS:
+        raise ValueError(f"Keras Applications architecture {name!r} is not one of {list(APPLICATIONS)}")
+    model = getattr(keras.applications, name)(
+        input_shape=_image_input(shape), include_top=False, weights=None, pooling="avg"
+    )
+    if weights:
+        model.load_weights(weights)
+    return keras.Model(model.inputs, model.output, name="base")
+
+
 def transfer(
-    base: Any, classes: int, mode: str = "features", trainable_layers: int = 2, head: Sequence[int] = (128,)
+    features: Any, classes: int, mode: str = "features", trainable_layers: int = 2, head: Sequence[int] = (128,)
 ) -> Any:
-    """A new classifier on a trained model's penultimate layer; 'features' freezes the base, 'finetune' its top."""
+    """A new classifier on a base's features; 'features' freezes the base, 'finetune' leaves its top open."""
     keras, layers = _keras()
-    features = keras.Model(base.inputs, base.layers[-2].output, name="base")
+    base = features
     weighted = [layer for layer in features.layers if layer.weights]
     open_layers = set() if mode == "features" else {id(layer) for layer in weighted[len(weighted) - trainable_layers :]}
     for layer in features.layers:
@@ -459,6 +476,10 @@ def build(
         keras, _ = _keras()
         if base_model is None:
             raise ValueError(f"model {kind!r} needs a saved base model")
+        params = dict(params)
+        weights = params.pop("weights", None)
+        if base_model.startswith("keras:"):
+            return network.builder(application(base_model[len("keras:") :], shape, weights), classes, **params)
         base = keras.saving.load_model(base_model, compile=False, safe_mode=True)
-        return network.builder(base, classes, **params)
+        return network.builder(keras.Model(base.inputs, base.layers[-2].output, name="base"), classes, **params)
     return network.builder(shape, classes, **params)

@@ -17,7 +17,7 @@ from pydantic import Field, PositiveInt, StringConstraints, ValidationInfo, fiel
 
 from pipelines.atomic import atomic_write_json
 from pipelines.deep.augment import AugmentSpec, EvalViews, flip_problem
-from pipelines.deep.models import NETWORKS, check_params, network
+from pipelines.deep.models import APPLICATIONS, NETWORKS, check_params, network
 from pipelines.deep.shards import MANIFEST, TensorShards, write_shards
 from pipelines.deep.usercode import REF, SOURCE, UserCode, copy_code, is_user_model, pin_spec
 from pipelines.engines.base import Engine
@@ -58,7 +58,13 @@ UserModel = Annotated[str, StringConstraints(pattern=REF)]  # "package.module:fu
 class TransferSpec(StrictModel):
     """Where a transferred model comes from and how much of it trains."""
 
-    source: str = Field(description="'stage:<name>' of an earlier deep stage in this pipeline, or a .keras file")
+    source: str = Field(
+        description="'stage:<name>' of an earlier deep stage in this pipeline, a .keras file, or "
+        "'keras:<architecture>' (a Keras Applications network, e.g. keras:MobileNetV2, without its top)"
+    )
+    weights: str | None = Field(
+        default=None, description="keras:<architecture>: a local weights file for it (none: random init)"
+    )
     mode: Literal["features", "finetune"] = "features"
     trainable_layers: int = Field(default=2, ge=0, description="finetune: top layers of the base left trainable")
     head: list[PositiveInt] = Field(default_factory=lambda: [128])
@@ -197,10 +203,14 @@ class DeepStage(Stage):
         if self.classes and image is not None and image.classes and max(self.classes) >= image.classes:
             problems.append(Problem("classes", f"{self.classes} outside 0..{image.classes - 1}"))
         source = self.transfer.source if self.transfer is not None else ""
+        if self.transfer is not None and self.transfer.weights and not source.startswith("keras:"):
+            problems.append(Problem("transfer.weights", "weights are for a 'keras:<architecture>' source"))
         if source.startswith("stage:"):
             deep = [s.output_name for s in earlier if isinstance(s, DeepStage)]
             if source[len("stage:") :] not in deep:
                 problems.append(Problem("transfer.source", f"{source!r} is not an earlier deep stage (have {deep})"))
+        elif source.startswith("keras:"):
+            problems += _application_problems(source[len("keras:") :], self.transfer.weights if self.transfer else None)
         elif source and not Path(source).is_file():
             problems.append(Problem("transfer.source", f"{source!r}: no such file"))
         return problems
@@ -213,6 +223,16 @@ class DeepStage(Stage):
         """The results rank 0 wrote for this stage in this run."""
         self.recorded_facts(ctx)
         return DeepResult(json.loads((Folder.DEEP.under(ctx.run.dir, self.output_name) / "results.json").read_text()))
+
+
+def _application_problems(name: str, weights: str | None) -> list[Problem]:
+    """A Keras Applications source names a known architecture; its weights file, if named, is there."""
+    problems = []
+    if name not in APPLICATIONS:
+        problems.append(Problem("transfer.source", f"keras:{name}: not one of {list(APPLICATIONS)}"))
+    if weights is not None and not Path(weights).is_file():
+        problems.append(Problem("transfer.weights", f"{weights!r}: no such file (weights are never downloaded)"))
+    return problems
 
 
 class RankSpec(StrictModel):
@@ -237,6 +257,11 @@ class RankSpec(StrictModel):
         text = Path(path).read_text()
         pin_spec(text)
         return cls.model_validate_json(text)
+
+
+def rank_class_names(data: TrainingData, classes: Sequence[int]) -> list[str]:
+    """What the ranks call each trained class: its image class folder where the data names it, else its code."""
+    return list(data.inputs.names_of(classes) or [str(c) for c in classes])
 
 
 def tensors_key(stage: DeepStage) -> str:
@@ -306,6 +331,8 @@ def transfer_model_path(stage: DeepStage, run: Any) -> str | None:
     if stage.transfer is None:
         return None
     source = stage.transfer.source
+    if source.startswith("keras:"):
+        return source
     match = re.fullmatch(r"stage:(.+)", source)
     path = Folder.DEEP.under(run.dir, match.group(1)) / "model.keras" if match else Path(source)
     if not path.exists():
@@ -356,7 +383,7 @@ def run_deep(engine: Engine, stage: DeepStage, run: Any, data: TrainingData, ran
                 Folder.TENSORBOARD.under(run.dir, name)
             ),  # rank 0's events; a folder every rank's host sees
             transfer_model=transfer_model_path(stage, run),
-            class_names=[str(c) for c in classes],
+            class_names=rank_class_names(data, classes),
             code=user_code(run, stage, name),  # the run's copy of the user's network code, imported first
         ).write(spec_path)
         launcher = stage.launcher if stage.launcher != "auto" else engine.rank_launcher()

@@ -19,6 +19,12 @@ class ImageSpec(StrictModel):
 
     shape: list[PositiveInt] = Field(min_length=1, max_length=3)
     classes: PositiveInt | None = None
+    resize: Literal["stretch", "crop", "pad"] = Field(
+        default="stretch", description="format images: stretch to the shape, centre-crop to its aspect, or pad"
+    )
+    filter: Literal["nearest", "box", "bilinear", "hamming", "bicubic", "lanczos"] = Field(
+        default="bilinear", description="format images: Pillow's resampling filter"
+    )
     flips: bool | None = Field(
         default=None,
         description="whether a mirrored image keeps its class (default: the bundled set's own kind, else false: "
@@ -56,7 +62,7 @@ class DatasetConfig(StrictModel):
     """Where the data is and what it must look like."""
 
     name: str
-    format: Literal["csv", "parquet", "idx", "npz"]
+    format: Literal["csv", "parquet", "idx", "npz", "images"]
     path: str | list[str]
     labels_path: str | None = None
     test_path: str | list[str] | None = Field(default=None, description="files whose rows all go to the test split")
@@ -97,6 +103,12 @@ class DatasetConfig(StrictModel):
                 raise ValueError("tabular data needs 'formula' or 'features' (and usually 'label')")
         if not tabular and self.image is None:
             raise ValueError(f"format {self.format!r} needs an 'image' section (shape, classes)")
+        if self.format == "images" and self.image is not None:
+            shape = self.image.shape
+            if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
+                raise ValueError(f"format 'images' needs image.shape [H, W] or [H, W, C] with C 1 or 3, got {shape}")
+            if self.labels_path:
+                raise ValueError("format 'images' takes its labels from class folders or the listing's label column")
         if self.format == "idx" and not self.labels_path:
             raise ValueError("format 'idx' needs 'labels_path' (the labels IDX file)")
         for split in DECLARED_SPLITS:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from pipelines.atomic import atomic_write_bytes
 from pipelines.data.bundled import resolve_path
 from pipelines.engines.base import Engine
 from pipelines.errors import ConfigError, DataError
+from pipelines.ingest import images as image_files
 from pipelines.ingest import readers, sources
 from pipelines.ingest.config import ColumnType, DatasetConfig, SplitConfig, declared_split_problems
 from pipelines.ingest.digest import combine_digests, partition_digest
@@ -91,6 +93,13 @@ class Plan:
     images: dict[str, ImageInput] = field(default_factory=dict)
     expressions: Expressions | None = None
     reading: TableSchema | None = None  # the file columns read (the schema's and the expressions' inputs)
+    listing: image_files.ImageListing | None = None  # format images: the files, in row order of the one part source
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """Names of the classes, in label order (format images: the class folders or the listing's labels)."""
+        names = self.listing.class_names if self.listing is not None else None
+        return list(names) if names is not None else None
 
     def unsplit(self) -> list[str]:
         """Names of the files read whole by one task (compressed: a stream cannot be split)."""
@@ -109,8 +118,8 @@ class Plan:
 
     @property
     def has_labels(self) -> bool:
-        """Whether the files hold labels (a label column, or a labels file)."""
-        return self.table.label is not None if self.table is not None else self.labels is not None
+        """Whether the files hold labels (a label column, a labels file, class folders or a listing's labels)."""
+        return self.table.label is not None if self.table is not None else self.labelled
 
     def input_types(self) -> dict[str, ColumnType]:
         """The type each file column the expressions read is read as (recorded: new data is read the same way)."""
@@ -134,6 +143,7 @@ def plan_ingest(
     filters: str | list[str] | None = None,
     derive: dict[str, str] | None = None,
     input_types: dict[str, ColumnType] | None = None,
+    classes: list[str] | None = None,
 ) -> Plan:
     """Index the input files and cut them into `partitions` balanced segments.
 
@@ -142,9 +152,12 @@ def plan_ingest(
     `filters` and `derive` (the ingest stage's) are checked against the first file's columns. Without `table`,
     the undeclared columns the schema or the expressions read are typed by all their values (one pass);
     with it, by the run's types (`input_types`: those of the columns only the expressions read).
+    `classes` (format images: a finished run's class names) fixes the class index of each folder name.
     """
     fmt = dataset.format
     declared = dataset.declared()
+    if fmt == "images":
+        return _image_files_plan(dataset, partitions, labels_optional, classes)
     if fmt in ("csv", "parquet"):
         suffix = sources.CSV_SUFFIXES if fmt == "csv" else (".parquet", ".pq")
         groups = [(None, sources.expand_paths(resolve_path(dataset.path), suffix))]
@@ -312,6 +325,43 @@ def yaml_key(name: str) -> str:
     return yaml.safe_dump({name: 0}, default_flow_style=False).rsplit(": 0", 1)[0]
 
 
+def _image_files_plan(
+    dataset: DatasetConfig, partitions: int, labels_optional: bool, classes: list[str] | None
+) -> Plan:
+    """Format images: list the files (folder or listing; declared splits' too) as one source of rows, one a file."""
+    assert dataset.image is not None
+    root = resolve_path(dataset.path)
+    if not isinstance(root, str):
+        raise DataError(f"dataset {dataset.name!r}: format 'images' takes one folder or listing in 'path'")
+    main = image_files.list_images(root, tuple(classes) if classes is not None else None, labels_optional)
+    known = main.class_names
+    declared_classes = dataset.image.classes
+    if classes is None and declared_classes is not None and known is not None and len(known) != declared_classes:
+        raise DataError(f"{root}: {len(known)} classes {list(known)}, but image.classes is {declared_classes}")
+    groups = [(None, root, main)]
+    groups += [(SPLIT_CODES[n], p, image_files.list_images(resolve_path(p), known)) for n, p, _ in dataset.declared()]
+    if len(groups) > 1:  # rows are named below the folder that holds every root, so names stay distinct
+        top = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for _, p, _ in groups])
+        groups = [(c, p, image_files.renamed(g, top)) for c, p, g in groups]
+    listing = image_files.concat([g for _, _, g in groups])
+    codes = {name: code for code, _, g in groups if code is not None for name in g.names}
+    source = sources.SourceFile(
+        path=root,
+        name=os.path.basename(os.path.normpath(root)),
+        records=len(listing.paths),
+        shape=tuple(dataset.image.shape),
+        dtype="|u1",
+    )
+    return Plan(
+        dataset,
+        [source],
+        sources.balanced_segments([source], partitions),
+        labelled=main.labelled,
+        declared=codes,
+        listing=listing,
+    )
+
+
 def _image_input(
     dataset: DatasetConfig, path: str | list[str], labels_path: str | None, labels_optional: bool
 ) -> ImageInput:
@@ -367,7 +417,14 @@ def read_part(plan: Plan, part: list[sources.Segment], split: SplitConfig) -> pd
     """Read and validate one partition's segments (runs on a worker)."""
     frames = []
     for seg in part:
-        if plan.table is not None:
+        if plan.listing is not None:
+            image = plan.dataset.image
+            frames.append(
+                image_files.image_file_rows(
+                    plan.listing, seg.start, seg.stop, tuple(image.shape), image.resize, image.filter, plan.labelled
+                )
+            )
+        elif plan.table is not None:
             reading = plan.reading or plan.table
             if plan.dataset.format == "csv":
                 chunk = readers.read_csv_segment(seg, reading, plan.dataset.delimiter)
@@ -424,6 +481,7 @@ class IngestResult(StageResult):
     expression_inputs: list[str] = field(default_factory=list)
     input_types: dict[str, str] = field(default_factory=dict)  # each expression input's type (declared or inferred)
     dropped: int = 0  # rows a missing-value policy `drop` left out
+    class_names: list[str] | None = None  # format images: the class folders or the listing's labels, in label order
 
     image_classes: int | None = None
     image_flips: bool = False
@@ -434,7 +492,11 @@ class IngestResult(StageResult):
         if self.schema is None:
             assert self.image_dtype is not None and self.image_shape is not None
             shape = tuple(self.image_shape)
-            return ImageInputs(dtype=self.image_dtype, shape=shape, classes=self.image_classes, flips=self.image_flips)
+            names = tuple(self.class_names) if self.class_names is not None else None
+            classes = len(names) if names else self.image_classes
+            return ImageInputs(
+                dtype=self.image_dtype, shape=shape, classes=classes, flips=self.image_flips, class_names=names
+            )
         return TableInputs.of(self.schema, self.fitted, self.encode)
 
     def new_data_schema(self) -> TableSchema | None:
@@ -504,6 +566,7 @@ class IngestResult(StageResult):
             "column_types": self.schema.column_types() if self.schema is not None else {},
             "image_dtype": self.image_dtype,
             "image_shape": list(self.image_shape) if self.image_shape else None,
+            "class_names": self.class_names,
         }
 
     @classmethod
@@ -567,6 +630,7 @@ class IngestResult(StageResult):
             derived=facts.get("derived", {}),
             expression_inputs=facts.get("expression_inputs", []),
             input_types=facts.get("input_types", {}),
+            class_names=facts.get("class_names"),
         )
 
 
@@ -705,6 +769,7 @@ def run_ingest(
             split_rejected={name: sum(s["split_rejected"][name] for s in stats) for name in SPLIT_NAMES.values()},
             declared_files=plan.declared_files(),
             unsplit_files=plan.unsplit(),
+            class_names=plan.class_names,
         )
         if plan.unsplit():
             log.info("%s: compressed, read whole by one task each: %s", dataset.name, ", ".join(plan.unsplit()))

@@ -79,6 +79,7 @@ def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out
         filters=stage.filter,
         derive=stage.derive,
         input_types=saved.ingest.input_types,
+        classes=saved.ingest.class_names,  # format images: each class folder keeps the run's code
     )
     if plan.image_problem:
         raise DataError(f"{dataset.path}: {plan.image_problem} (the run's images)")
@@ -134,7 +135,9 @@ def make_scorer(saved: SavedStage, plan: Plan, labelled: bool) -> Scorer:
     ingest = saved.ingest
     levels = ingest.fitted.levels.get(saved.label or "", None)
     classes = tuple(saved.classes)
-    names = tuple(levels[int(c)] for c in classes) if levels else classes
+    transform, inputs = ingest.new_data_rows(plan, saved.ingest_stage.image_scale)
+    named = inputs.names_of([int(c) for c in classes]) if saved.task == "classify" else None
+    names = named or (tuple(levels[int(c)] for c in classes) if levels else classes)
     fields = [pa.field("source_file", pa.string()), pa.field("row", pa.int64())]
     if saved.task == "reconstruct":
         fields.append(pa.field("reconstruction_error", pa.float64()))
@@ -145,7 +148,6 @@ def make_scorer(saved: SavedStage, plan: Plan, labelled: bool) -> Scorer:
             fields += [pa.field(f"probability_{n}", pa.float64()) for n in names]
         if labelled and saved.label is not None:
             fields.append(pa.field("label", value))
-    transform, inputs = ingest.new_data_rows(plan, saved.ingest_stage.image_scale)
     return Scorer(
         model=saved.model,
         task=saved.task,

@@ -24,7 +24,7 @@ from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_v
 from pipelines.atomic import atomic_write_json
 from pipelines.classical.stage import HEADLINE as MODEL_HEADLINE
 from pipelines.classical.stage import ModelStage
-from pipelines.deep.stage import DeepStage, hand_off, transfer_model_path, user_code
+from pipelines.deep.stage import DeepStage, hand_off, rank_class_names, transfer_model_path, user_code
 from pipelines.engines.balance import Outcome, Task, run_balanced
 from pipelines.errors import PipelineError
 from pipelines.ingest.handoff import ImageInputs, TableInputs, training_data
@@ -228,8 +228,8 @@ class Sweep:
                 **common,
                 "tensors": str(shards.dir),
                 "transfer_model": transfer_model_path(stage.target, ctx.run),
-                "class_names": [str(c) for c in classes],
                 "code": user_code(ctx.run, stage.target, self.name),  # trials import the run's copy
+                "class_names": rank_class_names(data, classes),
                 "ranks": stage.ranks_per_trial,
             }
         self.inputs = data.inputs
