@@ -55,8 +55,8 @@ def save_model(model: Any, directory: str | Path) -> None:
 
     if isinstance(model, External):
         atomic_write_bytes(directory / "estimator.skops", dumps(model))
-        meta = {"format": SKOPS_FORMAT, "class": model.model, "code": model.code, "params": model.get_params(deep=False)}
-        meta["params"].pop("estimator")
+        params = {k: v for k, v in model.get_params(deep=False).items() if k != "estimator"}
+        meta = {"format": SKOPS_FORMAT, "class": model.model, "code": model.code, "params": params}
         atomic_write_text(directory / "model.json", json.dumps(meta, indent=2, default=str))
         return
     meta: dict[str, Any] = {"format": FORMAT, "class": type(model).__name__, "params": model.get_params()}
