@@ -146,11 +146,13 @@ def gather_rows(
     total = blocks.n_rows * width / 2**20
     if sample is None and total > max_mb:
         raise DataError(
-            f"{what}: {blocks.n_rows} rows x {blocks.n_features} features ({total:,.0f} MB) exceed max_gather_mb="
+            f"{what}: {blocks.n_rows} rows x {blocks.n_features} features ({total:,.2f} MB) exceed max_gather_mb="
             f"{max_mb:g}; raise max_gather_mb or fit on a seeded sample (fit_sample: ROWS)"
         )
     if sample is not None and sample * width / 2**20 > max_mb:
-        raise DataError(f"{what}: fit_sample={sample} rows ({sample * width / 2**20:,.0f} MB) exceed max_gather_mb")
+        raise DataError(
+            f"{what}: fit_sample={sample} rows ({sample * width / 2**20:,.2f} MB) exceed max_gather_mb={max_mb:g}"
+        )
     rate: float | None = None
     if sample is not None and sample < blocks.n_rows:
         rate = min(1.0, 1.1 * sample / blocks.n_rows + 32 / blocks.n_rows)

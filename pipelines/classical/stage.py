@@ -93,7 +93,7 @@ class ModelStage(Stage):
         except TypeError as exc:
             return [Problem("params", str(exc))]
         try:
-            if hasattr(est, "_validate_params"):
+            if hasattr(est, "_parameter_constraints"):  # scikit-learn's own validation, where the class has it
                 est._validate_params()
         except ValueError as exc:
             return [_param_problem(exc)]
