@@ -58,7 +58,8 @@ def config(tmp_path: Path, path: Path, engine: str, split: dict) -> dict:
 def test_a_stratified_split_keeps_the_rare_class_and_each_share_on_both_engines(dask_engine, spark_engine, tmp_path):
     path = rare_csv(tmp_path)
     seed = seed_losing_the_rare_class(path, 0.2)
-    plain = run_pipeline(parse_config(config(tmp_path / "plain", path, "dask", {"test_fraction": 0.2, "seed": seed})))
+    plain_config = parse_config(config(tmp_path / "plain", path, "dask", {"test_fraction": 0.2, "seed": seed}))
+    plain = run_pipeline(plain_config, engine=dask_engine)
     test = pd.read_parquet(plain.run.dir / "data" / "test")
     split = {"test_fraction": 0.2, "val_fraction": 0.1, "seed": seed, "stratify": True}
     digests = {}
