@@ -94,6 +94,44 @@ def classical_metrics(spec: dict[str, Any]) -> dict[str, float]:
     return _scalars(metrics)
 
 
+def cv_splitter(cv: dict[str, Any]) -> Any:
+    """scikit-learn's splitter for a sweep's cv section (shuffled, seeded): KFold, StratifiedKFold or Repeated*."""
+    from sklearn import model_selection as ms
+
+    k, repeats, seed = int(cv["folds"]), int(cv.get("repeats", 1)), int(cv.get("seed", 0))
+    if repeats > 1:
+        kind = ms.RepeatedStratifiedKFold if cv.get("stratified") else ms.RepeatedKFold
+        return kind(n_splits=k, n_repeats=repeats, random_state=seed)
+    kind = ms.StratifiedKFold if cv.get("stratified") else ms.KFold
+    return kind(n_splits=k, shuffle=True, random_state=seed)
+
+
+def fold_metrics(spec: dict[str, Any], fold: int) -> dict[str, float]:
+    """Fit on the train split less fold `fold` (rows in their recorded order), evaluate on the fold's rows."""
+    import numpy as np
+
+    from pipelines.classical import Blocks
+    from pipelines.classical.stage import ModelStage, evaluate_fit
+
+    stage = ModelStage.model_validate(spec["target"])
+    train = _split_blocks(spec["data"]["train"], spec)
+    x = np.concatenate(train.map(lambda block: block["x"]))
+    y = np.concatenate(train.map(lambda block: block["y"])) if train.label is not None else None
+    fit_rows, held = list(cv_splitter(spec["cv"]).split(x, y))[fold]
+
+    def part(rows: np.ndarray) -> Blocks:
+        labels = None if y is None else (y[rows].astype(np.int64) if train.integer_labels else y[rows])
+        return Blocks.from_arrays(x[rows], labels, features=train.features, label=train.label)
+
+    fit_on, score_on = part(fit_rows), part(held)
+    model = stage.estimator()
+    t0 = time.perf_counter()
+    model.fit(fit_on)
+    metrics = {"fit_seconds": time.perf_counter() - t0, "train_rows": fit_on.n_rows, "fold": fold}
+    metrics.update(evaluate_fit(stage, model, fit_on, score_on, None))
+    return _scalars(metrics)
+
+
 def deep_metrics(spec: dict[str, Any], folder: Path) -> dict[str, float]:
     """Train with the deep worker (1 rank directly, k ranks under horovodrun) up to the budget; its metrics."""
     from pipelines.launch.horovod import launch_command
@@ -125,15 +163,39 @@ def deep_metrics(spec: dict[str, Any], folder: Path) -> dict[str, float]:
     return _scalars(metrics)
 
 
-def run_trial(trials_dir: str, index: int) -> dict[str, Any]:
-    """Run one trial from its spec and write its result.json; returns the result."""
+def fold_file(fold: int | str) -> str:
+    """The result file of one cross-validation fold (fold-NN.json) or of the final refit (final.json)."""
+    return "final.json" if fold == "final" else f"fold-{int(fold):02d}.json"
+
+
+def read_fold(folder: Path, digest: str, fold: int | str) -> dict[str, Any] | None:
+    """A fold's (or the final refit's) result when it was written for this spec, else None."""
+    path = folder / fold_file(fold)
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if result.get("digest") == digest else None
+
+
+def run_trial(trials_dir: str, index: int, fold: int | str | None = None) -> dict[str, Any]:
+    """Run one trial (or one cv fold of it, or its final refit) from its spec and write its result file."""
     folder = trial_dir(trials_dir, index)
     spec = json.loads((folder / SPEC).read_text())
     t0 = time.perf_counter()
-    metrics = classical_metrics(spec) if spec["kind"] == "model" else deep_metrics(spec, folder)
+    if fold is not None and fold != "final":
+        metrics = fold_metrics(spec, int(fold))
+    else:
+        metrics = classical_metrics(spec) if spec["kind"] == "model" else deep_metrics(spec, folder)
     name = spec["metric"]
     if name not in metrics:
         raise SystemExit(f"trial {index:03d}: metric {name!r} not among the results {sorted(metrics)}")
+    if fold is not None:
+        seconds = round(time.perf_counter() - t0, 3)
+        result = {"index": index, "digest": spec["digest"], "fold": fold, "metric": metrics[name], "metrics": metrics}
+        result.update(status="ok", seconds=seconds, host=socket.gethostname(), epochs=None)
+        atomic_write_json(folder / fold_file(fold), result)
+        return result
     result = write_result(folder, spec, "ok", time.perf_counter() - t0, metrics[name], metrics, pid=os.getpid())
     return result
 
@@ -179,6 +241,7 @@ class TrialItem:
     trials_dir: str
     index: int
     timeout_s: float
+    fold: int | str | None = None  # one cv fold of the trial, or "final" (the best refitted on all train rows)
 
 
 def _last_line(path: Path) -> str:
@@ -194,9 +257,11 @@ def run_trial_task(item: TrialItem) -> dict[str, Any]:
     """
     folder = trial_dir(item.trials_dir, item.index)
     spec = json.loads((folder / SPEC).read_text())
-    attempt = 1 + len(list(folder.glob("attempt-*.log")))
-    log_path = folder / f"attempt-{attempt}.log"
+    tag = "" if item.fold is None else f"{item.fold}-" if item.fold == "final" else f"fold{int(item.fold):02d}-"
+    attempt = 1 + len(list(folder.glob(f"{tag}attempt-*.log")))
+    log_path = folder / f"{tag}attempt-{attempt}.log"
     command = [sys.executable, "-m", "pipelines.sweep.trial", item.trials_dir, str(item.index)]
+    command += [] if item.fold is None else [str(item.fold)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     where = {"host": socket.gethostname(), "worker_pid": os.getpid(), "attempt": attempt}
     t0 = time.perf_counter()
@@ -216,6 +281,11 @@ def run_trial_task(item: TrialItem) -> dict[str, Any]:
             return {**result, **where}
     if rc != 0:
         raise TrialFailed(f"trial {item.index:03d} exited with code {rc}: {_last_line(log_path)}")
+    if item.fold is not None:
+        found = read_fold(folder, spec["digest"], item.fold)
+        if found is None:
+            raise TrialFailed(f"trial {item.index:03d} fold {item.fold} exited without writing its result")
+        return {**found, **where}
     result = read_result(folder, spec["digest"])
     if result is None:
         raise TrialFailed(f"trial {item.index:03d} exited without writing {RESULT}")
@@ -224,13 +294,14 @@ def run_trial_task(item: TrialItem) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m pipelines.sweep.trial TRIALS_DIR INDEX", file=sys.stderr)
+    if len(args) not in (2, 3):
+        print("usage: python -m pipelines.sweep.trial TRIALS_DIR INDEX [FOLD|final]", file=sys.stderr)
         return 2
     from pipelines.deep.worker import die_with_parent
 
     die_with_parent()  # an engine task that starts this dies with its worker: so does the trial
-    result = run_trial(args[0], int(args[1]))
+    fold = None if len(args) == 2 else args[2] if args[2] == "final" else int(args[2])
+    result = run_trial(args[0], int(args[1]), fold)
     print(f"trial {result['index']:03d}: {result['metric']} at epochs {result['epochs']} in {result['seconds']} s")
     return 0
 
