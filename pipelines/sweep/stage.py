@@ -249,6 +249,8 @@ class Sweep:
         )
         self.columns: tuple[list[str], str | None] | None = None  # a table's numeric columns and its label
         self.specs: dict[int, dict[str, Any]] = {}
+        self.fold_seconds: list[float] = []  # cv: each fold task's wall seconds, and the folds' makespan and slots
+        self.fold_wall: tuple[float, int] = (0.0, 1)
 
     # --- trial specs -----------------------------------------------------------------------------------
 
@@ -408,6 +410,7 @@ class Sweep:
 
         def ended(outcome: Outcome) -> list[Task]:
             index = outcome.item.index
+            self.fold_seconds.append(outcome.seconds)
             pending[index].discard(outcome.key)
             self.rows[index].attempts = max(self.rows[index].attempts, outcome.attempts)
             if not outcome.ok:
@@ -419,15 +422,18 @@ class Sweep:
                     self._record(index, None, self._cv_result(index), reused=False)
             return []
 
+        t0 = time.perf_counter()
+        slots = self.ctx.engine.parallelism
         run_balanced(
             self.ctx.engine,
             run_trial_task,
             tasks,
-            slots=self.ctx.engine.parallelism,
+            slots=slots,
             retries=self.stage.retries,
             on_outcome=ended,
             label=f"sweep {self.name} (cv)",
         )
+        self.fold_wall = (time.perf_counter() - t0, slots)
 
     def _final(self, index: int) -> dict[str, Any]:
         """The best cv configuration refitted on the whole train split and scored once on test (final.json)."""
@@ -574,6 +580,11 @@ class Sweep:
         if stage.cv is not None and best is not None:
             final = self._final(best.index)
             values["cv"] = {**stage.cv.model_dump(), "best_std": best.cv_std}
+            if self.fold_seconds:  # the folds' makespan beside its lower bound max(longest fold, work / slots)
+                wall, slots = self.fold_wall
+                bound = max(max(self.fold_seconds), sum(self.fold_seconds) / slots)
+                values["cv"].update(folds_run=len(self.fold_seconds), slots=slots, makespan_s=round(wall, 3))
+                values["cv"].update(lower_bound_s=round(bound, 3), longest_fold_s=max(self.fold_seconds))
             values["best_test_metric"] = final["metric"]
             values["best_test_metrics"] = final["metrics"]
         if isinstance(stage.target, DeepStage):
