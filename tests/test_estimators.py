@@ -196,3 +196,40 @@ def test_the_gather_cap_refuses_a_large_fit_and_a_seeded_sample_fits_the_same_ro
     chosen = frame.iloc[np.sort(np.argsort(keys, kind="stable")[:150])]
     x = np.frombuffer(b"".join(chosen["image"]), dtype="float32").reshape(150, -1).astype("float64")
     np.testing.assert_array_equal(GaussianNB().fit(x, chosen["label"].to_numpy()).theta_, models[0].estimator_.theta_)
+
+
+def test_a_pack_of_configs_fits_an_imported_estimator_as_scikit_learn_does(dask_engine, tmp_path):
+    features = ["mean_radius", "mean_texture", "mean_smoothness"]
+    conf = {
+        "name": "cancer-pack",
+        "runs_dir": str(tmp_path / "runs"),
+        "engine": {"kind": "dask", "partitions": 2},
+        "dataset": {
+            "name": "breast-cancer",
+            "format": "csv",
+            "path": "bundled:breast-cancer",
+            "formula": "target ~ " + " + ".join(features),
+            "types": {"target": "int"},
+        },
+        "stages": [
+            {"stage": "ingest", "split": {"test_fraction": 0.25, "seed": 3}},
+            {
+                "stage": "pack",
+                "name": "trees",
+                "model": "sklearn.tree:DecisionTreeClassifier",
+                "params": {"random_state": 0},
+                "configs": [{"max_depth": 2}, {"max_depth": 5}],
+                "plots": False,
+            },
+        ],
+    }
+    run = run_pipeline(parse_config(conf), engine=dask_engine).run
+    frames = {
+        s: pd.read_parquet(run.dir / "data" / s).sort_values(["_source", "_row"], kind="stable")
+        for s in ("train", "test")
+    }
+    table = pd.read_csv(run.dir / "packs" / "trees" / "results.csv")
+    for depth, accuracy in zip([2, 5], table["test_accuracy"], strict=True):
+        direct = DecisionTreeClassifier(max_depth=depth, random_state=0)
+        direct.fit(frames["train"][features], frames["train"]["target"])
+        assert accuracy == pytest.approx(direct.score(frames["test"][features], frames["test"]["target"]), abs=1e-15)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import measure
-from pipelines.config import load_config
+from pipelines.config import apply_override, load_yaml, parse_config
 from pipelines.engines import make_engine
 from pipelines.pipeline import run_pipeline
 
@@ -28,7 +28,11 @@ CONF = ROOT / "conf" / "sweep_cv.yaml"
 def sweep(runs: str, label: str, workers: int, depths: str) -> dict[str, Any]:
     """One run of conf/sweep_cv.yaml on a fresh Dask LocalCluster of `workers` one-thread workers."""
     overrides = [f"runs_dir={runs}/{label}", f"engine.dask.n_workers={workers}", "engine.dask.threads_per_worker=1"]
-    config = load_config(CONF, [*overrides, f"stages.1.grid.params.max_depth={depths}"])
+    data = load_yaml(CONF)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    data["stages"][1]["grid"]["params.max_depth"] = json.loads(depths)  # a dotted key: not an override path
+    config = parse_config(data, str(CONF))
     with make_engine(config.engine) as engine:
         seconds, (run, _), peak = measure(lambda: run_pipeline(config, engine=engine))
     metrics = json.loads((run.dir / "metrics.json").read_text())[config.stages[1].output_name]
@@ -43,7 +47,7 @@ def main() -> None:
     rows = {"load-balanced, 2 slots": sweep(runs, "balanced", 2, args.depths)}
     rows["one after another, 1 slot"] = sweep(runs, "sequential", 1, args.depths)
     print(f"\n{CONF.name}: {rows['load-balanced, 2 slots']['trials']} trials x 5 stratified folds")
-    print(f"{'run':28} {'wall s':>7} {'folds':>6} {'makespan':>9} {'bound':>7} {'ratio':>6} {'peak MB':>8}  best")
+    print(f"{'run':28} {'stage s':>7} {'folds':>6} {'makespan':>9} {'bound':>7} {'ratio':>6} {'peak MB':>8}  best")
     for name, r in rows.items():
         cv = r["cv"]
         ratio = cv["makespan_s"] / cv["lower_bound_s"]
