@@ -52,11 +52,12 @@ def _resume_and_configs(args: argparse.Namespace) -> tuple[list[str], bool | str
 
 
 def _run(args: argparse.Namespace, configs: list[PipelineConfig], resume: bool | str) -> int:
+    from pipelines.api import run_all
     from pipelines.console import end_progress, print_summaries
-    from pipelines.pipeline import run_many
 
-    done = run_many(configs, _engines(args.engine), resume, args.wait, getattr(args, "force", False))
+    runs = run_all(configs, _engines(args.engine), resume, args.wait, getattr(args, "force", False))
     end_progress()
+    done = [(run.config, run.result) for run in runs]
     for config, out in done:
         console.print(f"[green]done[/] {config.name} on {config.engine.kind}: {out.run.dir}")
     print_summaries(done)
@@ -72,22 +73,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run(args, [load_config(path, args.set) for path in paths], resume)
 
 
-def _set_ranks(config: PipelineConfig, ranks: int | None, hosts: str | None) -> PipelineConfig:
-    deep = [s for s in config.stages if s.stage == "deep"]
-    if not deep:
-        raise PipelineError(f"pipeline {config.name!r} has no deep stage to train")
-    data = config.model_dump()
-    for index, stage in enumerate(config.stages):
-        if stage.stage == "deep":
-            data["stages"][index].update({k: v for k, v in (("ranks", ranks), ("hosts", hosts)) if v})
-    return parse_config(data, config.name)  # re-check the changed values
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     if args.config:
         args.config = [args.config]
     paths, resume = _resume_and_configs(args)
-    config = _set_ranks(load_config(paths[0], args.set), args.ranks, args.hosts)
+    from pipelines.api import with_ranks
+
+    config = with_ranks(load_config(paths[0], args.set), args.ranks, args.hosts)
     return _run(args, [config], resume)
 
 
@@ -128,6 +120,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     print(json.dumps({"job_id": job, "job_dir": str(jobdir), "scheduler": args.scheduler}))
     console.print(f"[green]submitted[/] job {job} ({args.scheduler}); script and config in {jobdir}")
+    return 0
+
+
+def cmd_notebook(args: argparse.Namespace) -> int:
+    from pipelines.launch.config import BatchSettings
+    from pipelines.launch.notebook import submit_notebook
+
+    batch = load_config(args.config, args.set).batch if args.config else BatchSettings()
+    given = {"walltime": args.walltime, "partition": args.partition, "account": args.account}
+    given |= {"gpus_per_node": args.gpus, "cpus_per_task": args.cpus, "memory": args.memory}
+    batch = batch.model_copy(update={k: v for k, v in given.items() if v is not None})
+    notebook = submit_notebook(batch, args.scheduler, Path(args.jobs_dir), timeout=args.timeout)
+    print(notebook.tunnel(args.login))
+    print(notebook.url)
+    console.print(f"[green]JupyterLab[/] in job {notebook.job} on {notebook.host}; cancel it to stop the server")
     return 0
 
 
@@ -220,20 +227,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from pipelines.api import run_records
     from pipelines.console import compare_tables, print_wide, runs_table
-    from pipelines.runs.history import find_run, list_runs
+    from pipelines.runs.history import find_run
 
     if args.compare:
         a, b = (find_run(args.runs_dir, name) for name in args.compare)
         print_wide(*compare_tables(a, b))
         return 0
-    if not Path(args.runs_dir).is_dir():
-        raise UsageError(f"{args.runs_dir}: no runs folder here (give --runs-dir)")
-    records = list_runs(args.runs_dir, args.pipeline)
-    if not records:
-        which = f" of {args.pipeline!r}" if args.pipeline else ""
-        raise UsageError(f"no runs{which} in {args.runs_dir}")
-    print_wide(runs_table(records[: args.limit]))
+    print_wide(runs_table(run_records(args.runs_dir, args.pipeline)[: args.limit]))
     return 0
 
 
@@ -274,12 +276,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from pipelines.predict import predict
+    from pipelines.api import predict
 
-    engine = _engine(args.engine)
-    summary = predict(
-        args.run_dir, args.stage, args.data, args.out, engine, labels=args.labels, partitions=args.partitions
+    out = predict(
+        args.run_dir,
+        args.stage,
+        args.data,
+        args.out,
+        _engine(args.engine),
+        labels=args.labels,
+        partitions=args.partitions,
     )
+    summary = json.loads((out / "summary.json").read_text())
     print(json.dumps(summary, indent=2))
     console.print(
         f"[green]scored[/] {summary['scored']:,} of {summary['read']:,} rows ({summary['rejected']:,} rejected) "
@@ -348,6 +356,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="with --array: the job continues the unfinished run")
     with_overrides(p)
     p.set_defaults(fn=cmd_submit)
+
+    p = sub.add_parser("notebook", help="start JupyterLab in a SLURM/PBS job and print the ssh tunnel and URL")
+    p.add_argument("config", nargs="?", help="a pipeline config whose `batch` section gives the job's resources")
+    p.add_argument("--scheduler", choices=["slurm", "pbs"], default="slurm")
+    p.add_argument("--walltime", help="e.g. 02:00:00")
+    p.add_argument("--partition", help="SLURM partition or PBS queue")
+    p.add_argument("--account", help="allocation to charge")
+    p.add_argument("--gpus", type=int, help="GPUs on the node")
+    p.add_argument("--cpus", type=int, help="CPU cores for the notebook")
+    p.add_argument("--memory", help="e.g. 16G")
+    p.add_argument("--login", help="the login host in the ssh line (default: this host's name)")
+    p.add_argument("--jobs-dir", default="runs", help="where the job folder goes (default: ./runs)")
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the server (default 600)")
+    with_overrides(p)
+    p.set_defaults(fn=cmd_notebook)
 
     p = sub.add_parser("schedule", help="run a pipeline on a cron schedule (crontab or SLURM scrontab)")
     p.add_argument("config")

@@ -109,6 +109,7 @@ def run_pipeline(
                 engine.start()
             run.manifest["engine"].update(engine.describe())
             run.save()
+            require_shared(engine, run.dir)
             ctx = StageContext(engine=engine, run=run, config=config)
             for index, stage in enumerate(config.stages):
                 name = stage.output_name
@@ -127,6 +128,17 @@ def run_pipeline(
             if owned:
                 engine.stop()
     return PipelineResult(run, ctx.results)
+
+
+def require_shared(engine: Engine, run_dir: Path) -> None:
+    """Before any stage: every worker sees the run folder (a worker on another host writing into its own local
+    folder of the same name would leave an empty share behind)."""
+    blind = engine.hosts_not_seeing(str(run_dir / "manifest.json"))
+    if blind:
+        raise EnvironmentProblem(
+            f"the run folder {run_dir} is not visible from worker host(s) {', '.join(blind)}: runs_dir must be on "
+            "a file system shared by the driver and every worker (e.g. a project or scratch file system on HPC)"
+        )
 
 
 @contextlib.contextmanager

@@ -127,13 +127,17 @@ def test_every_network_builds_for_28x28_and_8x8_images():
 # --- the hand-off: shards from either engine --------------------------------------------------------------
 
 
+def _data(run, state):
+    return state["ingest"].training_data(run.manifest["outputs"], "softmax")
+
+
 def _handoff(engine, tmp_path: Path, **stage) -> tuple[object, Path]:
     from pipelines.config import PipelineConfig
     from pipelines.deep.stage import hand_off
 
     config = PipelineConfig.model_validate(digits_config(tmp_path, engine=engine.kind))
     run, state = run_pipeline(config, engine=engine)
-    return run, hand_off(engine, config, DeepStage(model="softmax", **stage), run, state["ingest"]).dir
+    return run, hand_off(engine, DeepStage(model="softmax", **stage), run, _data(run, state)).dir
 
 
 def test_shards_from_spark_and_dask_are_identical_and_hold_the_ingested_pixels(dask_engine, spark_engine, tmp_path):

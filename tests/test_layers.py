@@ -29,8 +29,15 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"plan": ("pipelines.plan",)},
     {"pipeline": ("pipelines.pipeline",), "predict": ("pipelines.predict",)},
     {"console": ("pipelines.console",)},
+    {"api": ("pipelines.api",)},
     {"cli": ("pipelines.cli", "pipelines.__main__")},
 ]
+
+
+# The package root re-exports the public API lazily (PEP 562 `__getattr__`, on first use), and the runs and
+# predict packages, which share their names with API functions (`pipelines.runs`, `pipelines.predict`),
+# forward calls to them: the only upward imports, all inside functions run on use.
+FACADE = {("pipelines", "pipelines.api"), ("pipelines.runs", "pipelines.api"), ("pipelines.predict", "pipelines.api")}
 
 
 def room_of(module: str) -> tuple[int, str]:
@@ -84,6 +91,8 @@ def test_no_import_goes_up_or_sideways(path):
     bad = []
     for line, target in imports_of(path):
         their_layer, their_room = room_of(target)
+        if (here, target) in FACADE:
+            continue
         if their_room != room and their_layer >= layer:
             bad.append(f"line {line}: {target} ({their_room}, layer {their_layer} >= {layer})")
     assert not bad, f"{here} ({room}) imports upward or sideways:\n" + "\n".join(bad)

@@ -18,6 +18,7 @@ from pipelines.config import parse_config
 from pipelines.data.bundled import _digits, idx_bytes, resolve_path
 from pipelines.deep.augment import EvalViews
 from pipelines.errors import ConfigError, DataError, UsageError
+from pipelines.ingest.handoff import ImageInputs
 from pipelines.pipeline import run_pipeline
 from pipelines.predict import predict
 from pipelines.predict.saved import ModelRef
@@ -218,18 +219,16 @@ def test_a_network_with_test_time_views_scores_the_mean_of_its_views(tmp_path):
     model.save(tmp_path / "model.keras")
     views = EvalViews(flip=True, shift=1)
     scorer = Scorer(
-        ModelRef("keras", str(tmp_path / "model.keras"), "d"),
-        "classify",
-        None,
-        None,
-        "",
-        None,
-        (),
-        None,
-        None,
-        (0, 1, 2),
-        (0, 1, 2),
-        views,
+        model=ModelRef("keras", str(tmp_path / "model.keras"), "d"),
+        task="classify",
+        schema=None,
+        transform=None,
+        inputs=ImageInputs(dtype="float32", shape=(8, 8, 1), classes=3),
+        features=(),
+        label=None,
+        classes=(0, 1, 2),
+        names=(0, 1, 2),
+        views=views,
     )
     x = np.random.default_rng(0).random((5, 8, 8, 1), dtype=np.float32)
     padded = {m: np.pad(x[:, :, ::-1] if m else x, ((0, 0), (1, 1), (1, 1), (0, 0))) for m in (False, True)}

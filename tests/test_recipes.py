@@ -15,6 +15,7 @@ from pipelines.deep.augment import AugmentSpec, EvalViews, augmenter, eval_views
 from pipelines.deep.models import conv_autoencoder
 from pipelines.deep.stage import DeepStage
 from pipelines.deep.train import _optimizer, learning_rate
+from pipelines.ingest.config import DatasetConfig
 from pipelines.ingest.stage import IngestStage
 
 
@@ -26,8 +27,17 @@ def _letter_l() -> np.ndarray:
     return image
 
 
-def _config(name: str, image: object = None) -> SimpleNamespace:
-    dataset = SimpleNamespace(name=name, image=image)
+PATHS = {"digits": "bundled:digits/images", "fashion-mnist": "bundled:fashion-mnist/train-images"}
+
+
+def _config(name: str, image: dict | None = None) -> SimpleNamespace:
+    """A pipeline's settings around a real dataset section: bundled sets by name, an IDX file, or a table."""
+    if image is None and name == "iris":
+        dataset = DatasetConfig(name=name, format="csv", path="iris.csv", features=["a"], label="y")
+    else:
+        image = image or {"shape": [28, 28], "classes": 10}
+        path = PATHS.get(name, f"{name}-images.idx")
+        dataset = DatasetConfig(name=name, format="idx", path=path, labels_path="labels.idx", image=image)
     return SimpleNamespace(name="p", dataset=dataset, engine=SimpleNamespace(kind="dask"))
 
 
@@ -44,6 +54,15 @@ def test_augment_true_is_the_default_spec_without_flips():
 def test_flips_are_refused_for_digits_and_allowed_for_clothes(dataset, refused):
     stage = DeepStage(model="mnist_cnn", augment={"flip": True})
     problems = stage.check([IngestStage(write=True)], _config(dataset))
+    assert any(p.path == "augment.flip" for p in problems) == refused
+
+
+@pytest.mark.parametrize(("declared", "refused"), [(True, False), (False, True), (None, True)])
+def test_the_flip_rule_is_a_declared_property_of_the_dataset(declared, refused):
+    """A name says nothing: an IDX set of letters is refused unless it declares that mirrors keep the class."""
+    stage = DeepStage(model="mnist_cnn", augment={"flip": True})
+    image = {"shape": [28, 28], "classes": 10, "flips": declared}
+    problems = stage.check([IngestStage(write=True)], _config("fashion-letters", image))
     assert any(p.path == "augment.flip" for p in problems) == refused
 
 
@@ -72,8 +91,7 @@ def test_test_time_views_are_the_image_its_mirror_and_their_one_pixel_shifts():
 @pytest.mark.parametrize(("dataset", "refused"), [("digits", True), ("fashion-mnist", False)])
 def test_test_time_flips_follow_the_training_flip_rule(dataset, refused):
     stage = DeepStage(model="mnist_cnn", test_time_augment={"flip": True, "shift": 1})
-    image = SimpleNamespace(shape=[28, 28], classes=10)
-    paths = [p.path for p in stage.check([IngestStage(write=True)], _config(dataset, image))]
+    paths = [p.path for p in stage.check([IngestStage(write=True)], _config(dataset))]
     assert ("test_time_augment.flip" in paths) == refused
     assert "test_time_augment" not in paths
 

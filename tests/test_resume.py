@@ -56,7 +56,7 @@ def test_resume_restores_finished_stages_and_runs_the_rest(tmp_path, dask_engine
     assert out.run.dir == failed
     assert _stage_entries(failed) == [("ingest", "succeeded"), ("lm", "failed"), ("lm", "succeeded")]
     assert isinstance(out.results["ingest"], IngestResult) and out.results["ingest"].accepted == 6366
-    features, _ = out.results["ingest"].model_columns()  # 6 numeric + 5 + 5 dummy-coded occupation levels
+    features = out.results["ingest"].inputs.features  # 6 numeric + 5 + 5 dummy-coded occupation levels
     assert isinstance(out.results["lm"], ModelResult) and out.results["lm"].model.n_features_in_ == len(features) == 16
     assert json.loads((failed / "manifest.json").read_text())["status"] == "succeeded"
     assert (tmp_path / "fair" / "latest").resolve() == failed

@@ -14,9 +14,15 @@ from pipelines.classical import (
     ESTIMATORS,
     PCA,
     Blocks,
+    ElasticNet,
+    GammaRegression,
+    GBTClassifier,
+    GBTRegressor,
     KMeans,
+    Lasso,
     LinearRegression,
     LogisticRegression,
+    PoissonRegression,
     RandomForestClassifier,
     RandomForestRegressor,
     TruncatedSVD,
@@ -38,6 +44,12 @@ CHECKED = [
     TruncatedSVD(),
     RandomForestClassifier(n_estimators=5),
     RandomForestRegressor(n_estimators=5),
+    PoissonRegression(),
+    GammaRegression(),
+    ElasticNet(alpha=0.1),
+    Lasso(alpha=0.1),
+    GBTClassifier(n_estimators=5),
+    GBTRegressor(n_estimators=5),
 ]
 
 

@@ -174,7 +174,9 @@ def main() -> None:
     with make_engine(config.engine) as engine:
         run, state = run_pipeline(config, engine=engine)
         seconds, shards, peak = measure(
-            lambda: hand_off(engine, config, DeepStage(model="softmax"), run, state["ingest"])
+            lambda: hand_off(
+                engine, DeepStage(model="softmax"), run, state["ingest"].training_data(run.manifest["outputs"], "bench")
+            )
         )
     rows = state["ingest"].splits["train"]
     print(f"hand-off: {rows:,} train images written as shards in {seconds:.2f}s (peak RSS {peak / 1e6:,.0f} MB)")

@@ -2,7 +2,10 @@
 
 from pipelines.classical.data import Blocks, ModelInputError
 from pipelines.classical.decomposition import PCA, TruncatedSVD
+from pipelines.classical.elastic_net import ElasticNet, Lasso
 from pipelines.classical.forest import RandomForestClassifier, RandomForestRegressor
+from pipelines.classical.gbt import GBTClassifier, GBTRegressor
+from pipelines.classical.glm import GammaRegression, PoissonRegression
 from pipelines.classical.kmeans import KMeans, elbow
 from pipelines.classical.linear import LinearRegression
 from pipelines.classical.logistic import LogisticRegression
@@ -16,16 +19,28 @@ ESTIMATORS: dict[str, type] = {
     "truncated_svd": TruncatedSVD,
     "random_forest_classifier": RandomForestClassifier,
     "random_forest_regressor": RandomForestRegressor,
+    "poisson_regression": PoissonRegression,
+    "gamma_regression": GammaRegression,
+    "elastic_net": ElasticNet,
+    "lasso": Lasso,
+    "gbt_classifier": GBTClassifier,
+    "gbt_regressor": GBTRegressor,
 }
 
 __all__ = [
     "ESTIMATORS",
     "PCA",
     "Blocks",
+    "ElasticNet",
+    "GBTClassifier",
+    "GBTRegressor",
+    "GammaRegression",
     "KMeans",
+    "Lasso",
     "LinearRegression",
     "LogisticRegression",
     "ModelInputError",
+    "PoissonRegression",
     "RandomForestClassifier",
     "RandomForestRegressor",
     "TruncatedSVD",

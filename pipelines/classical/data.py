@@ -12,7 +12,7 @@ import pandas as pd
 
 from pipelines.engines.base import Block, Engine
 from pipelines.errors import DataError
-from pipelines.ingest.transform import image_pixels
+from pipelines.ingest.handoff import Inputs
 
 R = TypeVar("R")
 
@@ -36,9 +36,10 @@ def block_seed(block: Block, seed: int, salt: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, salt, zlib.crc32(block_key(block).encode())])
 
 
-def extract_block(pdf: pd.DataFrame, features: Sequence[str], label: str | None) -> Block:
-    """One partition's feature matrix (float64), label and row numbers; notes the first non-finite value."""
-    x = pdf[list(features)].to_numpy(dtype="float64", na_value=np.nan) if len(pdf) else np.empty((0, len(features)))
+def extract_block(pdf: pd.DataFrame, features: Sequence[str], label: str | None, x: np.ndarray | None = None) -> Block:
+    """One partition's feature matrix (float64, or `x`), label and row numbers; notes the first non-finite value."""
+    if x is None:
+        x = pdf[list(features)].to_numpy(dtype="float64", na_value=np.nan) if len(pdf) else np.empty((0, len(features)))
     block: Block = {
         "x": np.ascontiguousarray(x),
         "row": pdf["_row"].to_numpy(dtype="int64") if "_row" in pdf else np.arange(len(pdf), dtype="int64"),
@@ -58,11 +59,10 @@ def extract_block(pdf: pd.DataFrame, features: Sequence[str], label: str | None)
     return block
 
 
-def extract_image_block(pdf: pd.DataFrame, dtype: str, pixels: int, label: str = "label") -> Block:
-    """One partition of an image split: the pixel matrix (float64), labels and row numbers."""
-    x = image_pixels(pdf["image"].to_numpy(), dtype, (pixels,)).astype("float64")
-    frame = pd.DataFrame({"_source": pdf["_source"].to_numpy(), "_row": pdf["_row"].to_numpy(), label: pdf[label]})
-    return {**extract_block(frame, [], label), "x": x}
+def extract_inputs_block(pdf: pd.DataFrame, inputs: Inputs, features: Sequence[str], label: str | None) -> Block:
+    """One partition of a written split as a block: its inputs' samples flattened to a float64 matrix."""
+    x = inputs.samples(pdf, features)
+    return extract_block(pdf, features, label, np.asarray(x, dtype="float64").reshape(len(x), -1))
 
 
 def _block_facts(block: Block) -> dict[str, Any]:
@@ -152,11 +152,19 @@ class Blocks:
         return cls(features, label, engine, handle)._check(what)
 
     @classmethod
-    def from_images(cls, engine: Engine, frame: Any, dtype: str, shape: Sequence[int], what: str = "images") -> Blocks:
-        """Persist an image split (flattened pixels as features, 'label' as label) as blocks."""
-        pixels = int(np.prod(shape))
-        handle = engine.to_blocks(frame, lambda pdf: extract_image_block(pdf, dtype, pixels))
-        return cls([f"px{i}" for i in range(pixels)], "label", engine, handle)._check(what)
+    def from_inputs(
+        cls,
+        engine: Engine,
+        frame: Any,
+        inputs: Inputs,
+        features: Sequence[str],
+        label: str | None,
+        what: str = "data",
+    ) -> Blocks:
+        """Persist a written split's chosen features (any input kind, flattened) and label as blocks."""
+        features = list(features)
+        handle = engine.to_blocks(frame, lambda pdf: extract_inputs_block(pdf, inputs, features, label))
+        return cls(features, label, engine, handle)._check(what)
 
     @classmethod
     def from_arrays(

@@ -81,6 +81,8 @@ def save_model(model: Any, directory: str | Path) -> None:
             scalars[name] = value.item() if isinstance(value, np.generic) else value
     meta["attributes"] = scalars
     meta["object_arrays"] = objects
+    if hasattr(model, "save_native"):  # a library's own model file (XGBoost's JSON), beside ours
+        model.save_native(directory)
     if getattr(model, "summary_", None) is not None:
         meta["summary"] = model.summary_.to_state()
         atomic_write_text(directory / "summary.txt", str(model.summary_) + "\n")
@@ -118,6 +120,8 @@ def load_model(directory: str | Path) -> Any:
         if n_trees is not None:
             model.trees_ = [_tree_from(arrays, i) for i in range(n_trees)]
             model.tree_columns_ = [arrays[f"tree{i}.columns"] for i in range(n_trees) if f"tree{i}.columns" in arrays]
+    if hasattr(model, "load_native"):
+        model.load_native(directory)
     if "title" in meta.get("summary", {}):  # files from before summaries were kept whole have no title
         model.summary_ = ModelSummary.from_state(meta["summary"])
     return model

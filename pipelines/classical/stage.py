@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import time
@@ -21,7 +22,8 @@ from pipelines.classical.external import IMPORT_PATH, MAX_GATHER_MB, build, inne
 from pipelines.classical.persist import load_model, save_model
 from pipelines.engines.base import Engine
 from pipelines.errors import ConfigError
-from pipelines.ingest.stage import IngestResult, IngestStage
+from pipelines.ingest.handoff import TrainingData, training_data
+from pipelines.ingest.stage import written_splits_problems
 from pipelines.protocol import PipelineSettings, Problem, RecordedResult, Stage, StageContext
 
 log = logging.getLogger(__name__)
@@ -101,9 +103,7 @@ class ModelStage(Stage):
 
     def check(self, earlier: Sequence[Stage], config: PipelineSettings) -> list[Problem]:
         """An ingest that writes its splits comes first; a supervised model has a label; features exist."""
-        problems = []
-        if not any(isinstance(s, IngestStage) and s.write for s in earlier):
-            problems.append(Problem("stage", "needs an earlier ingest stage with write: true"))
+        problems = written_splits_problems(earlier)
         est = self.estimator()
         dataset = config.dataset
         has_label = self.label or dataset.label or dataset.formula or dataset.image is not None
@@ -118,7 +118,7 @@ class ModelStage(Stage):
 
     def run(self, ctx: StageContext) -> ModelResult:
         """Fit on the latest ingest's train split, evaluate, write models/<name>/ and plots/<name>/."""
-        return run_model(ctx.engine, self, ctx.run, ctx.latest(IngestResult, self.output_name))
+        return run_model(ctx.engine, self, ctx.run, training_data(ctx, self.output_name))
 
     def restore(self, ctx: StageContext) -> ModelResult:
         """The saved model (when `save`) and the metrics this run recorded."""
@@ -128,20 +128,11 @@ class ModelStage(Stage):
         return ModelResult(dict(ctx.run.metrics.get(self.output_name, {})), model)
 
 
-def model_blocks(engine: Engine, ingest: IngestResult, split: str, stage: ModelStage) -> Blocks:
-    """The split's rows as blocks: pixels for images, the configured (or all numeric) columns for tables."""
-    frame = ingest.frames[split]
-    what = f"{ingest.dataset} {split} split"
-    if ingest.schema is None:
-        assert ingest.image_dtype is not None and ingest.image_shape is not None
-        return Blocks.from_images(engine, frame, ingest.image_dtype, ingest.image_shape, what)
-    available, label = ingest.model_columns()
-    features = stage.features or available
-    missing = [f for f in features if f not in available]
-    if missing:
-        raise ConfigError(f"model stage {stage.output_name!r}: unknown feature column(s) {missing}; have {available}")
-    label = stage.label or label
-    return Blocks.from_frame(engine, frame, features, label, what)
+def model_blocks(engine: Engine, data: TrainingData, split: str, stage: ModelStage) -> Blocks:
+    """The split's rows as blocks: the stage's features (default: all the inputs offer) and label."""
+    features, label = data.inputs.columns(stage.features, stage.label, stage.output_name)
+    what = f"{data.dataset} {split} split"
+    return Blocks.from_inputs(engine, data.frames[split], data.inputs, features, label, what)
 
 
 def evaluate_fit(stage: ModelStage, model: Any, train: Blocks, test: Blocks | None, plot_dir: Path | None) -> dict:
@@ -171,17 +162,18 @@ def evaluate_fit(stage: ModelStage, model: Any, train: Blocks, test: Blocks | No
     return out
 
 
-def run_model(engine: Engine, stage: ModelStage, run: Any, ingest: IngestResult) -> ModelResult:
+def run_model(engine: Engine, stage: ModelStage, run: Any, data: TrainingData) -> ModelResult:
     """Fit, evaluate, and write models/<name>/ and plots/<name>/ into the run."""
-    if "train" not in ingest.frames:
-        raise ConfigError(f"model stage {stage.output_name!r} needs an ingest stage with write: true before it")
     with ExitStack() as stack:
-        train = stack.enter_context(model_blocks(engine, ingest, "train", stage))
-        test = stack.enter_context(model_blocks(engine, ingest, "test", stage)) if "test" in ingest.frames else None
+        train = stack.enter_context(model_blocks(engine, data, "train", stage))
+        test = stack.enter_context(model_blocks(engine, data, "test", stage)) if "test" in data.frames else None
         model = stage.estimator()
+        extra: dict[str, Any] = {}
+        if "val" in data.frames and "eval_set" in inspect.signature(model.fit).parameters:  # early stopping
+            extra["eval_set"] = stack.enter_context(model_blocks(engine, data, "val", stage))
         log.info("fitting %s on %d rows x %d features (%s)", stage.model, train.n_rows, train.n_features, engine.kind)
         t0 = time.perf_counter()
-        model.fit(train)
+        model.fit(train, **extra)
         seconds = time.perf_counter() - t0
         with ExitStack() as outputs:
             plot_dir = outputs.enter_context(run.output(f"plots/{stage.output_name}")) if stage.plots else None

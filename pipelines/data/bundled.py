@@ -130,3 +130,13 @@ def resolve_path(spec: str | list[str] | None) -> str | list[str]:
     if name not in BUNDLED:
         raise EnvironmentProblem(f"unknown bundled data set {name!r}; known: {sorted(BUNDLED)}")
     return str(BUNDLED[name](name))
+
+
+# Whether a bundled image set's mirror images keep their class: clothes do, digits do not.
+MIRROR_SAFE = {"fashion-mnist": True, "digits": False}
+
+
+def bundled_flips(spec: str) -> bool:
+    """Whether mirrored images of a bundled set keep their class (false for anything not bundled)."""
+    name = spec.removeprefix("bundled:").split("/")[0] if spec.startswith("bundled:") else ""
+    return MIRROR_SAFE.get(name, False)

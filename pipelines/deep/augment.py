@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import Field
 
 from pipelines.settings import StrictModel
-
-# Data sets whose mirror image is another symbol (digits, letters): a horizontal flip changes the label.
-NO_FLIP = re.compile(r"digit|mnist|emnist|letter|char|text|svhn|ocr", re.IGNORECASE)
-FLIP_SAFE = re.compile(r"fashion", re.IGNORECASE)
 
 
 class AugmentSpec(StrictModel):
@@ -50,11 +45,14 @@ def eval_views(spec: EvalViews, x: Any) -> list[Any]:
     return [padded[m][:, pad - dy : pad - dy + height, pad - dx : pad - dx + width, :] for m, dy, dx in spec.views()]
 
 
-def flip_problem(spec: AugmentSpec | EvalViews | None, dataset_name: str) -> str | None:
-    """Why flips are wrong for this data set (digits, letters), or None."""
-    if spec is None or not spec.flip or FLIP_SAFE.search(dataset_name) or not NO_FLIP.search(dataset_name):
+def flip_problem(spec: AugmentSpec | EvalViews | None, dataset_name: str, mirror_keeps_class: bool) -> str | None:
+    """Why flips are wrong for this data set (its mirror images are other symbols), or None."""
+    if spec is None or not spec.flip or mirror_keeps_class:
         return None
-    return f"horizontal flips change what the images of {dataset_name!r} mean (digits, letters): leave flip off"
+    return (
+        f"horizontal flips change what the images of {dataset_name!r} mean (digits, letters): leave flip off, or "
+        "declare dataset.image.flips: true if a mirror image keeps its class"
+    )
 
 
 def augmenter(spec: AugmentSpec | None, seed: int) -> Any:
@@ -76,3 +74,11 @@ def augmenter(spec: AugmentSpec | None, seed: int) -> Any:
     if spec.erase:
         steps.append(layers.RandomErasing((spec.erase, spec.erase), fill_value=0.0, value_range=(0, 1), seed=seed + 4))
     return keras.Sequential(steps, name="augment") if steps else None
+
+
+def mean_over_views(model: Any, spec: EvalViews, x: Any) -> Any:
+    """A Keras model's float32 outputs for a channels-last batch, averaged over the spec's views."""
+    import tensorflow as tf
+
+    seen = eval_views(spec, x)
+    return tf.add_n([tf.cast(model(v, training=False), tf.float32) for v in seen]) / len(seen)

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from pipelines.atomic import atomic_write_json, sha256_file
 from pipelines.engines.base import Engine
 from pipelines.errors import DataError
-from pipelines.ingest.transform import image_pixels
+from pipelines.ingest.handoff import Inputs
 
 MANIFEST = "manifest.json"
 FORMAT = "pipelines-tensor-shards/1"
@@ -49,18 +49,14 @@ def _write(path: Path, data: bytes) -> str:
 
 def partition_tensors(
     pdf: pd.DataFrame,
-    image: tuple[str, tuple[int, ...]] | None,
+    inputs: Inputs,
     features: Sequence[str],
     label: str,
     classes: Sequence[int] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One partition's samples (float32) and labels (int64), keeping and renumbering only `classes`."""
     y = pdf[label].to_numpy(dtype="int64") if len(pdf) else np.empty(0, dtype="int64")
-    if image is not None:
-        dtype, shape = image
-        x = image_pixels(pdf["image"].to_numpy(), dtype, shape).astype("float32")
-    else:
-        x = pdf[list(features)].to_numpy(dtype="float32") if len(pdf) else np.empty((0, len(features)), "float32")
+    x = np.asarray(inputs.samples(pdf, features), dtype="float32")
     if classes is not None:
         keep = np.isin(y, list(classes))
         order = np.argsort(classes)
@@ -96,7 +92,7 @@ def write_shards(
     splits: dict[str, str],
     out: Path,
     *,
-    image: tuple[str, tuple[int, ...]] | None,
+    inputs: Inputs,
     features: Sequence[str],
     label: str,
     classes: Sequence[int] | None,
@@ -109,7 +105,7 @@ def write_shards(
     the splits (Spark's reader would otherwise merge small files into fewer partitions). Without n_classes
     (tabular labels) the class count is the largest label + 1, from the workers' label ranges.
     """
-    how = {"image": image, "features": list(features), "label": label, "classes": list(classes) if classes else None}
+    how = {"inputs": inputs, "features": list(features), "label": label, "classes": list(classes) if classes else None}
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "sample_shape": None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import re
@@ -22,7 +21,8 @@ from pipelines.deep.models import NETWORKS, check_params
 from pipelines.deep.shards import MANIFEST, TensorShards, write_shards
 from pipelines.engines.base import Engine
 from pipelines.errors import ConfigError, DataError
-from pipelines.ingest.stage import IngestResult, IngestStage
+from pipelines.ingest.handoff import TrainingData, training_data
+from pipelines.ingest.stage import written_splits_problems
 from pipelines.launch.horovod import is_progress, launch_command, run_ranks
 from pipelines.launch.ranks import RankJob
 from pipelines.protocol import PipelineSettings, Problem, RecordedResult, Stage, StageContext
@@ -155,13 +155,11 @@ class DeepStage(Stage):
 
     def check(self, earlier: Sequence[Stage], config: PipelineSettings) -> list[Problem]:
         """An ingest that writes its splits comes first; classes exist; a transfer source is there."""
-        problems = []
-        if not any(isinstance(s, IngestStage) and s.write for s in earlier):
-            problems.append(Problem("stage", "needs an earlier ingest stage with write: true"))
+        problems = written_splits_problems(earlier)
         if self.launcher in ("spark", "dask") and self.launcher != config.engine.kind:
             problems.append(Problem("launcher", f"{self.launcher!r} needs the {self.launcher} engine"))
         for field, spec in (("augment", self.augment), ("test_time_augment", self.test_time_augment)):
-            flips = flip_problem(spec, config.dataset.name)
+            flips = flip_problem(spec, config.dataset.name, config.dataset.image_flips())
             if flips:
                 problems.append(Problem(f"{field}.flip", flips))
         image = getattr(config.dataset, "image", None)
@@ -180,7 +178,7 @@ class DeepStage(Stage):
 
     def run(self, ctx: StageContext) -> DeepResult:
         """Hand off the latest ingest's splits as tensor shards, train with Horovod ranks, collect results."""
-        return run_deep(ctx.engine, ctx.config, self, ctx.run, ctx.latest(IngestResult, self.output_name))
+        return run_deep(ctx.engine, self, ctx.run, training_data(ctx, self.output_name))
 
     def restore(self, ctx: StageContext) -> DeepResult:
         """The results rank 0 wrote for this stage in this run."""
@@ -188,14 +186,33 @@ class DeepStage(Stage):
         return DeepResult(json.loads((ctx.run.dir / "deep" / self.output_name / "results.json").read_text()))
 
 
+class RankSpec(StrictModel):
+    """What every Horovod rank reads (spec.json): the stage, its tensors, checkpoints and output folders."""
+
+    stage: DeepStage
+    tensors: str
+    checkpoints: str
+    out: str
+    tensorboard: str | None = None
+    transfer_model: str | None = None
+    class_names: list[str] | None = None
+
+    def write(self, path: Path) -> None:
+        """Write the spec atomically as JSON."""
+        atomic_write_json(path, self.model_dump(mode="json"))
+
+    @classmethod
+    def read(cls, path: str | Path) -> RankSpec:
+        """Read and validate a spec a stage or sweep trial wrote."""
+        return cls.model_validate_json(Path(path).read_text())
+
+
 def tensors_key(stage: DeepStage) -> str:
     """Folder name of the tensors a stage trains on (shared by stages with the same class filter)."""
     return "all" if stage.classes is None else "classes-" + "-".join(str(c) for c in stage.classes)
 
 
-def hand_off(
-    engine: Engine, config: PipelineSettings, stage: DeepStage, run: Any, ingest: IngestResult
-) -> TensorShards:
+def hand_off(engine: Engine, stage: DeepStage, run: Any, data: TrainingData) -> TensorShards:
     """Write (once per run and class filter) the ingested splits as tensor shards.
 
     Shards written earlier in this run are reused while they were cut from the same splits: they were hashed
@@ -203,42 +220,32 @@ def hand_off(
     """
     key = tensors_key(stage)
     target = run.dir / "tensors" / key
-    splits = _splits_digest(run, ingest)
     if (target / MANIFEST).exists():
-        if json.loads((target / MANIFEST).read_text()).get("source", {}).get("splits") == splits:
+        if json.loads((target / MANIFEST).read_text()).get("source", {}).get("splits") == data.fingerprint:
             try:  # recorded outputs were hashed when written or checked by resume: hash only unrecorded ones
                 return TensorShards(target, verify=f"tensors/{key}" not in run.manifest["outputs"])
             except DataError as exc:
                 log.warning("tensors/%s: %s; writing the shards again", key, exc)
         else:
             log.info("tensors/%s were cut from other splits (ingest ran again); writing them again", key)
-    if "train" not in ingest.outputs:
-        raise ConfigError(f"deep stage {stage.output_name!r} needs an ingest stage with write: true before it")
-    if ingest.schema is None:
-        image = (ingest.image_dtype, tuple(ingest.image_shape))
-        features: list[str] = []
-        label = "label"
-        total = config.dataset.image.classes if config.dataset.image else None
-    else:
-        image = None
-        features, label = ingest.model_columns()
-        if label is None:
-            raise ConfigError(f"deep stage {stage.output_name!r}: the dataset has no label column")
-        total = None
+    features, label = data.inputs.columns(None, None, stage.output_name)
+    if label is None:
+        raise ConfigError(f"deep stage {stage.output_name!r}: the dataset has no label column")
+    total = data.inputs.classes
     if stage.classes and total is not None and max(stage.classes) >= total:
         raise ConfigError(f"deep stage {stage.output_name!r}: classes {stage.classes} outside 0..{total - 1}")
     with run.output(f"tensors/{key}") as tmp:
         tmp.mkdir()
         manifest = write_shards(
             engine,
-            ingest.outputs,
+            data.outputs,
             tmp,
-            image=image,
+            inputs=data.inputs,
             features=features,
             label=label,
             classes=stage.classes,
             n_classes=len(stage.classes) if stage.classes else total,
-            source={"engine": engine.kind, "dataset": ingest.dataset, "run": run.id, "splits": splits},
+            source={"engine": engine.kind, "dataset": data.dataset, "run": run.id, "splits": data.fingerprint},
         )
         if manifest["splits"].get("train", {}).get("rows", 0) == 0:
             raise DataError(f"deep stage {stage.output_name!r}: no training rows left after the class filter")
@@ -248,12 +255,6 @@ def hand_off(
         ", ".join(f"{s} {v['rows']:,} rows in {len(v['shards'])} shards" for s, v in manifest["splits"].items()),
     )
     return TensorShards(target, verify=False)
-
-
-def _splits_digest(run: Any, ingest: IngestResult) -> str:
-    """SHA-256 over the recorded checksums of the splits the shards are cut from (changes when ingest reruns)."""
-    sums = {name: run.manifest["outputs"].get(f"data/{name}") for name in sorted(ingest.outputs)}
-    return hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()
 
 
 def _fresh_checkpoints(folder: Path, stage: DeepStage) -> None:
@@ -280,28 +281,25 @@ def transfer_model_path(stage: DeepStage, run: Any) -> str | None:
     return str(path)
 
 
-def run_deep(
-    engine: Engine, config: PipelineSettings, stage: DeepStage, run: Any, ingest: IngestResult, ranks: int | None = None
-) -> DeepResult:
+def run_deep(engine: Engine, stage: DeepStage, run: Any, data: TrainingData, ranks: int | None = None) -> DeepResult:
     """Hand off the data, train with Horovod ranks, write deep/<name>/ (model, history, plots, results)."""
-    shards = hand_off(engine, config, stage, run, ingest)
+    shards = hand_off(engine, stage, run, data)
     name = stage.output_name
     checkpoints = run.dir / "checkpoints" / name
     _fresh_checkpoints(checkpoints, stage)
     checkpoints.mkdir(parents=True, exist_ok=True)
     classes = stage.classes or list(range(shards.classes))
-    spec = {
-        "stage": stage.model_dump(mode="json"),
-        "tensors": str(shards.dir),
-        "checkpoints": str(checkpoints),
-        "tensorboard": str(run.dir / "tensorboard" / name),  # rank 0's events; a folder every rank's host sees
-        "transfer_model": transfer_model_path(stage, run),
-        "class_names": [str(c) for c in classes],
-    }
     with run.output(f"deep/{name}") as tmp:
-        spec["out"] = str(tmp)
         spec_path = checkpoints / "spec.json"
-        atomic_write_json(spec_path, spec)
+        RankSpec(
+            stage=stage,
+            tensors=str(shards.dir),
+            checkpoints=str(checkpoints),
+            out=str(tmp),
+            tensorboard=str(run.dir / "tensorboard" / name),  # rank 0's events; a folder every rank's host sees
+            transfer_model=transfer_model_path(stage, run),
+            class_names=[str(c) for c in classes],
+        ).write(spec_path)
         launcher = stage.launcher if stage.launcher != "auto" else engine.rank_launcher()
         n = ranks or stage.ranks
         logs = run.dir / "logs"

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.deep import checkpoint, feed
-from pipelines.deep.augment import augmenter, eval_views
+from pipelines.deep.augment import augmenter, mean_over_views
 from pipelines.deep.board import Board
 from pipelines.deep.models import NETWORKS, build
 from pipelines.deep.shards import TensorShards
@@ -193,8 +193,7 @@ class Trainer:
 
         inputs, target = self._inputs(x, training=False)
         if views and self.stage.test_time_augment is not None:
-            seen = eval_views(self.stage.test_time_augment, inputs)
-            out = tf.add_n([tf.cast(self.model(v, training=False), tf.float32) for v in seen]) / len(seen)
+            out = mean_over_views(self.model, self.stage.test_time_augment, inputs)
         else:
             out = self.model(inputs, training=False)
         if self.task == "reconstruct":

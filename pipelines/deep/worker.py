@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -15,10 +14,10 @@ import numpy as np
 
 from pipelines.atomic import atomic_write_json
 from pipelines.deep.shards import MANIFEST
-from pipelines.deep.stage import DeepStage
+from pipelines.deep.stage import RankSpec
 
 
-def _write_outputs(trainer: Any, spec: dict[str, Any], out: Path, info: dict[str, Any]) -> None:
+def _write_outputs(trainer: Any, spec: RankSpec, out: Path, info: dict[str, Any]) -> None:
     """Rank 0: final model, history, test metrics and plots."""
     from pipelines.deep import plots
 
@@ -26,7 +25,7 @@ def _write_outputs(trainer: Any, spec: dict[str, Any], out: Path, info: dict[str
     trainer.model.save(out / "model.keras")
     results: dict[str, Any] = {**info, "history": trainer.state["history"]}
     figures = []
-    names = spec.get("class_names") or [str(i) for i in range(trainer.shards.classes)]
+    names = spec.class_names or [str(i) for i in range(trainer.shards.classes)]
     for split_name in ("test", "val"):
         split = getattr(trainer, split_name)
         if split is None:
@@ -85,9 +84,9 @@ def die_with_parent(interval_s: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-def check_shared(spec: dict[str, Any]) -> None:
+def check_shared(spec: RankSpec) -> None:
     """A rank on another node must see the run directory: fail clearly, never train on an empty share."""
-    tensors = Path(spec["tensors"])
+    tensors = Path(spec.tensors)
     if not (tensors / MANIFEST).is_file():
         host = socket.gethostname()
         raise SystemExit(
@@ -99,7 +98,7 @@ def check_shared(spec: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     die_with_parent()
-    spec = json.loads(Path(args[0]).read_text())
+    spec = RankSpec.read(args[0])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     check_shared(spec)
     import horovod.tensorflow as hvd
@@ -107,14 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.deep.train import Trainer
 
     hvd.init()
-    stage = DeepStage.model_validate(spec["stage"])
-    pids = Path(spec["checkpoints"]) / "pids"
+    stage = spec.stage
+    pids = Path(spec.checkpoints) / "pids"
     pids.mkdir(parents=True, exist_ok=True)
     (pids / f"rank-{hvd.rank()}.pid").write_text(str(os.getpid()))
     t0 = time.perf_counter()
-    trainer = Trainer(
-        stage, spec["tensors"], spec["checkpoints"], spec.get("transfer_model"), hvd, spec.get("tensorboard")
-    )
+    trainer = Trainer(stage, spec.tensors, spec.checkpoints, spec.transfer_model, hvd, spec.tensorboard)
     place = {"rank": hvd.rank(), "host": socket.gethostname(), "pid": os.getpid(), "ppid": os.getppid()}
     place["device"] = trainer.device
     atomic_write_json(pids / f"rank-{hvd.rank()}.json", place)
@@ -146,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         info["step_seconds"] = profile
         info["allreduce_share"] = max(0.0, 1.0 - profile["local"] / profile["distributed"])
     if hvd.rank() == 0:
-        _write_outputs(trainer, spec, Path(spec["out"]), info)
+        _write_outputs(trainer, spec, Path(spec.out), info)
     else:
         _evaluate_other_ranks(trainer)
     hvd.shutdown()

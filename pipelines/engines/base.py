@@ -85,6 +85,14 @@ def settle(future: cf.Future, pair: tuple[bool, Any]) -> None:
         future.set_exception(TaskError(value))
 
 
+def sees_path(path: str) -> tuple[str, bool]:
+    """(this host's name, whether `path` exists here): where a worker task runs."""
+    import os
+    import socket
+
+    return socket.gethostname(), os.path.exists(path)
+
+
 class Engine(abc.ABC):
     """A started Spark or Dask backend. Use as a context manager; frames are engine-native."""
 
@@ -96,6 +104,11 @@ class Engine(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def hosts_not_seeing(self, path: str) -> list[str]:
+        """Hosts of workers that cannot see `path` (one probe task per task slot; engines may probe every worker)."""
+        seen = self.run_tasks(sees_path, [path] * self.parallelism)
+        return sorted({host for host, ok in seen if not ok})
 
     @abc.abstractmethod
     def start(self) -> None:

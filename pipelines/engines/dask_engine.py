@@ -30,6 +30,7 @@ from pipelines.engines.base import (
     decode_result,
     empty_frame,
     encode_result,
+    sees_path,
     settle,
     write_part_and_reduce,
 )
@@ -155,6 +156,11 @@ class DaskEngine(Engine):
     @property
     def parallelism(self) -> int:
         return max(1, sum(self.client.nthreads().values()))
+
+    def hosts_not_seeing(self, path: str) -> list[str]:
+        """Every worker probes `path` (client.run reaches each one, busy or not)."""
+        seen = self.client.run(sees_path, path)
+        return sorted({host for host, ok in seen.values() if not ok})
 
     def rank_launcher(self) -> str:
         """On a cluster that is not our LocalCluster, ranks run as tasks on its workers (`dask`)."""

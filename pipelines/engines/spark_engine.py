@@ -294,12 +294,17 @@ class SparkEngine(Engine):
         return future
 
     def from_tasks(self, fn: Callable[[T], pd.DataFrame], items: Sequence[T], schema: pa.Schema) -> Any:
-        return self._from_tasks(fn, list(items), schema, None, None)
+        return self._tasks_frame(fn, items, schema)
 
-    def _from_tasks(
-        self, fn: Callable[[T], pd.DataFrame], items: list[T], schema: pa.Schema, reduce: ReduceFn | None, results: Any
+    def _tasks_frame(
+        self,
+        fn: Callable[[T], pd.DataFrame],
+        items: Sequence[T],
+        schema: pa.Schema,
+        on_part: Callable[[int, pd.DataFrame], None] | None = None,
     ) -> Any:
-        """Partition i is fn(items[i]); with reduce, its result goes to the `results` accumulator under key i."""
+        """Partition i is fn(items[i]); `on_part(i, part)` sees each part as its task makes it."""
+        items = list(items)
         index = self.spark.sparkContext.parallelize([(i,) for i in range(len(items))], max(1, len(items)))
         seeds = self.spark.createDataFrame(index, "task int")
 
@@ -307,8 +312,8 @@ class SparkEngine(Engine):
             for batch in batches:
                 for i in batch.column(0).to_pylist():
                     pdf = fn(items[i])
-                    if reduce is not None:
-                        results.add({i: encode_result(reduce(pdf))})
+                    if on_part is not None:
+                        on_part(i, pdf)
                     yield from to_arrow(pdf, schema).to_batches()
 
         return seeds.mapInArrow(run, _spark_schema(schema))
@@ -327,7 +332,9 @@ class SparkEngine(Engine):
         if self._local:
             return self._resident_frame(fn, items, schema, reduce)
         results = self.spark.sparkContext.accumulator({}, _KeyedResults())
-        frame = self.persist(self._from_tasks(fn, items, schema, reduce, results))
+        frame = self.persist(
+            self._tasks_frame(fn, items, schema, lambda i, pdf: results.add({i: encode_result(reduce(pdf))}))
+        )
         try:
             return frame, _in_order(results.value, len(items), "persist_tasks")
         except BaseException:
@@ -346,11 +353,18 @@ class SparkEngine(Engine):
             return encode_result(reduce(pdf))
 
         try:
-            results = self.run_tasks(make, range(len(items)))
+            return _ResidentFrame(store, len(items), schema), self._per_part(len(items), make)
         except BaseException:
             self._drop_store(store)
             raise
-        return _ResidentFrame(store, len(items), schema), [decode_result(r) for r in results]
+
+    def _per_part(self, parts: int, task: Callable[[int], str]) -> list[dict[str, Any]]:
+        """Run task(i) for every part i of a resident frame as Spark tasks; their encoded results, in order."""
+        return [decode_result(text) for text in self.run_tasks(task, range(parts))]
+
+    def hosts_not_seeing(self, path: str) -> list[str]:
+        """A local master's workers share the driver's disk; a cluster's are probed by one task per slot."""
+        return [] if self._local else super().hosts_not_seeing(path)
 
     @property
     def _local(self) -> bool:
@@ -388,11 +402,9 @@ class SparkEngine(Engine):
         """
         if isinstance(frame, _ResidentFrame):
             os.makedirs(path)
-            done = self.run_tasks(
-                lambda i: write_part_and_reduce(reduce, fn(frame.read(i)), path, i, schema),
-                range(frame.parts),
+            return self._per_part(
+                frame.parts, lambda i: write_part_and_reduce(reduce, fn(frame.read(i)), path, i, schema)
             )
-            return [decode_result(text) for text in done]
         results = self.spark.sparkContext.accumulator({}, _KeyedResults())
         empty = frame.schema
 
@@ -415,9 +427,7 @@ class SparkEngine(Engine):
     @translated
     def reduce_partitions(self, frame: Any, fn: ReduceFn) -> list[dict[str, Any]]:
         if isinstance(frame, _ResidentFrame):
-            return [
-                decode_result(r) for r in self.run_tasks(lambda i: encode_result(fn(frame.read(i))), range(frame.parts))
-            ]
+            return self._per_part(frame.parts, lambda i: encode_result(fn(frame.read(i))))
         empty = frame.schema
 
         def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
+from pipelines.data.bundled import bundled_flips
 from pipelines.protocol import Problem
 from pipelines.settings import StrictModel
 
@@ -18,6 +19,11 @@ class ImageSpec(StrictModel):
 
     shape: list[PositiveInt] = Field(min_length=1, max_length=3)
     classes: PositiveInt | None = None
+    flips: bool | None = Field(
+        default=None,
+        description="whether a mirrored image keeps its class (default: the bundled set's own kind, else false: "
+        "digits and letters change under a mirror)",
+    )
 
 
 class NpzKeys(StrictModel):
@@ -83,6 +89,15 @@ class DatasetConfig(StrictModel):
             if path and self.format == "idx" and not labels:
                 raise ValueError(f"format 'idx' with '{split}_path' needs '{split}_labels_path' (its labels IDX file)")
         return self
+
+    def image_flips(self) -> bool:
+        """Whether mirrored images keep their class: declared, else the bundled set's kind, else false."""
+        if self.image is None:
+            return False
+        if self.image.flips is not None:
+            return self.image.flips
+        paths = [self.path] if isinstance(self.path, str) else self.path
+        return all(bundled_flips(p) for p in paths)
 
     def declared(self) -> list[tuple[str, str | list[str], str | None]]:
         """(split, path, labels path) of each split the dataset names its own files for."""

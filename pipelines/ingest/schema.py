@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -116,9 +117,21 @@ class TableSchema:
         return [c.name for c in self.columns]
 
 
-def resolve_table_schema(dataset: DatasetConfig, file_columns: list[str], source: str) -> TableSchema:
-    """Resolve the declared schema against the columns a file actually has; missing ones are errors."""
-    types = dict(dataset.types)
+def resolve_table_schema(
+    dataset: DatasetConfig,
+    file_columns: list[str],
+    source: str,
+    derived: Mapping[str, ColumnType] | None = None,
+    inputs: Collection[str] = (),
+) -> TableSchema:
+    """Resolve the declared schema against the columns a file actually has; missing ones are errors.
+
+    `derived` (the ingest stage's derived columns and their types) are columns too; `inputs` (file columns
+    the expressions read) may have `types:` entries without being in the schema.
+    """
+    derived = dict(derived or {})
+    file_columns = list(file_columns) + [n for n in derived if n not in file_columns]
+    types = {**dataset.types, **derived}
     intercept = True
     if dataset.formula:
         formula = parse_formula(dataset.formula)
@@ -141,7 +154,7 @@ def resolve_table_schema(dataset: DatasetConfig, file_columns: list[str], source
         raise DataError(f"{source}: missing column(s) {missing}; the file has {file_columns}")
     if label_name in names:
         raise ConfigError(f"dataset {dataset.name!r}: label {label_name!r} is also listed as a feature")
-    unknown_types = set(types) - set(wanted)
+    unknown_types = set(types) - set(wanted) - set(inputs) - set(derived)
     if unknown_types:
         raise ConfigError(f"dataset {dataset.name!r}: 'types' names columns not in the schema: {sorted(unknown_types)}")
     features = tuple(Column(n, types.get(n, "float")) for n in names)

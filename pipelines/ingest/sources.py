@@ -409,3 +409,18 @@ def balanced_segments(files: list[SourceFile], parts: int) -> list[list[Segment]
             offset += f.records
         out.append(segs)
     return whole + out
+
+
+def table_header(dataset: Any) -> list[str] | None:
+    """Column names of a tabular dataset's first file (None when it cannot be read yet: no file, a bad path)."""
+    from pipelines.data.bundled import resolve_path
+    from pipelines.errors import PipelineError
+
+    suffix = CSV_SUFFIXES if dataset.format == "csv" else (".parquet", ".pq")
+    try:
+        path = expand_paths(resolve_path(dataset.path), suffix)[0]
+        if dataset.format == "parquet":
+            return list(pq.read_schema(path).names)
+        return list(_csv_header(path, dataset.delimiter, compression_of(path), dataset.encoding))
+    except (PipelineError, OSError):
+        return None

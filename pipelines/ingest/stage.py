@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -22,12 +22,30 @@ from pipelines.errors import ConfigError, DataError
 from pipelines.ingest import readers, sources
 from pipelines.ingest.config import DatasetConfig, SplitConfig, declared_split_problems
 from pipelines.ingest.digest import combine_digests, partition_digest
+from pipelines.ingest.expressions import (
+    FILTERED,
+    Expressions,
+    compile_expressions,
+    declared_kinds,
+    expression_columns,
+    expression_problems,
+    filter_list,
+    read_schema,
+    validate_with_steps,
+)
+from pipelines.ingest.handoff import (
+    NEEDS_WRITTEN_SPLITS,
+    ImageInputs,
+    TableInputs,
+    TrainingData,
+    needs_written_splits,
+    splits_fingerprint,
+)
 from pipelines.ingest.schema import TableSchema, resolve_table_schema
-from pipelines.ingest.split import SPLIT_NAMES, assign_split
+from pipelines.ingest.split import SPLIT_NAMES, TRAIN, assign_split
 from pipelines.ingest.stratify import restratify, stratified_cuts
 from pipelines.ingest.transform import (
     Fitted,
-    encoded_columns,
     image_output_schema,
     output_schema,
     partition_stats,
@@ -68,6 +86,8 @@ class Plan:
     labelled: bool = True
     declared: dict[str, int] = field(default_factory=dict)
     images: dict[str, ImageInput] = field(default_factory=dict)
+    expressions: Expressions | None = None
+    reading: TableSchema | None = None  # the file columns read (the schema's and the expressions' inputs)
 
     def unsplit(self) -> list[str]:
         """Names of the files read whole by one task (compressed: a stream cannot be split)."""
@@ -84,6 +104,15 @@ class Plan:
     def records(self) -> int:
         return sum(seg.stop - seg.start for part in self.parts for seg in part)
 
+    @property
+    def has_labels(self) -> bool:
+        """Whether the files hold labels (a label column, or a labels file)."""
+        return self.table.label is not None if self.table is not None else self.labels is not None
+
+    def arrow_schema(self) -> pa.Schema:
+        """The schema of the validated rows the plan's partitions become."""
+        return table_arrow_schema(self.table) if self.table is not None else image_arrow_schema()
+
 
 def plan_ingest(
     dataset: DatasetConfig,
@@ -92,11 +121,14 @@ def plan_ingest(
     block_mb: int = 32,
     table: TableSchema | None = None,
     labels_optional: bool = False,
+    filters: str | list[str] | None = None,
+    derive: dict[str, str] | None = None,
 ) -> Plan:
     """Index the input files and cut them into `partitions` balanced segments.
 
     `table` (a finished run's schema) is checked against the files instead of resolved from them; with
     `labels_optional` (new data to score) a label column or labels file the data lacks is left out.
+    `filters` and `derive` (the ingest stage's) are checked against the first file's columns.
     """
     fmt = dataset.format
     declared = dataset.declared()
@@ -112,15 +144,41 @@ def plan_ingest(
         else:
             files = sources.index_parquet_files(paths)
         files = sources.with_distinct_names(files)
+        expressions = None
+        label = table.label.name if table is not None and table.label is not None else None
+        underived = labels_optional and derive and label in derive  # new data may lack what the label comes from
+        if underived and expression_columns(derive[label]) - set(files[0].columns) - set(derive):
+            derive = {name: text for name, text in derive.items() if name != label}
+        if filters or derive:
+            kinds = declared_kinds(dataset)
+            columns = {c: kinds.get(c, "float") for c in files[0].columns}
+            expressions = compile_expressions(filters, derive or {}, columns, dataset.types)
+        derived = expressions.derived if expressions else {}
+        inputs = expressions.inputs if expressions else ()
         if table is None:
-            table = resolve_table_schema(dataset, list(files[0].columns), files[0].path)
+            table = resolve_table_schema(dataset, list(files[0].columns), files[0].path, derived, inputs)
             for f in files[1:]:
-                resolve_table_schema(dataset, list(f.columns), f.path)
+                resolve_table_schema(dataset, list(f.columns), f.path, derived, inputs)
         else:
-            table = _given_table(table, files, labels_optional)
+            table = _given_table(table, files, labels_optional, derived)
+        for f in files:
+            lacking = [n for n in inputs if n not in f.columns]
+            if lacking:
+                raise DataError(
+                    f"{f.path}: missing column(s) {lacking} read by filter/derive; it has {list(f.columns)}"
+                )
+        reading = read_schema(table, expressions, kinds) if expressions else None
         file_codes = [code for code, group in groups for _ in group]
         codes = {f.name: code for f, code in zip(files, file_codes, strict=True) if code is not None}
-        return Plan(dataset, files, sources.balanced_segments(files, partitions), table=table, declared=codes)
+        return Plan(
+            dataset,
+            files,
+            sources.balanced_segments(files, partitions),
+            table=table,
+            declared=codes,
+            expressions=expressions,
+            reading=reading,
+        )
     inputs = [_image_input(dataset, dataset.path, dataset.labels_path, labels_optional)]
     inputs += [_image_input(dataset, path, labels, False) for _, path, labels in declared]
     named = sources.with_distinct_names([i.images for i in inputs])
@@ -173,12 +231,16 @@ def _image_input(
     return ImageInput(images, labels, problem)
 
 
-def _given_table(table: TableSchema, files: list[sources.SourceFile], labels_optional: bool) -> TableSchema:
-    """A recorded schema checked against each file's columns (its label dropped where optional and absent)."""
-    if table.label is not None and labels_optional and not any(table.label.name in f.columns for f in files):
+def _given_table(
+    table: TableSchema, files: list[sources.SourceFile], labels_optional: bool, derived: Any = ()
+) -> TableSchema:
+    """A recorded schema checked against each file's columns (its label dropped where optional and absent;
+    derived columns are made, not read)."""
+    label = table.label.name if table.label is not None else None
+    if label is not None and label not in derived and labels_optional and not any(label in f.columns for f in files):
         table = dataclasses.replace(table, label=None)
     for f in files:
-        missing = [n for n in table.names if n not in f.columns]
+        missing = [n for n in table.names if n not in f.columns and n not in derived]
         if missing:
             raise DataError(f"{f.path}: missing column(s) {missing}; the file has {list(f.columns)}")
     return table
@@ -190,7 +252,8 @@ def _with_split(frame: pd.DataFrame, split: SplitConfig, declared: dict[str, int
     for source, idx in frame.groupby("_source", sort=False).indices.items():
         name = str(source)
         codes[idx] = declared[name] if name in declared else assign_split(name, frame["_row"].to_numpy()[idx], split)
-    frame["_split"] = codes
+    filtered = frame["_split"].to_numpy() == FILTERED  # a filter's drop stays a drop
+    frame["_split"] = np.where(filtered, np.int8(FILTERED), codes)
     return frame
 
 
@@ -199,11 +262,15 @@ def read_part(plan: Plan, part: list[sources.Segment], split: SplitConfig) -> pd
     frames = []
     for seg in part:
         if plan.table is not None:
+            reading = plan.reading or plan.table
             if plan.dataset.format == "csv":
-                chunk = readers.read_csv_segment(seg, plan.table, plan.dataset.delimiter)
+                chunk = readers.read_csv_segment(seg, reading, plan.dataset.delimiter)
             else:
-                chunk = readers.read_parquet_segment(seg, plan.table)
-            frames.append(validate_table(chunk, plan.table))
+                chunk = readers.read_parquet_segment(seg, reading)
+            if plan.expressions is not None:
+                frames.append(validate_with_steps(chunk, reading, plan.table, plan.expressions))
+            else:
+                frames.append(validate_table(chunk, plan.table))
         else:
             source = plan.images[seg.file.name]
             img_seg = sources.Segment(source.images, seg.start, seg.stop)
@@ -245,13 +312,54 @@ class IngestResult(StageResult):
     declared_files: dict[str, list[str]] = field(default_factory=dict)
     unsplit_files: list[str] = field(default_factory=list)
     splits_digest: dict[str, dict[str, Any]] = field(default_factory=dict)
+    filtered: int = 0
+    filters: list[dict[str, Any]] = field(default_factory=list)  # each filter: key, expression, rows dropped
+    derived: dict[str, str] = field(default_factory=dict)  # each derived column's type
+    expression_inputs: list[str] = field(default_factory=list)
 
-    def model_columns(self) -> tuple[list[str], str | None]:
-        """Numeric feature columns and the label column of the written tabular splits."""
-        assert self.schema is not None, "image splits have no feature columns"
-        columns = encoded_columns(self.schema, self.fitted, self.encode)
-        names = [name for name, dtype, _, _ in columns if not pa.types.is_string(dtype)]
-        return names, self.schema.label.name if self.schema.label is not None else None
+    image_classes: int | None = None
+    image_flips: bool = False
+
+    @property
+    def inputs(self) -> TableInputs | ImageInputs:
+        """What the written splits hold, for the stages after ingest."""
+        if self.schema is None:
+            assert self.image_dtype is not None and self.image_shape is not None
+            shape = tuple(self.image_shape)
+            return ImageInputs(dtype=self.image_dtype, shape=shape, classes=self.image_classes, flips=self.image_flips)
+        return TableInputs.of(self.schema, self.fitted, self.encode)
+
+    def new_data_schema(self) -> TableSchema | None:
+        """The schema new data must match to be scored (unseen category levels are rejected); None for images."""
+        if self.schema is None:
+            return None
+        levels = {name: tuple(values) for name, values in self.fitted.levels.items()}
+        return dataclasses.replace(self.schema, categories=levels)
+
+    def new_data_rows(self, plan: Plan, image_scale: str) -> tuple[Callable[[pd.DataFrame], pd.DataFrame], Any]:
+        """How validated new data becomes rows as this ingest wrote them, and what those rows hold."""
+        if plan.table is not None:
+            transform = functools.partial(
+                transform_table, split=TRAIN, schema=plan.table, fitted=self.fitted, encode=self.encode
+            )
+            return transform, self.inputs
+        dtype = plan.files[0].dtype
+        inputs = self.inputs.model_copy(update={"dtype": stored_image_dtype(dtype, image_scale)})
+        return functools.partial(transform_images, split=TRAIN, dtype=dtype, scale=image_scale), inputs
+
+    def training_data(self, recorded: dict[str, Any], needed_by: str) -> TrainingData:
+        """The written splits as the one hand-off (`recorded`: the run's output checksums)."""
+        if "train" not in self.outputs:
+            raise needs_written_splits(needed_by)
+        return TrainingData(
+            dataset=self.dataset,
+            outputs=dict(self.outputs),
+            frames=dict(self.frames),
+            rows=dict(self.splits),
+            fingerprint=splits_fingerprint(recorded, list(self.outputs)),
+            inputs=self.inputs,
+            checksums={name: recorded.get(f"data/{name}") for name in sorted(self.outputs)},
+        )
 
     def facts(self) -> dict[str, Any]:
         """Facts for the manifest and metrics (no frames); enough to restore the result on resume."""
@@ -259,8 +367,12 @@ class IngestResult(StageResult):
             "dataset": self.dataset,
             "engine": self.engine,
             "read": self.read,
+            "filtered": self.filtered,
             "accepted": self.accepted,
             "rejected": self.rejected,
+            "filters": self.filters,
+            "derived": self.derived,
+            "expression_inputs": self.expression_inputs,
             "splits": self.splits,
             "split_rejected": self.split_rejected,
             "declared_files": self.declared_files,
@@ -296,7 +408,13 @@ class IngestResult(StageResult):
         """The counts, schema and fitted encoding a finished ingest recorded (no frames)."""
         schema = None
         if facts["image_shape"] is None:
-            schema = resolve_table_schema(dataset, facts["input_columns"], "the recorded header")
+            schema = resolve_table_schema(
+                dataset,
+                facts["input_columns"],
+                "the recorded header",
+                facts.get("derived", {}),
+                facts.get("expression_inputs", []),
+            )
         return cls(
             dataset=facts["dataset"],
             engine=engine,
@@ -320,6 +438,12 @@ class IngestResult(StageResult):
             declared_files=facts.get("declared_files", {}),
             unsplit_files=facts.get("unsplit_files", []),
             splits_digest=facts.get("splits_digest", {}),
+            image_classes=dataset.image.classes if dataset.image else None,
+            image_flips=dataset.image_flips() if dataset.image else False,
+            filtered=facts.get("filtered", 0),
+            filters=facts.get("filters", []),
+            derived=facts.get("derived", {}),
+            expression_inputs=facts.get("expression_inputs", []),
         )
 
 
@@ -334,12 +458,21 @@ class IngestStage(Stage):
     max_rejected_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
     index_block_mb: PositiveInt = 32
     write: bool = True
+    filter: str | list[str] | None = Field(default=None, description="SQL condition(s) a row must meet to be kept")
+    derive: dict[str, str] = Field(default_factory=dict, description="new columns: name -> SQL expression, in order")
 
     placement_fields: ClassVar[frozenset[str]] = frozenset({"index_block_mb"})
 
+    def check_values(self) -> list[Problem]:
+        """Each filter and derived expression parses and uses only the documented SQL (docs/DATA.md)."""
+        return expression_problems(self.filter, self.derive)
+
     def check(self, earlier: Sequence[Stage], config: PipelineSettings) -> list[Problem]:
-        """A split the dataset declares files for is not also drawn by a fraction."""
-        return declared_split_problems(config.dataset, self.split)
+        """A split the dataset declares files for is not also drawn by a fraction; expressions fit the file."""
+        problems = declared_split_problems(config.dataset, self.split)
+        if (self.filter or self.derive) and config.dataset.format in ("csv", "parquet"):
+            problems += _expression_check(config.dataset, self.filter, self.derive)
+        return problems
 
     def run(self, ctx: StageContext) -> IngestResult:
         """Ingest the pipeline's dataset on the context's engine into the run."""
@@ -351,6 +484,27 @@ class IngestStage(Stage):
             return IngestResult.restore(self.recorded_facts(ctx), ctx.config.dataset, self, ctx.run, ctx.engine)
         except KeyError as exc:  # a run recorded by an older version lacks a fact
             raise NotRestorable(f"stage {self.output_name!r}: the manifest lacks {exc}") from None
+
+
+def written_splits_problems(earlier: Sequence[Stage], path: str = "stage") -> list[Problem]:
+    """The validate-time check of a stage that reads the written splits: an ingest with write: true comes first."""
+    if any(isinstance(s, IngestStage) and s.write for s in earlier):
+        return []
+    return [Problem(path, NEEDS_WRITTEN_SPLITS)]
+
+
+def _expression_check(dataset: DatasetConfig, filters: Any, derive: dict[str, str]) -> list[Problem]:
+    """Unknown columns and type errors of the expressions, against the first file's header where it is readable."""
+    header = sources.table_header(dataset)
+    if header is None:
+        return []  # the files are not there yet: the run checks them when it reads them
+    kinds = declared_kinds(dataset)
+    try:
+        compile_expressions(filters, derive, {c: kinds.get(c, "float") for c in header}, dataset.types)
+    except ConfigError as exc:
+        key, _, message = str(exc).partition(": ")
+        return [Problem(key, message)]
+    return []
 
 
 QUARANTINE_COLUMNS = {"_source": "source", "_row": "row", "_column": "column", "_reason": "reason", "_raw": "raw"}
@@ -375,15 +529,14 @@ def run_ingest(
     problems = declared_split_problems(dataset, stage.split)
     if problems:
         raise ConfigError("; ".join(str(p) for p in problems))
-    plan = plan_ingest(dataset, partitions, engine, stage.index_block_mb)
+    plan = plan_ingest(dataset, partitions, engine, stage.index_block_mb, filters=stage.filter, derive=stage.derive)
     log.info(
         "%s: %d records in %d file(s), %d partitions", dataset.name, plan.records, len(plan.files), len(plan.parts)
     )
-    arrow_schema = table_arrow_schema(plan.table) if plan.table else image_arrow_schema()
     validated, stats = engine.persist_tasks(
         lambda part: read_part(plan, part, stage.split),
         plan.parts,
-        arrow_schema,
+        plan.arrow_schema(),
         lambda pdf: partition_stats(pdf, plan.table),
     )
     frame = validated
@@ -392,6 +545,8 @@ def run_ingest(
             frame, stats = _stratified(engine, validated, plan, stage.split)
         read = sum(s["read"] for s in stats)
         rejected = sum(s["rejected"] for s in stats)
+        dropped = {key: sum(s["filtered"].get(key, 0) for s in stats) for key, _ in filter_list(stage.filter)}
+        filtered = sum(dropped.values())
         if read != plan.records:
             raise DataError(f"{dataset.name}: read {read} records but the files hold {plan.records}")
         splits = {name: sum(s["splits"][name] for s in stats) for name in SPLIT_NAMES.values()}
@@ -400,8 +555,12 @@ def run_ingest(
             dataset=dataset.name,
             engine=engine.kind,
             read=read,
-            accepted=read - rejected,
+            accepted=read - filtered - rejected,
             rejected=rejected,
+            filtered=filtered,
+            filters=[{"key": k, "expression": t, "dropped": dropped[k]} for k, t in filter_list(stage.filter)],
+            derived=dict(plan.expressions.derived) if plan.expressions else {},
+            expression_inputs=list(plan.expressions.inputs) if plan.expressions else [],
             splits=splits,
             partition_rows=[s["read"] for s in stats],
             split_partition_rows={name: [s["splits"][name] for s in stats] for name in SPLIT_NAMES.values()},
@@ -418,12 +577,14 @@ def run_ingest(
         if plan.table is None:
             result.image_dtype = stored_image_dtype(plan.files[0].dtype, stage.image_scale)
             result.image_shape = tuple(dataset.image.shape)
+            result.image_classes, result.image_flips = dataset.image.classes, dataset.image_flips()
         if run is not None:
             quarantine = rejected_rows(engine, validated)
             write_quarantine(run.dir / "quarantine.csv", quarantine)
             run.manifest["quarantine"] = {"file": "quarantine.csv", "rows": rejected}
             run.save()
-        fraction = rejected / read if read else 0.0
+        kept = read - filtered  # rows a filter dropped are not part of the rejected share
+        fraction = rejected / kept if kept else 0.0
         if read == 0:
             raise DataError(f"{dataset.name}: no records to read")
         if fraction > stage.max_rejected_fraction:
@@ -433,7 +594,7 @@ def run_ingest(
                 reason = str(row["reason"]).replace("\n", "\\n")
                 where = f"; first: {row['source']} row {row['row']}, column {row['column']}: {reason}{where}"
             raise DataError(
-                f"{dataset.name}: {rejected} of {read} rows rejected ({fraction:.2%}), above "
+                f"{dataset.name}: {rejected} of {kept} rows rejected ({fraction:.2%}), above "
                 f"max_rejected_fraction={stage.max_rejected_fraction:.2%}{where}"
             )
         if run is not None and stage.write:
@@ -452,8 +613,7 @@ def _stratified(engine: Engine, validated: Any, plan: Plan, split: SplitConfig) 
     cuts = stratified_cuts(engine, validated, label, declared, split)
     log.info("%s: stratified split over %d classes of %r", plan.dataset.name, len(cuts), label)
     fn = functools.partial(restratify, label=label, declared=declared, seed=split.seed, cuts=cuts)
-    arrow_schema = table_arrow_schema(plan.table) if plan.table else image_arrow_schema()
-    frame = engine.map_partitions(validated, fn, arrow_schema)
+    frame = engine.map_partitions(validated, fn, plan.arrow_schema())
     return frame, engine.reduce_partitions(frame, lambda pdf: partition_stats(pdf, plan.table))
 
 

@@ -1,10 +1,10 @@
 """Stratified split: exact per-class quotas from the seeded keys, found by two small reductions (no row gathered).
 
-Each accepted row of a file that no split declares has its seeded key u(source, row, seed). Within a class of
-N rows, the test split takes the round(N * test_fraction) rows with the smallest keys and val the next
-round(N * (test + val)) - round(N * test): each share is within half a row of its exact fraction. The cut keys
-are found without moving rows: a first pass counts each class's keys in BINS bins, a second fetches the keys
-of the one bin where each cut falls. Both passes and the reassignment depend only on (source, row, seed,
+Each accepted row (a filter's drop is none) of a file that no split declares has its seeded key u(source, row,
+seed). Within a class of N rows, the test split takes the round(N * test_fraction) rows with the smallest keys and
+val the next round(N * (test + val)) - round(N * test): each share is within half a row of its exact fraction. The
+cut keys are found without moving rows: a first pass counts each class's keys in BINS bins, a second fetches the
+keys of the one bin where each cut falls. Both passes and the reassignment depend only on (source, row, seed,
 label), so either engine makes the same split.
 """
 
@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipelines.engines.base import Engine
 from pipelines.ingest.config import SplitConfig
+from pipelines.ingest.expressions import FILTERED
 from pipelines.ingest.split import TEST, TRAIN, VAL, uniform_keys
 
 BINS = 4096
@@ -25,7 +26,8 @@ BINS = 4096
 
 def _keys(pdf: pd.DataFrame, label: str, declared: frozenset[str], seed: int) -> tuple[np.ndarray, ...]:
     """Positions, class names and seeded keys of the accepted rows the seeded split divides."""
-    ok = pdf["_reason"].isna().to_numpy() & ~pdf["_source"].isin(declared).to_numpy()
+    ok = pdf["_reason"].isna().to_numpy() & (pdf["_split"].to_numpy() != FILTERED)  # a filter's drop stays one
+    ok &= ~pdf["_source"].isin(declared).to_numpy()
     where = np.flatnonzero(ok)
     u = np.empty(len(where))
     sources = pdf["_source"].to_numpy()[where]

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipelines.ingest.expressions import step_counts
 from pipelines.ingest.schema import TableSchema
 from pipelines.ingest.split import SPLIT_NAMES, TRAIN
 
@@ -26,6 +27,7 @@ def partition_stats(pdf: pd.DataFrame, schema: TableSchema | None) -> dict[str, 
         "rejected": int((~ok).sum()),
         "splits": {name: int((ok & (split == code)).sum()) for code, name in SPLIT_NAMES.items()},
         "split_rejected": {name: int((~ok & (split == code)).sum()) for code, name in SPLIT_NAMES.items()},
+        "filtered": step_counts(pdf),
         "moments": {},
         "levels": {},
     }

@@ -67,9 +67,12 @@ def _text(arr: pa.ChunkedArray) -> pd.Series:
 
 
 def _column(
-    arr: pa.ChunkedArray, col: Column, is_label: bool, levels: tuple[str, ...] | None
+    arr: pa.ChunkedArray, col: Column, is_label: bool, levels: tuple[str, ...] | None, nullable: bool = False
 ) -> tuple[pd.Series, pd.Series | None]:
-    """Typed values of one column and, per row, why it is rejected (None when it is fine)."""
+    """Typed values of one column and, per row, why it is rejected (None when it is fine).
+
+    `nullable`: only values of the wrong type are rejected; missing values stay null, NaN and inf stay.
+    """
     missing_msg = "missing label" if is_label else "missing value"
     reasons: pd.Series | None = None
     if col.kind in ("float", "int"):
@@ -83,23 +86,26 @@ def _column(
             unparsed = np.isnan(num) & ~missing & ~text.str.lower().isin(NAN_TEXT).to_numpy()
             reasons = _reasons(unparsed, "not a number: ", text)
             num = np.where(unparsed, np.nan, num)
-        reasons = _first(reasons, _reasons(missing, missing_msg))
-        reasons = _first(reasons, _reasons(np.isnan(num) & ~missing, "NaN value"))
-        reasons = _first(reasons, _reasons(np.isinf(num), "infinite value"))
+        if not nullable:
+            reasons = _first(reasons, _reasons(missing, missing_msg))
+            reasons = _first(reasons, _reasons(np.isnan(num) & ~missing, "NaN value"))
+            reasons = _first(reasons, _reasons(np.isinf(num), "infinite value"))
         if col.kind == "int":
             frac = np.isfinite(num) & ((num != np.round(num)) | (np.abs(num) > 2**53))
             reasons = _first(reasons, _reasons(frac, "not an integer: ", num))
             values = pd.Series(np.where(np.isfinite(num) & ~frac, num, np.nan)).astype("Int64")
+        elif nullable:  # missing stays NA, NaN stays NaN (SQL NULL and NaN differ)
+            values = pd.Series(pd.arrays.FloatingArray(num, missing.astype(bool)))
         else:
             values = pd.Series(num)
         return values, reasons
     if col.kind == "bool" and pa.types.is_boolean(arr.type):
         missing = arr.is_null().to_numpy(zero_copy_only=False)
         values = pd.Series(arr.to_pandas(), dtype="boolean")
-        return values, _reasons(missing, missing_msg)
+        return values, None if nullable else _reasons(missing, missing_msg)
     text = _text(arr)
     missing = (text == "").to_numpy()
-    reasons = _reasons(missing, missing_msg)
+    reasons = None if nullable else _reasons(missing, missing_msg)
     reasons = _first(reasons, _reasons(text.str.contains("\x00", regex=False).to_numpy(dtype=bool), "NUL byte in text"))
     if col.kind == "bool":
         lower = text.str.lower()
@@ -114,15 +120,18 @@ def _column(
     return text.where(~missing, None), reasons
 
 
-def validate_table(chunk: RawChunk, schema: TableSchema) -> pd.DataFrame:
-    """Typed, checked frame for one tabular chunk, malformed records included as rejected rows."""
+def validate_table(chunk: RawChunk, schema: TableSchema, nullable: bool = False) -> pd.DataFrame:
+    """Typed, checked frame for one tabular chunk, malformed records included as rejected rows.
+
+    `nullable` (the columns expressions read): a missing value is null, not a rejection (see `_column`).
+    """
     n = chunk.values.num_rows
     reason = pd.Series(None, index=range(n), dtype=object)
     column = pd.Series(None, index=range(n), dtype=object)
     out: dict[str, pd.Series] = {}
     for col in schema.columns:
         is_label = schema.label is not None and col.name == schema.label.name
-        values, why = _column(chunk.values.column(col.name), col, is_label, schema.categories.get(col.name))
+        values, why = _column(chunk.values.column(col.name), col, is_label, schema.categories.get(col.name), nullable)
         out[col.name] = values
         if why is None:
             continue

@@ -10,10 +10,12 @@ dies with its task: its parent's death is noticed by the rank (pipelines.deep.wo
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -185,7 +187,37 @@ class RankFailed(RuntimeError):
 
 
 def _failure(rank: int, where: str, rc: int, log_path: Path) -> RankFailed:
-    return RankFailed(f"rank {rank} on {where} exited with code {rc}; last lines of {log_path}:\n{tail(log_path)}")
+    how = f"exited with code {rc}"
+    if rc < 0:  # killed by a signal: say which (a segfault in a native library leaves nothing in the log)
+        with contextlib.suppress(ValueError):
+            how = f"was killed by signal {signal.Signals(-rc).name} (exit code {rc})"
+    said = tail(log_path) or "(no output)"
+    return RankFailed(f"rank {rank} on {where} {how}; log {log_path}, last lines:\n{said}")
+
+
+HOST_SETTING = (
+    "list every node's name with its cluster address in /etc/hosts or DNS (hostname -i must not print a "
+    "loopback address), or start the workers with an explicit address (dask worker --host ADDR, SPARK_LOCAL_IP)"
+)
+
+
+def check_host_names(hosts: Sequence[str]) -> None:
+    """Before a rank starts: this node's name and every rank host's name resolve, and not to loopback when the
+    ranks span hosts (Gloo would connect peers to 127.0.0.1, or crash on a name it cannot resolve)."""
+    me = socket.gethostname()
+    spans = len(set(hosts)) > 1
+    for name in dict.fromkeys([me, *hosts]):
+        try:
+            addr = socket.gethostbyname(name)
+        except OSError as exc:
+            raise RankFailed(
+                f"host name {name!r} does not resolve on {me} ({exc}); Horovod's Gloo needs it: {HOST_SETTING}"
+            ) from None
+        if spans and ipaddress.ip_address(addr).is_loopback:
+            raise RankFailed(
+                f"host name {name!r} resolves to {addr} (loopback) on {me}, but the ranks span hosts "
+                f"{', '.join(dict.fromkeys(hosts))}: peers cannot reach it; {HOST_SETTING}"
+            )
 
 
 @contextlib.contextmanager
@@ -242,6 +274,7 @@ def _spark_task(job: RankJob) -> Callable[[Iterator[Any]], Iterator[str]]:
         part = ctx.partitionId()
         host = socket.gethostname()
         hosts = ctx.allGather(host)
+        check_host_names(hosts)
         slot = slot_plan(hosts)[part]
         server = None
         message = ""
@@ -301,12 +334,15 @@ def _first_failure(exc: BaseException, job: RankJob) -> str:
     return f"training ranks failed: {reason}\n" + "\n".join(logs)
 
 
-def _dask_rank(slot: dict[str, Any], addr: str, port: int, job: RankJob, stop: str) -> dict[str, Any]:
+def _dask_rank(
+    slot: dict[str, Any], addr: str, port: int, job: RankJob, stop: str, hosts: Sequence[str]
+) -> dict[str, Any]:
     """One rank on a Dask worker (runs in one of the worker's task threads; Dask cannot interrupt it, so the
     client sets the `stop` event when the stage ends and the rank is killed within a second)."""
     from distributed import Event, get_worker
 
     me = get_worker()
+    check_host_names(hosts)
     extra = {"PIPELINES_RANK_THREADS": str(me.state.nthreads)}
     path = job.log(slot["rank"])
     event = Event(stop)
@@ -362,6 +398,7 @@ def run_dask_ranks(client: Any, job: RankJob) -> list[dict[str, Any]]:
             port,
             job,
             stop.name,
+            hosts,
             key=f"horovod-{job.name}-rank{slot['rank']}-{token}",
             workers=[where],
             allow_other_workers=False,

@@ -7,8 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, NonNegativeInt, PositiveInt, model_serializer, model_validator
 
 from pipelines.engines.matrix import Generated, Npy, Parquet, Source, Zarr
-from pipelines.errors import ConfigError
-from pipelines.ingest.stage import IngestResult
+from pipelines.ingest.handoff import training_data
 from pipelines.protocol import StageContext
 from pipelines.settings import SafeText, StrictModel
 
@@ -67,8 +66,6 @@ class MatrixInput(StrictModel):
             return Zarr.open(self.zarr)
         if self.parquet:
             return Parquet.open(self.parquet, self.columns)
-        ingest = ctx.latest(IngestResult, needed_by)
-        if "train" not in ingest.outputs or ingest.schema is None:
-            raise ConfigError(f"stage {needed_by!r} needs a tabular ingest stage with write: true before it")
-        features, label = ingest.model_columns()
-        return Parquet.open(ingest.outputs["train"], self.columns or [f for f in features if f != label])
+        data = training_data(ctx, needed_by)
+        table = data.inputs.table(needed_by)
+        return Parquet.open(data.outputs["train"], self.columns or [f for f in table.features if f != table.label])

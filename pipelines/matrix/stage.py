@@ -17,7 +17,7 @@ from pydantic import Field, NonNegativeInt, PositiveInt
 from pipelines.atomic import atomic_write_json
 from pipelines.engines.matrix import MatrixOps, Out, Result, Source, auto_block_bytes, check_shapes, chunk_shape
 from pipelines.errors import ConfigError
-from pipelines.ingest.stage import IngestStage
+from pipelines.ingest.stage import written_splits_problems
 from pipelines.matrix.sources import MatrixInput
 from pipelines.protocol import (
     NotRestorable,
@@ -90,9 +90,7 @@ class MatrixStage(Stage):
     def check(self, earlier: Sequence[Stage], config: PipelineSettings) -> list[Problem]:
         """An input `from: ingest` needs an earlier ingest that writes its splits."""
         uses_ingest = [k for k in NEEDS[self.op] if getattr(self, k) is not None and getattr(self, k).from_]
-        if uses_ingest and not any(isinstance(s, IngestStage) and s.write for s in earlier):
-            return [Problem(f"{k}.from", "needs an earlier ingest stage with write: true") for k in uses_ingest]
-        return []
+        return [p for k in uses_ingest for p in written_splits_problems(earlier, f"{k}.from")]
 
     def block_bytes(self, memory_per_worker: int) -> int:
         """Bytes per block: chunk_mb, or `auto` (an eighth of one worker's memory)."""

@@ -29,7 +29,8 @@ from pipelines.classical.external import build
 from pipelines.classical.stage import ModelName, ModelStage
 from pipelines.engines.balance import Outcome, Task, run_balanced
 from pipelines.errors import ConfigError, DataError
-from pipelines.ingest.stage import IngestResult, IngestStage
+from pipelines.ingest.handoff import TrainingData, training_data
+from pipelines.ingest.stage import written_splits_problems
 from pipelines.pack import plots
 from pipelines.pack.tasks import BootstrapTask, FitTask, FullFit, Source, group_counts, run_task
 from pipelines.protocol import PipelineSettings, Problem, RecordedResult, Stage, StageContext
@@ -108,9 +109,7 @@ class PackStage(Stage):
 
     def check(self, earlier: Sequence[Stage], config: PipelineSettings) -> list[Problem]:
         """An ingest that writes comes first; a supervised model has a label."""
-        problems = []
-        if not any(isinstance(s, IngestStage) and s.write for s in earlier):
-            problems.append(Problem("stage", "needs an earlier ingest stage with write: true"))
+        problems = written_splits_problems(earlier)
         est = build(self.model, self.params, self.code)
         dataset = config.dataset
         has_label = self.label or dataset.label or dataset.formula
@@ -122,11 +121,9 @@ class PackStage(Stage):
 
     def run(self, ctx: StageContext) -> PackResult:
         """Build the tasks, run them load-balanced, write packs/<name>/ and return the counts and tables."""
-        ingest = ctx.latest(IngestResult, self.output_name)
-        if "train" not in ingest.outputs:
-            raise ConfigError(f"pack stage {self.output_name!r} needs an ingest stage with write: true before it")
-        source = self._source(ingest)
-        tasks = self._tasks(ctx, ingest, source)
+        data = training_data(ctx, self.output_name)
+        source = self._source(data)
+        tasks = self._tasks(ctx, data, source)
         log.info(
             "pack %s: %d %s task(s) of %s on %s", self.output_name, len(tasks), self.kind, self.model, ctx.engine.kind
         )
@@ -142,7 +139,7 @@ class PackStage(Stage):
             "model": self.model,
             "tasks": len(outcomes),
             "failed": sum(not o.ok for o in outcomes),
-            "train_rows": ingest.splits["train"],
+            "train_rows": data.rows["train"],
             "fit_seconds": round(seconds, 3),
         }
         with ctx.run.output(f"packs/{self.output_name}") as tmp:
@@ -160,12 +157,10 @@ class PackStage(Stage):
         self.recorded_facts(ctx)
         return PackResult(dict(ctx.run.metrics.get(self.output_name, {})))
 
-    def _source(self, ingest: IngestResult) -> Source:
+    def _source(self, data: TrainingData) -> Source:
         """The split folders and columns every task reads (the group column is not a feature)."""
-        if ingest.schema is None:
-            raise ConfigError(f"pack stage {self.output_name!r}: image splits have no feature columns")
-        available, label = ingest.model_columns()
-        columns = ds.dataset(ingest.outputs["train"], format="parquet").schema.names
+        table = data.inputs.table(self.output_name)
+        columns = ds.dataset(data.outputs["train"], format="parquet").schema.names
         if self.group_by is not None and self.group_by not in columns:
             have = [c for c in columns if not c.startswith("_")]
             raise ConfigError(
@@ -173,27 +168,20 @@ class PackStage(Stage):
                 f"written train split; it has {have} (a category encoded as onehot/dummy is split "
                 "into columns: declare it str, or use encode: index)"
             )
-        features = [f for f in (self.features or available) if f != self.group_by]
-        missing = [f for f in features if f not in available]
-        if missing:
-            raise ConfigError(f"pack stage {self.output_name!r}: unknown feature column(s) {missing}; have {available}")
+        features, label = table.columns(self.features, self.label, self.output_name)
+        features = [f for f in features if f != self.group_by]
         est = build(self.model, self.params, self.code)
         supervised = is_classifier(est) or is_regressor(est)
-        return Source(
-            ingest.outputs["train"],
-            ingest.outputs.get("test"),
-            tuple(features),
-            (self.label or label) if supervised else None,
-        )
+        return Source(data.outputs["train"], data.outputs.get("test"), tuple(features), label if supervised else None)
 
-    def _tasks(self, ctx: StageContext, ingest: IngestResult, source: Source) -> list[Task]:
+    def _tasks(self, ctx: StageContext, data: TrainingData, source: Source) -> list[Task]:
         if self.configs is not None:
             return [
                 Task(f"config-{i:03d}", FitTask(self.model, {**self.params, **c}, source, code=self.code))
                 for i, c in enumerate(self.configs)
             ]
         if self.group_by is not None:
-            counts = discover_groups(ctx.engine, ingest.frames["train"], self.group_by)
+            counts = discover_groups(ctx.engine, data.frames["train"], self.group_by)
             if not counts:
                 raise ConfigError(f"pack stage {self.output_name!r}: no values in column {self.group_by!r}")
             # largest groups first: the long tasks start early, so the tail of the pack is short

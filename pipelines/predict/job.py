@@ -7,7 +7,6 @@ per class, label when the data has one), quarantine.csv (rejected rows, ingest's
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import math
@@ -24,9 +23,8 @@ from pipelines.engines import make_engine
 from pipelines.engines.base import Engine
 from pipelines.errors import DataError, UsageError
 from pipelines.ingest.config import SplitConfig
-from pipelines.ingest.stage import plan_ingest, read_part, rejected_rows, write_quarantine
+from pipelines.ingest.stage import Plan, plan_ingest, read_part, rejected_rows, write_quarantine
 from pipelines.ingest.transform import partition_stats
-from pipelines.ingest.validate import image_arrow_schema, table_arrow_schema
 from pipelines.predict.data import new_dataset
 from pipelines.predict.saved import SavedStage, load_saved
 from pipelines.predict.score import Scorer
@@ -69,26 +67,32 @@ def predict(
 
 
 def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out: Path) -> dict[str, Any]:
-    ingest = saved.ingest
-    table = None
-    if ingest.schema is not None:  # unseen category levels are rejected, as declared categories are at ingest
-        levels = {name: tuple(values) for name, values in ingest.fitted.levels.items()}
-        table = dataclasses.replace(ingest.schema, categories=levels)
     block_mb = saved.ingest_stage.index_block_mb
-    plan = plan_ingest(dataset, partitions, engine, block_mb, table=table, labels_optional=True)
+    stage = saved.ingest_stage  # the run's filter and derive apply to new data as they did at ingest
+    plan = plan_ingest(
+        dataset,
+        partitions,
+        engine,
+        block_mb,
+        table=saved.ingest.new_data_schema(),
+        labels_optional=True,
+        filters=stage.filter,
+        derive=stage.derive,
+    )
     if plan.image_problem:
         raise DataError(f"{dataset.path}: {plan.image_problem} (the run's images)")
-    labelled = plan.labels is not None if plan.table is None else plan.table.label is not None
-    scorer = make_scorer(saved, plan.table, plan.files[0].dtype if plan.table is None else "", labelled)
+    labelled = plan.has_labels
+    scorer = make_scorer(saved, plan, labelled)
     log.info(
         "%s: %d records in %d file(s), %d partitions", dataset.path, plan.records, len(plan.files), len(plan.parts)
     )
-    arrow = table_arrow_schema(plan.table) if plan.table is not None else image_arrow_schema()
+    arrow = plan.arrow_schema()
     validated, stats = engine.persist_tasks(
         lambda part: read_part(plan, part, ALL_ROWS), plan.parts, arrow, lambda pdf: partition_stats(pdf, None)
     )
     try:
         read, rejected = sum(s["read"] for s in stats), sum(s["rejected"] for s in stats)
+        filtered = sum(sum(s["filtered"].values()) for s in stats)
         if read != plan.records:
             raise DataError(f"{dataset.path}: read {read} records but the files hold {plan.records}")
         with atomic_dir(out) as tmp:
@@ -105,14 +109,16 @@ def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out
                 "engine": engine.kind,
                 "read": read,
                 "scored": sum(p["rows"] for p in parts),
+                "filtered": filtered,
                 "rejected": rejected,
                 "labelled": labelled,
                 **combine_metrics(parts, saved.task),
                 "outputs": {"predictions": "predictions", "quarantine": "quarantine.csv"},
             }
-            if summary["scored"] + rejected != read or len(quarantine) != rejected:
+            if summary["scored"] + filtered + rejected != read or len(quarantine) != rejected:
                 raise DataError(
-                    f"counts do not reconcile: read {read}, scored {summary['scored']}, rejected {rejected}"
+                    f"counts do not reconcile: read {read}, scored {summary['scored']}, filtered {filtered}, "
+                    f"rejected {rejected}"
                 )
             atomic_write_json(tmp / SUMMARY, summary)
     finally:
@@ -120,7 +126,7 @@ def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out
     return summary
 
 
-def make_scorer(saved: SavedStage, table: Any, image_dtype: str, labelled: bool) -> Scorer:
+def make_scorer(saved: SavedStage, plan: Plan, labelled: bool) -> Scorer:
     """The partition function and its output schema for a saved stage and the new data's plan."""
     ingest = saved.ingest
     levels = ingest.fitted.levels.get(saved.label or "", None)
@@ -136,18 +142,14 @@ def make_scorer(saved: SavedStage, table: Any, image_dtype: str, labelled: bool)
             fields += [pa.field(f"probability_{n}", pa.float64()) for n in names]
         if labelled and saved.label is not None:
             fields.append(pa.field("label", value))
-    image = None
-    if ingest.schema is None:
-        image = (image_dtype, tuple(ingest.image_shape), saved.ingest_stage.image_scale)
+    transform, inputs = ingest.new_data_rows(plan, saved.ingest_stage.image_scale)
     return Scorer(
         model=saved.model,
         task=saved.task,
         schema=pa.schema(fields),
-        fitted=ingest.fitted,
-        encode=ingest.encode,
-        table=table,
+        transform=transform,
+        inputs=inputs,
         features=tuple(saved.features),
-        image=image,
         label=saved.label if labelled and saved.task in ("classify", "regress") else None,
         classes=classes,
         names=names,

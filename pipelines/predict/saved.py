@@ -47,7 +47,7 @@ class SavedStage:
     model: ModelRef
     task: Task
     classes: list[Any]  # the model's class values in output order (label codes for a category label)
-    features: list[str]  # model input columns of the transformed table (empty for images)
+    features: list[str]  # model input columns of the transformed table (px0, px1, ... for images)
     label: str | None  # label column of the transformed data ("label" for images)
     probabilities: bool = False  # the model gives class probabilities (predict_proba, softmax)
 
@@ -101,9 +101,7 @@ def load_saved(run_dir: str | Path, name: str) -> SavedStage:
 
 
 def _label_of(ingest: IngestResult, stage_label: str | None = None) -> str | None:
-    if ingest.schema is None:
-        return "label"
-    return stage_label or (ingest.schema.label.name if ingest.schema.label else None)
+    return stage_label or ingest.inputs.label
 
 
 def _classical(
@@ -120,11 +118,9 @@ def _classical(
         task = "cluster"
     else:
         raise UsageError(f"stage {stage.output_name!r} ({stage.model}) transforms data but predicts nothing")
-    if ingest.schema is None:
-        features: list[str] = []
-    else:
-        features = stage.features or ingest.model_columns()[0]
-        fitted = list(getattr(model, "feature_names_in_", features))
+    features, _ = ingest.inputs.columns(stage.features, stage.label, stage.output_name)
+    if hasattr(model, "feature_names_in_"):
+        fitted = list(model.feature_names_in_)
         if fitted != features:
             raise DataError(f"{run_dir / output}: the model was fitted on {fitted}, the run's config gives {features}")
     classes = model.classes_.tolist() if task == "classify" else []
@@ -149,7 +145,7 @@ def _deep(
             classes = list(range(int(json.loads(tensors.read_text())["classes"])))
         else:
             raise DataError(f"{tensors}: missing; it records the classes the network was trained on")
-    features = [] if ingest.schema is None else ingest.model_columns()[0]
+    features = list(ingest.inputs.features)
     label = _label_of(ingest) if task == "classify" else None
     ref = ModelRef("keras", str(run_dir / output / "model.keras"), digest)
     proba = task == "classify"  # the softmax output

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,16 +16,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipelines.deep.augment import EvalViews, eval_views
-from pipelines.ingest.schema import TableSchema
-from pipelines.ingest.split import TRAIN
-from pipelines.ingest.transform import (
-    Fitted,
-    image_pixels,
-    stored_image_dtype,
-    transform_images,
-    transform_table,
-)
+from pipelines.deep.augment import EvalViews, mean_over_views
+from pipelines.ingest.handoff import ImageInputs, TableInputs
 from pipelines.predict.saved import ModelRef
 
 KERAS_BATCH = 1024
@@ -38,7 +31,7 @@ def cached_model(ref: ModelRef) -> Any:
     key = (ref.path, ref.digest)
     with _lock:
         if key not in _models:
-            _models[key] = _load(ref)
+            _models[key] = load_ref(ref)
         return _models[key]
 
 
@@ -47,7 +40,8 @@ def loaded_models() -> list[str]:
     return [path for path, _ in _models]
 
 
-def _load(ref: ModelRef) -> Any:
+def load_ref(ref: ModelRef) -> Any:
+    """A saved model loaded from its files (classical: pickle-free arrays; Keras: safe mode)."""
     if ref.kind == "classical":
         from pipelines.classical.persist import load_model
 
@@ -65,24 +59,17 @@ class Scorer:
     model: ModelRef
     task: str
     schema: pa.Schema
-    fitted: Fitted
-    encode: str
-    table: TableSchema | None
+    transform: Callable[[pd.DataFrame], pd.DataFrame]  # a validated partition to rows as the run wrote them
+    inputs: TableInputs | ImageInputs  # what those rows hold
     features: tuple[str, ...]
-    image: tuple[str, tuple[int, ...], str] | None  # the file's dtype, sample shape, ingest's image_scale
     label: str | None  # label column of the transformed rows, when the new data has labels
     classes: tuple[Any, ...]  # model class values in output order
     names: tuple[Any, ...]  # what each class is written as (category levels for a category label)
     views: EvalViews | None = None  # a network's test-time views: its probabilities are their mean
 
     def __call__(self, pdf: pd.DataFrame) -> pd.DataFrame:
-        if self.table is not None:
-            rows = transform_table(pdf, TRAIN, self.table, self.fitted, self.encode)
-            x = rows[list(self.features)].to_numpy(dtype="float64")
-        else:
-            dtype, shape, scale = self.image
-            rows = transform_images(pdf, TRAIN, dtype, scale)
-            x = image_pixels(rows["image"].to_numpy(), stored_image_dtype(dtype, scale), shape)
+        rows = self.transform(pdf)
+        x = self.inputs.samples(rows, self.features)
         out: dict[str, Any] = {"source_file": rows["_source"].to_numpy(), "row": rows["_row"].to_numpy()}
         if len(rows):
             out.update(self._keras(x) if self.model.kind == "keras" else self._classical(x))
@@ -115,7 +102,7 @@ class Scorer:
         """A network's outputs for a batch: the mean over the test-time views when the stage had them."""
         if self.views is None:
             return np.asarray(model(batch, training=False))
-        return np.mean([np.asarray(model(v, training=False), "float32") for v in eval_views(self.views, batch)], 0)
+        return np.asarray(mean_over_views(model, self.views, batch))
 
     def _keras(self, x: np.ndarray) -> dict[str, Any]:
         model = cached_model(self.model)

@@ -8,7 +8,6 @@ spec is never run again. Deep trials may stop early (successive halving / Hyperb
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -28,8 +27,8 @@ from pipelines.classical.stage import HEADLINE as MODEL_HEADLINE
 from pipelines.classical.stage import ModelStage
 from pipelines.deep.stage import DeepStage, hand_off, transfer_model_path
 from pipelines.engines.balance import Outcome, Task, run_balanced
-from pipelines.errors import ConfigError, PipelineError
-from pipelines.ingest.stage import IngestResult
+from pipelines.errors import PipelineError
+from pipelines.ingest.handoff import ImageInputs, TableInputs, training_data
 from pipelines.launch.array import run_array
 from pipelines.launch.config import ArraySettings
 from pipelines.protocol import PipelineSettings, Problem, RecordedResult, Stage, StageContext
@@ -39,7 +38,9 @@ from pipelines.sweep.hyperband import Request, Schedule
 from pipelines.sweep.space import RandomSearch, Values, grid_values, key_problem, random_values, with_values
 from pipelines.sweep.trial import (
     SPEC,
+    CrossValidation,
     TrialItem,
+    TrialSpec,
     read_fold,
     read_result,
     run_trial_task,
@@ -69,20 +70,6 @@ class EarlyStopping(StrictModel):
         if self.min_epochs > self.max_epochs:
             raise ValueError(f"min_epochs ({self.min_epochs}) exceeds max_epochs ({self.max_epochs})")
         return self
-
-
-class CrossValidation(StrictModel):
-    """k-fold cross-validation of each trial on the train split (scikit-learn's splitters, shuffled and seeded)."""
-
-    folds: int = Field(default=5, ge=2)
-    stratified: bool = False
-    repeats: PositiveInt = 1
-    seed: int = 0
-
-    @property
-    def tasks(self) -> int:
-        """Folds in all: folds x repeats."""
-        return self.folds * self.repeats
 
 
 @dataclass
@@ -204,12 +191,6 @@ class SweepStage(Stage):
         return SweepResult(dict(ctx.run.metrics.get(self.output_name, {})))
 
 
-def spec_digest(common: dict[str, Any], target: dict[str, Any], values: Values) -> str:
-    """What a trial's result depends on (the budget aside): its target config, values and input data."""
-    text = json.dumps({"common": common, "target": target, "values": values}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 @dataclass
 class Row:
     """One trial's line of results.csv."""
@@ -247,84 +228,59 @@ class Sweep:
             eta=stop.eta if stop else 3,
             mode=stage.mode,
         )
-        self.columns: tuple[list[str], str | None] | None = None  # a table's numeric columns and its label
-        self.specs: dict[int, dict[str, Any]] = {}
+        self.inputs: TableInputs | ImageInputs | None = None  # what a classical trial's splits hold
+        self.specs: dict[int, TrialSpec] = {}
         self.fold_seconds: list[float] = []  # cv: each fold task's wall seconds, and the folds' makespan and slots
         self.fold_wall: tuple[float, int] = (0.0, 1)
 
     # --- trial specs -----------------------------------------------------------------------------------
 
     def _common(self) -> dict[str, Any]:
-        """What every trial shares: the written splits (classical) or the tensor shards (deep)."""
+        """What every trial shares: the written splits and their inputs (classical) or the tensor shards (deep)."""
         stage, ctx = self.stage, self.ctx
-        ingest = ctx.latest(IngestResult, self.name)
-        if "train" not in ingest.outputs:
-            raise ConfigError(f"sweep {self.name!r} needs an ingest stage with write: true before it")
+        data = training_data(ctx, self.name)
+        common: dict[str, Any] = {"metric": stage.metric, "splits": data.fingerprint}
         if isinstance(stage.target, DeepStage):
-            shards = hand_off(ctx.engine, ctx.config, stage.target, ctx.run, ingest)
+            shards = hand_off(ctx.engine, stage.target, ctx.run, data)
             classes = stage.target.classes or list(range(shards.classes))
             return {
-                "kind": "deep",
+                **common,
                 "tensors": str(shards.dir),
                 "transfer_model": transfer_model_path(stage.target, ctx.run),
                 "class_names": [str(c) for c in classes],
                 "ranks": stage.ranks_per_trial,
-                "splits": json.loads((shards.dir / "manifest.json").read_text()).get("source", {}).get("splits"),
             }
-        common: dict[str, Any] = {"kind": "model", "data": dict(ingest.outputs), "image": None}
-        if stage.cv is not None:
-            common["cv"] = stage.cv.model_dump()
-        if ingest.schema is None:
-            common["image"] = {"dtype": ingest.image_dtype, "shape": list(ingest.image_shape or ())}
-        else:
-            self.columns = ingest.model_columns()
-        common["splits"] = {k: ctx.run.manifest["outputs"].get(f"data/{k}") for k in sorted(ingest.outputs)}
-        return common
-
-    def _model_columns(self, target: ModelStage) -> dict[str, Any]:
-        """A classical trial's feature and label columns, as the model stage picks them."""
-        if self.columns is None:
-            return {"features": None, "label": None}
-        available, label = self.columns
-        features = target.features or available
-        missing = [f for f in features if f not in available]
-        if missing:
-            raise ConfigError(f"sweep {self.name!r}: unknown feature column(s) {missing}; have {available}")
-        return {"features": features, "label": target.label or label}
+        self.inputs = data.inputs
+        return {**common, "data": dict(data.outputs), "inputs": data.inputs, "cv": stage.cv}
 
     def _prepare(self) -> None:
         """Write each trial's spec.json (only when it changed); drop a trial folder written for another spec."""
         common = self._common()
         for row in self.rows:
-            stage = self.stage.trial_target(row.values)
-            target = stage.model_dump(mode="json")
-            if isinstance(stage, ModelStage):
-                common = {**common, **self._model_columns(stage)}
-            digest = spec_digest({k: v for k, v in common.items() if k != "data"}, target, row.values)
+            target = self.stage.trial_target(row.values)
+            columns: dict[str, Any] = {}
+            if isinstance(target, ModelStage):
+                assert self.inputs is not None
+                features, label = self.inputs.columns(target.features, target.label, self.name)
+                columns = {"features": features, "label": label}
+            spec = TrialSpec(index=row.index, values=row.values, target=target, **common, **columns).with_digest()
             folder = trial_dir(self.dir, row.index)
             spec_path = folder / SPEC
-            if spec_path.exists() and json.loads(spec_path.read_text()).get("digest") != digest:
+            if spec_path.exists() and json.loads(spec_path.read_text()).get("digest") != spec.digest:
                 log.info("sweep %s: trial %03d was run under another spec; starting it over", self.name, row.index)
                 shutil.rmtree(folder)
             folder.mkdir(parents=True, exist_ok=True)
-            self.specs[row.index] = {
-                **common,
-                "index": row.index,
-                "digest": digest,
-                "values": row.values,
-                "target": target,
-                "metric": self.stage.metric,
-            }
+            self.specs[row.index] = spec
 
     def _result(self, index: int) -> dict[str, Any] | None:
         """The trial's result.json, when it was written under its current spec."""
-        return read_result(trial_dir(self.dir, index), self.specs[index]["digest"])
+        return read_result(trial_dir(self.dir, index), self.specs[index].digest)
 
     def _write_spec(self, index: int, epochs: int | None) -> None:
-        spec = {**self.specs[index], "epochs": epochs}
+        spec = self.specs[index].model_copy(update={"epochs": epochs})
         path = trial_dir(self.dir, index) / SPEC
-        if not path.exists() or json.loads(path.read_text()) != spec:
-            atomic_write_json(path, spec)
+        if not path.exists() or json.loads(path.read_text()) != spec.model_dump(mode="json"):
+            spec.write(path)
 
     # --- scheduling ------------------------------------------------------------------------------------
 
@@ -373,7 +329,7 @@ class Sweep:
     def _fold_tasks(self, request: Request) -> list[Task]:
         """A cv trial's folds not yet done, one task each (their results are kept across a driver's kill)."""
         index, _ = request
-        folder, digest = trial_dir(self.dir, index), self.specs[index]["digest"]
+        folder, digest = trial_dir(self.dir, index), self.specs[index].digest
         timeout = float(self.stage.trial_timeout_s)
         cv = self.stage.cv
         assert cv is not None
@@ -386,14 +342,14 @@ class Sweep:
     def _cv_result(self, index: int) -> dict[str, Any]:
         """A cv trial's result.json from its folds: the metric's mean, its standard deviation, each metric's mean."""
         folder, spec = trial_dir(self.dir, index), self.specs[index]
-        folds = [read_fold(folder, spec["digest"], f) for f in range(self.stage.cv.tasks)]  # type: ignore[union-attr]
+        folds = [read_fold(folder, spec.digest, f) for f in range(self.stage.cv.tasks)]  # type: ignore[union-attr]
         scores = np.array([f["metric"] for f in folds])  # type: ignore[index]
         keys = set.intersection(*(set(f["metrics"]) for f in folds))  # type: ignore[index]
         metrics = {k: float(np.mean([f["metrics"][k] for f in folds])) for k in sorted(keys)}  # type: ignore[index]
         metrics.update(cv_mean=float(scores.mean()), cv_std=float(scores.std(ddof=0)), cv_folds=len(scores))
         metrics["cv_scores"] = scores.tolist()
         seconds = sum(f["seconds"] for f in folds)  # type: ignore[index]
-        return write_result(folder, {**spec, "epochs": None}, "ok", seconds, float(scores.mean()), metrics)
+        return write_result(folder, spec, "ok", seconds, float(scores.mean()), metrics)
 
     def _on_engine_cv(self, first: list[Request]) -> None:
         """Every fold of every trial a task, load-balanced; a trial is scored when its last fold ends."""
@@ -437,7 +393,7 @@ class Sweep:
 
     def _final(self, index: int) -> dict[str, Any]:
         """The best cv configuration refitted on the whole train split and scored once on test (final.json)."""
-        folder, digest = trial_dir(self.dir, index), self.specs[index]["digest"]
+        folder, digest = trial_dir(self.dir, index), self.specs[index].digest
         found = read_fold(folder, digest, "final")
         if found is None:
             item = TrialItem(str(self.dir), index, float(self.stage.trial_timeout_s), "final")
@@ -563,7 +519,7 @@ class Sweep:
         counts = {s: sum(r.status == s for r in self.rows) for s in ("ok", "failed", "timeout")}
         values: dict[str, Any] = {
             "model": f"sweep of {stage.target.model}",
-            "train_rows": self.ctx.latest(IngestResult, self.name).splits.get("train", 0),
+            "train_rows": training_data(self.ctx, self.name).rows.get("train", 0),
             "trials": len(self.rows),
             "done": counts["ok"],
             "failed": counts["failed"],

@@ -5,11 +5,14 @@ written splits (read with pyarrow, in this process) or trains a deep network wit
 (its own checkpoints in the trial folder, so a bigger epoch budget continues it), and writes
 TRIALS_DIR/<NNN>/result.json atomically. A non-zero exit code means the trial failed. The same command is
 what a task of the engine runs (in a subprocess, with a time limit) and what a SLURM/PBS array task runs.
+With a third argument (a fold number, or `final`) it fits one cross-validation fold of the trial (spec.cv)
+and writes fold-NN.json, or refits on the whole train split and writes final.json.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -19,12 +22,80 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field, PositiveInt
 
 from pipelines.atomic import atomic_write_json
+from pipelines.classical.stage import ModelStage
+from pipelines.deep.stage import DeepStage
+from pipelines.ingest.handoff import AnyInputs
+from pipelines.settings import StrictModel
 
 SPEC = "spec.json"
 RESULT = "result.json"
+
+
+class CrossValidation(StrictModel):
+    """k-fold cross-validation of each trial on the train split (scikit-learn's splitters, shuffled and seeded)."""
+
+    folds: int = Field(default=5, ge=2)
+    stratified: bool = False
+    repeats: PositiveInt = 1
+    seed: int = 0
+
+    @property
+    def tasks(self) -> int:
+        """Folds in all: folds x repeats."""
+        return self.folds * self.repeats
+
+    def splitter(self) -> Any:
+        """scikit-learn's splitter (shuffled, seeded): KFold, StratifiedKFold or their Repeated* forms."""
+        from sklearn import model_selection as ms
+
+        if self.repeats > 1:
+            kind = ms.RepeatedStratifiedKFold if self.stratified else ms.RepeatedKFold
+            return kind(n_splits=self.folds, n_repeats=self.repeats, random_state=self.seed)
+        kind = ms.StratifiedKFold if self.stratified else ms.KFold
+        return kind(n_splits=self.folds, shuffle=True, random_state=self.seed)
+
+
+class TrialSpec(StrictModel):
+    """One trial, as the sweep's driver writes it (spec.json) and the trial process reads it back, validated."""
+
+    index: int
+    digest: str = ""
+    values: dict[str, Any]
+    target: Annotated[ModelStage | DeepStage, Field(discriminator="stage")]
+    metric: str
+    epochs: int | None = None
+    splits: str = Field(description="fingerprint of the written splits the trial reads")
+    # a classical trial: the written split folders, what they hold, the model's columns
+    data: dict[str, str] = Field(default_factory=dict)
+    inputs: AnyInputs | None = None
+    features: list[str] = Field(default_factory=list)
+    label: str | None = None
+    cv: CrossValidation | None = Field(default=None, description="the folds a fold task of this trial picks from")
+    # a deep trial: the tensor shards and what every rank needs besides the stage
+    tensors: str | None = None
+    transfer_model: str | None = None
+    class_names: list[str] | None = None
+    ranks: int = 1
+
+    def with_digest(self) -> TrialSpec:
+        """The spec with the digest of what its result depends on (not the budget, index or folder paths)."""
+        what = self.model_dump(mode="json", exclude={"index", "digest", "epochs", "data"})
+        text = json.dumps(what, sort_keys=True, default=str)
+        return self.model_copy(update={"digest": hashlib.sha256(text.encode()).hexdigest()[:16]})
+
+    def write(self, path: Path) -> None:
+        """Write the spec atomically as JSON."""
+        atomic_write_json(path, self.model_dump(mode="json"))
+
+    @classmethod
+    def read(cls, path: Path) -> TrialSpec:
+        """Read and validate a spec the driver wrote."""
+        return cls.model_validate_json(path.read_text())
 
 
 def trial_dir(trials_dir: str | os.PathLike[str], index: int) -> Path:
@@ -60,32 +131,28 @@ def _scalars(values: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _split_blocks(path: str, spec: dict[str, Any]) -> Any:
-    """A written split (a Parquet folder) as local blocks, rows in their recorded order."""
-    import numpy as np
+def _split_blocks(path: str, spec: TrialSpec) -> Any:
+    """A written split (a Parquet folder) as local blocks of the trial's inputs, rows in their recorded order."""
     import pyarrow.parquet as pq
 
     from pipelines.classical import Blocks
-    from pipelines.ingest.transform import image_pixels
+    from pipelines.classical.data import extract_inputs_block
 
+    assert spec.inputs is not None
     frame = pq.read_table(path).to_pandas().sort_values(["_source", "_row"], kind="stable")
-    if spec["image"] is not None:
-        shape = (int(np.prod(spec["image"]["shape"])),)
-        x = image_pixels(frame["image"].to_numpy(), spec["image"]["dtype"], shape).astype("float64")
-        names = [f"px{i}" for i in range(x.shape[1])]
-        return Blocks.from_arrays(x, frame["label"].to_numpy(), features=names, label="label")
-    label = spec["label"]
-    y = frame[label].to_numpy() if label is not None else None
-    return Blocks.from_arrays(frame[spec["features"]], y, features=spec["features"], label=label)
+    block = extract_inputs_block(frame, spec.inputs, spec.features, spec.label)
+    y = frame[spec.label].to_numpy() if spec.label else None
+    return Blocks.from_arrays(block["x"], y, features=spec.features, label=spec.label)
 
 
-def classical_metrics(spec: dict[str, Any]) -> dict[str, float]:
+def classical_metrics(spec: TrialSpec) -> dict[str, float]:
     """Fit the target model on the train split, evaluate it as the model stage does (test split)."""
     from pipelines.classical.stage import ModelStage, evaluate_fit
 
-    stage = ModelStage.model_validate(spec["target"])
-    train = _split_blocks(spec["data"]["train"], spec)
-    test = _split_blocks(spec["data"]["test"], spec) if "test" in spec["data"] else None
+    stage = spec.target
+    assert isinstance(stage, ModelStage)
+    train = _split_blocks(spec.data["train"], spec)
+    test = _split_blocks(spec.data["test"], spec) if "test" in spec.data else None
     model = stage.estimator()
     t0 = time.perf_counter()
     model.fit(train)
@@ -94,30 +161,19 @@ def classical_metrics(spec: dict[str, Any]) -> dict[str, float]:
     return _scalars(metrics)
 
 
-def cv_splitter(cv: dict[str, Any]) -> Any:
-    """scikit-learn's splitter for a sweep's cv section (shuffled, seeded): KFold, StratifiedKFold or Repeated*."""
-    from sklearn import model_selection as ms
-
-    k, repeats, seed = int(cv["folds"]), int(cv.get("repeats", 1)), int(cv.get("seed", 0))
-    if repeats > 1:
-        kind = ms.RepeatedStratifiedKFold if cv.get("stratified") else ms.RepeatedKFold
-        return kind(n_splits=k, n_repeats=repeats, random_state=seed)
-    kind = ms.StratifiedKFold if cv.get("stratified") else ms.KFold
-    return kind(n_splits=k, shuffle=True, random_state=seed)
-
-
-def fold_metrics(spec: dict[str, Any], fold: int) -> dict[str, float]:
+def fold_metrics(spec: TrialSpec, fold: int) -> dict[str, float]:
     """Fit on the train split less fold `fold` (rows in their recorded order), evaluate on the fold's rows."""
     import numpy as np
 
     from pipelines.classical import Blocks
     from pipelines.classical.stage import ModelStage, evaluate_fit
 
-    stage = ModelStage.model_validate(spec["target"])
-    train = _split_blocks(spec["data"]["train"], spec)
+    stage = spec.target
+    assert isinstance(stage, ModelStage) and spec.cv is not None
+    train = _split_blocks(spec.data["train"], spec)
     x = np.concatenate(train.map(lambda block: block["x"]))
     y = np.concatenate(train.map(lambda block: block["y"])) if train.label is not None else None
-    fit_rows, held = list(cv_splitter(spec["cv"]).split(x, y))[fold]
+    fit_rows, held = list(spec.cv.splitter().split(x, y))[fold]
 
     def part(rows: np.ndarray) -> Blocks:
         labels = None if y is None else (y[rows].astype(np.int64) if train.integer_labels else y[rows])
@@ -132,26 +188,25 @@ def fold_metrics(spec: dict[str, Any], fold: int) -> dict[str, float]:
     return _scalars(metrics)
 
 
-def deep_metrics(spec: dict[str, Any], folder: Path) -> dict[str, float]:
+def deep_metrics(spec: TrialSpec, folder: Path) -> dict[str, float]:
     """Train with the deep worker (1 rank directly, k ranks under horovodrun) up to the budget; its metrics."""
+    from pipelines.deep.stage import RankSpec
     from pipelines.launch.horovod import launch_command
 
-    stage = {**spec["target"], "plots": False, "tensorboard_every_steps": 0}
-    if spec.get("epochs") is not None:
-        stage["epochs"] = spec["epochs"]
-    worker = {
-        "stage": stage,
-        "tensors": spec["tensors"],
-        "checkpoints": str(folder / "checkpoints"),
-        "tensorboard": None,
-        "transfer_model": spec.get("transfer_model"),
-        "class_names": spec.get("class_names"),
-        "out": str(folder / "out"),
-    }
-    atomic_write_json(folder / "worker.json", worker)
+    budget = {"plots": False, "tensorboard_every_steps": 0}
+    if spec.epochs is not None:
+        budget["epochs"] = spec.epochs
+    assert spec.tensors is not None
+    RankSpec(
+        stage=spec.target.model_copy(update=budget),
+        tensors=spec.tensors,
+        checkpoints=str(folder / "checkpoints"),
+        out=str(folder / "out"),
+        transfer_model=spec.transfer_model,
+        class_names=spec.class_names,
+    ).write(folder / "worker.json")
     argv = [sys.executable, "-m", "pipelines.deep.worker", str(folder / "worker.json")]
-    ranks = int(spec.get("ranks", 1))
-    command = argv if ranks == 1 else launch_command("horovodrun", ranks, None, argv)
+    command = argv if spec.ranks == 1 else launch_command("horovodrun", spec.ranks, None, argv)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
     subprocess.run(command, check=True, env=env)
     results = json.loads((folder / "out" / "results.json").read_text())
@@ -181,18 +236,18 @@ def read_fold(folder: Path, digest: str, fold: int | str) -> dict[str, Any] | No
 def run_trial(trials_dir: str, index: int, fold: int | str | None = None) -> dict[str, Any]:
     """Run one trial (or one cv fold of it, or its final refit) from its spec and write its result file."""
     folder = trial_dir(trials_dir, index)
-    spec = json.loads((folder / SPEC).read_text())
+    spec = TrialSpec.read(folder / SPEC)
     t0 = time.perf_counter()
     if fold is not None and fold != "final":
         metrics = fold_metrics(spec, int(fold))
     else:
-        metrics = classical_metrics(spec) if spec["kind"] == "model" else deep_metrics(spec, folder)
-    name = spec["metric"]
+        metrics = classical_metrics(spec) if spec.target.stage == "model" else deep_metrics(spec, folder)
+    name = spec.metric
     if name not in metrics:
         raise SystemExit(f"trial {index:03d}: metric {name!r} not among the results {sorted(metrics)}")
     if fold is not None:
         seconds = round(time.perf_counter() - t0, 3)
-        result = {"index": index, "digest": spec["digest"], "fold": fold, "metric": metrics[name], "metrics": metrics}
+        result = {"index": index, "digest": spec.digest, "fold": fold, "metric": metrics[name], "metrics": metrics}
         result.update(status="ok", seconds=seconds, host=socket.gethostname(), epochs=None)
         atomic_write_json(folder / fold_file(fold), result)
         return result
@@ -202,7 +257,7 @@ def run_trial(trials_dir: str, index: int, fold: int | str | None = None) -> dic
 
 def write_result(
     folder: Path,
-    spec: dict[str, Any],
+    spec: TrialSpec,
     status: str,
     seconds: float,
     metric: float | None = None,
@@ -210,15 +265,15 @@ def write_result(
     **extra: Any,
 ) -> dict[str, Any]:
     """Write a trial's result.json atomically: its status at this budget, with the rungs reached before kept."""
-    rungs = dict((read_result(folder, spec["digest"]) or {}).get("rungs", {}))
+    rungs = dict((read_result(folder, spec.digest) or {}).get("rungs", {}))
     if status == "ok":
-        rungs[str(spec.get("epochs"))] = metric
+        rungs[str(spec.epochs)] = metric
     result = {
-        "index": spec["index"],
-        "digest": spec["digest"],
-        "values": spec["values"],
+        "index": spec.index,
+        "digest": spec.digest,
+        "values": spec.values,
         "status": status,
-        "epochs": spec.get("epochs"),
+        "epochs": spec.epochs,
         "metric": metric,
         "metrics": metrics or {},
         "seconds": round(seconds, 3),
@@ -256,7 +311,7 @@ def run_trial_task(item: TrialItem) -> dict[str, Any]:
     raised: it is not retried); a non-zero exit raises `TrialFailed` with the log's last line.
     """
     folder = trial_dir(item.trials_dir, item.index)
-    spec = json.loads((folder / SPEC).read_text())
+    spec = TrialSpec.read(folder / SPEC)
     tag = "" if item.fold is None else f"{item.fold}-" if item.fold == "final" else f"fold{int(item.fold):02d}-"
     attempt = 1 + len(list(folder.glob(f"{tag}attempt-*.log")))
     log_path = folder / f"{tag}attempt-{attempt}.log"
@@ -282,11 +337,11 @@ def run_trial_task(item: TrialItem) -> dict[str, Any]:
     if rc != 0:
         raise TrialFailed(f"trial {item.index:03d} exited with code {rc}: {_last_line(log_path)}")
     if item.fold is not None:
-        found = read_fold(folder, spec["digest"], item.fold)
+        found = read_fold(folder, spec.digest, item.fold)
         if found is None:
             raise TrialFailed(f"trial {item.index:03d} fold {item.fold} exited without writing its result")
         return {**found, **where}
-    result = read_result(folder, spec["digest"])
+    result = read_result(folder, spec.digest)
     if result is None:
         raise TrialFailed(f"trial {item.index:03d} exited without writing {RESULT}")
     return {**result, **where}

@@ -1,0 +1,71 @@
+"""`pipelines notebook` on the real single-node SLURM: JupyterLab answers on the printed port with the token."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pipelines.launch.config import BatchSettings
+from pipelines.launch.notebook import render_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_notebook_script_quotes_its_values(tmp_path):
+    batch = BatchSettings(walltime="00:30:00", partition="gpu", account="abc123", gpus_per_node=1)
+    script = render_notebook(batch, tmp_path / "job", "slurm", tmp_path / "it's here", sys.executable)
+    assert "#SBATCH --partition=gpu" in script and "#SBATCH --account=abc123" in script
+    assert "#SBATCH --gres=gpu:1" in script and "#SBATCH --time=00:30:00" in script
+    assert f"--ServerApp.root_dir='{tmp_path}/it'\"'\"'s here'" in script
+    assert "--no-browser" in script and '--ip="$HOST"' in script
+    out = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.slow
+def test_pipelines_notebook_starts_jupyterlab_in_a_slurm_job(slurm, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "pipelines", "notebook", "--walltime", "00:10:00", "--jobs-dir", str(tmp_path)]
+    out = subprocess.run(argv + ["--login", "login.example.org"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    tunnel, url = out.stdout.strip().splitlines()[-2:]
+    port = int(url.split(":")[2].split("/")[0])
+    token = url.split("token=")[1]
+    assert tunnel == f"ssh -N -L {port}:{slurm.host}:{port} {os.environ.get('USER', 'root')}@login.example.org"
+    assert url == f"http://127.0.0.1:{port}/lab?token={token}" and len(token) == 48
+    # what the tunnel carries: a connection to the node's port with the laptop browser's Host header
+    base, laptop = f"http://{slurm.host}:{port}", {"Host": f"127.0.0.1:{port}"}
+    status = urllib.request.Request(f"{base}/api/status", headers={**laptop, "Authorization": f"token {token}"})
+    with urllib.request.urlopen(status, timeout=10) as reply:
+        assert reply.status == 200 and "started" in reply.read().decode()  # the server answers with the token
+    login = urllib.request.Request(url.replace(f"http://127.0.0.1:{port}", base), headers=laptop)
+    with urllib.request.urlopen(login, timeout=30) as reply:
+        assert reply.status == 200 and "JupyterLab" in reply.read().decode()  # the printed URL logs in
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(f"{base}/api/contents", headers=laptop), timeout=10)
+    assert refused.value.code == 403  # and refuses without it
+    jobdir = next((tmp_path / "notebook").iterdir())
+    job = (jobdir / "job.json").read_text().split('"job_id": "')[1].split('"')[0]
+    slurm.run("scancel", job)
+    assert slurm.wait_job(job, 60) == "CANCELLED"
+    deadline = time.time() + 30
+    while time.time() < deadline and _mentioning(token):
+        time.sleep(0.5)
+    assert _mentioning(token) == []  # the server went with the job
+
+
+def _mentioning(text: str) -> list[str]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if text in cmd:
+            found.append(f"{proc.pid}: {cmd[:160]}")
+    return found
