@@ -76,3 +76,19 @@ def test_a_stratified_split_keeps_the_rare_class_and_each_share_on_both_engines(
         assert int((frames["test"]["kind"] == RARE).sum()) == 1  # kept, where the plain split lost it
     assert int((test["kind"] == RARE).sum()) == 0
     assert digests["dask"] == digests["spark"]
+
+
+def test_a_stratified_split_leaves_the_rows_a_filter_dropped_out_of_every_share(dask_engine, tmp_path):
+    path = rare_csv(tmp_path)
+    conf = config(tmp_path, path, "dask", {"test_fraction": 0.2, "seed": 3, "stratify": True})
+    conf["stages"][0]["filter"] = "x1 > -0.5"
+    run = run_pipeline(parse_config(conf), engine=dask_engine).run
+    facts = run.stage_facts("ingest")
+    kept = pd.read_csv(path).query("x1 > -0.5")
+    assert facts["filtered"] == 600 - len(kept)
+    frames = {s: pd.read_parquet(run.dir / "data" / s) for s in ("train", "test")}
+    assert sum(len(f) for f in frames.values()) == len(kept)  # no dropped row came back into a split
+    assert sorted(pd.concat(frames.values())["_row"]) == sorted(kept.index + 2)  # rows are CSV line numbers
+    for name, n in kept["kind"].value_counts().items():
+        share = int((frames["test"]["kind"] == name).sum())
+        assert abs(share - 0.2 * n) <= 0.5, (name, n, share)  # exact shares of the rows the filter kept

@@ -26,8 +26,8 @@ BINS = 4096
 
 def _keys(pdf: pd.DataFrame, label: str, declared: frozenset[str], seed: int) -> tuple[np.ndarray, ...]:
     """Positions, class names and seeded keys of the accepted rows the seeded split divides."""
-    ok = pdf["_reason"].isna().to_numpy() & (pdf["_split"].to_numpy() != FILTERED)  # a filter's drop stays one
-    ok &= ~pdf["_source"].isin(declared).to_numpy()
+    accepted = pdf["_reason"].isna().to_numpy() & (pdf["_split"].to_numpy() != FILTERED)  # a filter's drop stays one
+    ok = accepted & ~pdf["_source"].isin(declared).to_numpy()
     where = np.flatnonzero(ok)
     u = np.empty(len(where))
     sources = pdf["_source"].to_numpy()[where]
