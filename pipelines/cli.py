@@ -12,7 +12,7 @@ from rich.text import Text
 from pipelines import __version__
 from pipelines.config import PipelineConfig, load_config, parse_config
 from pipelines.console import Terminal, console
-from pipelines.errors import ConfigError, PipelineError, UsageError
+from pipelines.errors import ConfigError, EnvironmentProblem, PipelineError, UsageError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -30,7 +30,7 @@ def _engines(value: str | None) -> list[str] | None:
     engines = value.split(",")
     bad = [e for e in engines if e not in ("spark", "dask")]
     if bad:
-        raise PipelineError(f"--engine: unknown engine(s) {bad}; use spark, dask or spark,dask")
+        raise UsageError(f"--engine: unknown engine(s) {bad}; use spark, dask or spark,dask")
     return engines
 
 
@@ -45,9 +45,9 @@ def _resume_and_configs(args: argparse.Namespace) -> tuple[list[str], bool | str
     if isinstance(resume, str) and not paths:
         paths = [str(Path(resume) / "config.yaml")]
     if not paths:
-        raise PipelineError(f"{args.command}: give a CONFIG, or --resume RUN_DIR")
+        raise UsageError(f"{args.command}: give a CONFIG, or --resume RUN_DIR")
     if isinstance(resume, str) and len(paths) > 1:
-        raise PipelineError("--resume RUN_DIR continues one run: give at most one CONFIG with it")
+        raise UsageError("--resume RUN_DIR continues one run: give at most one CONFIG with it")
     return paths, resume
 
 
@@ -263,7 +263,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         ok = False
         console.print(f"[red]horovod:[/] not importable ({exc}); run `make setup`")
     console.print(f"fashion-mnist: {'installed' if fashion_mnist_available() else 'missing (digits fallback)'}")
-    return 0 if ok else 1
+    return 0 if ok else EnvironmentProblem.exit_code  # something the machine lacks (errors.py)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -299,7 +299,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _engine(value: str | None) -> str | None:
     """`--engine` of predict: one engine (default: the run's)."""
     if value not in (None, "spark", "dask"):
-        raise PipelineError(f"--engine: unknown engine {value!r}; use spark or dask")
+        raise UsageError(f"--engine: unknown engine {value!r}; use spark or dask")
     return value
 
 

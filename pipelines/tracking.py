@@ -23,6 +23,7 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.runs.history import RunRecord
+from pipelines.runs.layout import STAGE_ARTIFACTS
 from pipelines.runs.run import CONFIG, MANIFEST, METRICS, Run
 from pipelines.settings import StrictModel
 
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install 'pipelines[tracking]'"
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 RUN_ARTIFACTS = (CONFIG, MANIFEST, METRICS, "report.html")
-STAGE_FOLDERS = ("models", "deep", "plots", "tensorboard")  # <folder>/<stage name> goes to the stage's run
 STATUS = {"succeeded": "FINISHED", "failed": "FAILED"}
 
 
@@ -180,9 +180,9 @@ def log_run(run_dir: str | Path, settings: TrackingConfig, stage_names: list[str
         section = metrics.get(name, {})
         values = [(k, v, 0) for k, v in flat_metrics(section).items()] + epoch_metrics(section)
         _log_values(client, child, flat_params(stage_config), values, _ms(entry.get("finished")) or 0)
-        for folder in STAGE_FOLDERS:
-            if (run_dir / folder / name).is_dir():
-                client.log_artifacts(child, str(run_dir / folder / name), artifact_path=f"{folder}/{name}")
+        for folder in STAGE_ARTIFACTS:  # <folder>/<stage name> goes to the stage's run
+            if folder.under(run_dir, name).is_dir():
+                client.log_artifacts(child, str(folder.under(run_dir, name)), artifact_path=folder.of(name))
         client.set_terminated(child, STATUS.get(entry["status"], "FAILED"), end_time=_ms(entry.get("finished")))
     client.set_terminated(parent, STATUS.get(status, "FAILED"), end_time=_ms(manifest["finished"]))
     return parent

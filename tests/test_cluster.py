@@ -290,7 +290,7 @@ def test_dask_jobqueue_workers_are_slurm_jobs_and_leave_with_the_run(slurm, tmp_
 
 @pytest.mark.slow
 def test_dask_jobqueue_workers_train_the_deep_stage_inside_their_slurm_jobs(slurm, tmp_path):
-    from test_deep import digits_config
+    from helpers import digits_config
 
     jobqueue = {"jobs": 2, "cores": 1, "memory": "2GB", "walltime": "00:10:00", "queue": "debug", "interface": "auto"}
     jobqueue["log_directory"] = str(tmp_path / "worker-logs")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import digits_config
 
 from pipelines.config import parse_config
 from pipelines.deep import checkpoint, feed
@@ -25,26 +26,6 @@ from pipelines.pipeline import run_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = str(Path(sys.executable).parent / "pipelines")
-
-
-def digits_config(tmp_path: Path, *deep: dict, engine: str = "dask", **ingest) -> dict:
-    """Digits (1,797 8x8 images) ingested into train/val/test, then the given deep stages."""
-    return {
-        "name": "digits-deep",
-        "runs_dir": str(tmp_path / "runs"),
-        "engine": {"kind": engine, "partitions": 3},
-        "dataset": {
-            "name": "digits",
-            "format": "idx",
-            "path": "bundled:digits/images",
-            "labels_path": "bundled:digits/labels",
-            "image": {"shape": [8, 8], "classes": 10},
-        },
-        "stages": [
-            {"stage": "ingest", "split": {"test_fraction": 0.2, "val_fraction": 0.1, "seed": 42}, **ingest},
-            *deep,
-        ],
-    }
 
 
 def results(run, name: str) -> dict:

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from helpers import digits_config
 from spark_standalone import standalone, submit
-from test_deep import digits_config
 
 from pipelines.config import parse_config
 from pipelines.engines.config import DaskSettings

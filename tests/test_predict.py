@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_deep import digits_config
+from helpers import digits_config
 
 from pipelines.classical.persist import load_model
 from pipelines.cli import main

@@ -3,7 +3,6 @@ and resumed, a disk that fills, a Dask worker retired by `--lifetime` on a real 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
@@ -18,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
+from helpers import PIPELINES, cli, group, reaped, run_dirs, start
 
 from pipelines.config import load_config
 from pipelines.runs import corrupt_outputs
@@ -28,7 +27,6 @@ from pipelines.runs.run import LEFTOVER
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-PIPELINES = str(Path(sys.executable).parent / "pipelines")
 LOCK_BUSY = 5  # pipelines.errors: a run that failed for another reported reason (a held lock)
 ENVIRONMENT = 4
 
@@ -55,43 +53,6 @@ def write_conf(path: Path, data: dict) -> Path:
     return path
 
 
-def cli(conf: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`pipelines run CONF ARGS...` to its end."""
-    return subprocess.run(
-        [PIPELINES, "run", str(conf), *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
-    )
-
-
-def start(conf: Path, *args: str, err: Path | None = None) -> subprocess.Popen:
-    """`pipelines run CONF ARGS...` in its own process group (its Dask workers with it), stderr to a file."""
-    out = open(err, "w") if err else subprocess.DEVNULL  # noqa: SIM115 - the child holds it
-    return subprocess.Popen(
-        [PIPELINES, "run", str(conf), *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=out, start_new_session=True
-    )
-
-
-def group(pgid: int) -> list[psutil.Process]:
-    """Live processes of a process group."""
-    found = []
-    for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-    return found
-
-
-@contextlib.contextmanager
-def reaped(proc: subprocess.Popen) -> Iterator[subprocess.Popen]:
-    """Whatever happens in the block, nothing of the process's group outlives it."""
-    try:
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(30)
-
-
 def kill_driver_when(proc: subprocess.Popen, ready: Callable[[], Path | None], timeout: float = 240) -> Path:
     """SIGKILL the driver (only it, not its Dask workers) once `ready()` returns a path; return that path."""
     deadline = time.time() + timeout
@@ -104,11 +65,6 @@ def kill_driver_when(proc: subprocess.Popen, ready: Callable[[], Path | None], t
         assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before it could be killed"
         time.sleep(0.01)
     raise AssertionError(f"not ready to kill after {timeout}s")
-
-
-def run_dirs(runs: Path, pipeline: str) -> list[Path]:
-    folder = runs / pipeline
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()) if folder.is_dir() else []
 
 
 def manifest(run_dir: Path) -> dict:

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import ROOT
+from helpers import cli, group, reaped, run_dirs, start
 from pydantic import ValidationError
-from test_run_faults import cli, group, reaped, run_dirs, start
 
 from pipelines.classical import RandomForestClassifier
 from pipelines.config import load_config

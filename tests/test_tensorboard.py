@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from test_deep import digits_config
+from helpers import digits_config
 
 from pipelines.config import parse_config
 from pipelines.deep.board import EPOCH_TAGS

@@ -7,7 +7,7 @@ import logging
 import sys
 
 import pytest
-from test_deep import digits_config
+from helpers import digits_config
 
 from pipelines.config import parse_config
 from pipelines.errors import ConfigError
@@ -114,3 +114,34 @@ def test_a_run_is_one_mlflow_run_with_a_nested_run_per_stage_equal_to_metrics_js
     again, _ = run_pipeline(parse_config(data), resume=run.dir, engine=dask_engine)  # a rerun logs it again, once
     assert again.id == run.id
     assert len(_runs(client, "digits-tracked")) == 4
+
+
+def test_sweep_pack_and_matrix_folders_reach_mlflow_as_their_stages_artifacts(dask_engine, tmp_path):
+    from pipelines.runs.layout import STAGE_ARTIFACTS, Folder
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    fair = {"name": "fair", "format": "csv", "path": "bundled:fair", "label": "affairs"}
+    fair["features"] = ["rate_marriage", "age", "yrs_married", "children", "religious", "educ"]
+    sweep = {"stage": "sweep", "name": "grid", "target": {"stage": "model", "model": "lasso"}}
+    sweep.update(grid={"params.alpha": [0.1, 10.0]}, metric="test_r2", mode="max")
+    data = {
+        "name": "tracked-kinds",
+        "runs_dir": str(tmp_path / "runs"),
+        "engine": {"kind": "dask", "partitions": 2},
+        "dataset": fair,
+        "tracking": {"uri": uri, "experiment": "kinds"},
+        "stages": [
+            {"stage": "ingest", "split": {"test_fraction": 0.2, "seed": 7}, "max_rejected_fraction": 0.0},
+            {"stage": "matrix", "name": "gram", "op": "gram", "x": {"from": "ingest"}},
+            {"stage": "pack", "name": "boot", "model": "linear_regression", "bootstrap": {"replicates": 4, "seed": 0}},
+            sweep,
+        ],
+    }
+    run, _ = run_pipeline(parse_config(data), engine=dask_engine)
+    assert run.manifest["status"] == "succeeded"
+    assert {Folder.SWEEPS, Folder.PACKS, Folder.MATRIX} <= set(STAGE_ARTIFACTS)
+    client = _client(uri)
+    children = {r.info.run_name: r for r in _runs(client, "kinds") if "mlflow.parentRunId" in r.data.tags}
+    for name, folder in [("gram", Folder.MATRIX), ("boot", Folder.PACKS), ("grid", Folder.SWEEPS)]:
+        on_disk = {str(p.relative_to(run.dir)) for p in folder.under(run.dir, name).rglob("*") if p.is_file()}
+        assert on_disk and _artifacts(client, children[name].info.run_id) >= on_disk, name

@@ -21,7 +21,7 @@ from pipelines.api.result import Run
 from pipelines.config import PipelineConfig, apply_override, parse_config
 from pipelines.config import load_config as _load_file
 from pipelines.engines.base import Engine
-from pipelines.errors import ConfigError, PipelineError, UsageError
+from pipelines.errors import ConfigError, UsageError
 from pipelines.runs.history import RunRecord, find_run, list_runs
 
 ConfigLike = PipelineConfig | dict[str, Any] | str | os.PathLike[str]
@@ -112,7 +112,7 @@ def run(
 def with_ranks(config: PipelineConfig, ranks: int | None = None, hosts: str | None = None) -> PipelineConfig:
     """The config with every deep stage's `ranks` and `hosts` set (checked again)."""
     if not any(s.stage == "deep" for s in config.stages):
-        raise PipelineError(f"pipeline {config.name!r} has no deep stage to train")
+        raise UsageError(f"pipeline {config.name!r} has no deep stage to train")
     data = config.model_dump()
     for index, stage in enumerate(config.stages):
         if stage.stage == "deep":

@@ -25,6 +25,7 @@ from pipelines.errors import ConfigError
 from pipelines.ingest.handoff import TrainingData, training_data
 from pipelines.ingest.stage import written_splits_problems
 from pipelines.protocol import PipelineSettings, Problem, RecordedResult, Stage, StageContext
+from pipelines.runs.layout import Folder
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class ModelStage(Stage):
     """Fit a classical model on the ingested train split; evaluate on test; metrics, plots and model files."""
 
     stage: Literal["model"] = "model"
-    output_dir: ClassVar[str] = "models"
+    output_dir: ClassVar[str] = Folder.MODELS
     model: ModelName
     params: dict[str, Any] = Field(default_factory=dict)
     code: str | None = Field(default=None, description="the user's .py file or folder an import path needs")
@@ -123,7 +124,7 @@ class ModelStage(Stage):
     def restore(self, ctx: StageContext) -> ModelResult:
         """The saved model (when `save`) and the metrics this run recorded."""
         self.recorded_facts(ctx)
-        folder = ctx.run.dir / "models" / self.output_name
+        folder = Folder.MODELS.under(ctx.run.dir, self.output_name)
         model = load_model(folder) if self.save and folder.exists() else None
         return ModelResult(dict(ctx.run.metrics.get(self.output_name, {})), model)
 
@@ -176,13 +177,13 @@ def run_model(engine: Engine, stage: ModelStage, run: Any, data: TrainingData) -
         model.fit(train, **extra)
         seconds = time.perf_counter() - t0
         with ExitStack() as outputs:
-            plot_dir = outputs.enter_context(run.output(f"plots/{stage.output_name}")) if stage.plots else None
+            plot_dir = outputs.enter_context(run.output(Folder.PLOTS.of(stage.output_name))) if stage.plots else None
             if plot_dir is not None:
                 plot_dir.mkdir()
             metrics = {"model": stage.model, "train_rows": train.n_rows, "fit_seconds": round(seconds, 3)}
             metrics.update(evaluate_fit(stage, model, train, test, plot_dir))
         if stage.save:
-            with run.output(f"models/{stage.output_name}") as tmp:
+            with run.output(Folder.MODELS.of(stage.output_name)) as tmp:
                 tmp.mkdir()
                 save_model(model, tmp)
     return ModelResult(_plain(metrics), model)

@@ -26,6 +26,7 @@ from pipelines.ingest.stage import written_splits_problems
 from pipelines.launch.horovod import is_progress, launch_command, run_ranks
 from pipelines.launch.ranks import RankJob
 from pipelines.protocol import PipelineSettings, Problem, RecordedResult, Stage, StageContext
+from pipelines.runs.layout import Folder
 from pipelines.settings import StrictModel
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ class DeepStage(Stage):
         default=50, ge=0, description="rank 0 logs the training loss to TensorBoard every N steps (0: per epoch only)"
     )
 
-    output_dir: ClassVar[str] = "deep"
+    output_dir: ClassVar[str] = Folder.DEEP
     placement_fields: ClassVar[frozenset[str]] = frozenset(
         {
             "ranks",
@@ -183,7 +184,7 @@ class DeepStage(Stage):
     def restore(self, ctx: StageContext) -> DeepResult:
         """The results rank 0 wrote for this stage in this run."""
         self.recorded_facts(ctx)
-        return DeepResult(json.loads((ctx.run.dir / "deep" / self.output_name / "results.json").read_text()))
+        return DeepResult(json.loads((Folder.DEEP.under(ctx.run.dir, self.output_name) / "results.json").read_text()))
 
 
 class RankSpec(StrictModel):
@@ -219,11 +220,11 @@ def hand_off(engine: Engine, stage: DeepStage, run: Any, data: TrainingData) -> 
     as they were written, and a resumed run checked every recorded output before any stage ran.
     """
     key = tensors_key(stage)
-    target = run.dir / "tensors" / key
+    target = Folder.TENSORS.under(run.dir, key)
     if (target / MANIFEST).exists():
         if json.loads((target / MANIFEST).read_text()).get("source", {}).get("splits") == data.fingerprint:
             try:  # recorded outputs were hashed when written or checked by resume: hash only unrecorded ones
-                return TensorShards(target, verify=f"tensors/{key}" not in run.manifest["outputs"])
+                return TensorShards(target, verify=Folder.TENSORS.of(key) not in run.manifest["outputs"])
             except DataError as exc:
                 log.warning("tensors/%s: %s; writing the shards again", key, exc)
         else:
@@ -234,7 +235,7 @@ def hand_off(engine: Engine, stage: DeepStage, run: Any, data: TrainingData) -> 
     total = data.inputs.classes
     if stage.classes and total is not None and max(stage.classes) >= total:
         raise ConfigError(f"deep stage {stage.output_name!r}: classes {stage.classes} outside 0..{total - 1}")
-    with run.output(f"tensors/{key}") as tmp:
+    with run.output(Folder.TENSORS.of(key)) as tmp:
         tmp.mkdir()
         manifest = write_shards(
             engine,
@@ -275,7 +276,7 @@ def transfer_model_path(stage: DeepStage, run: Any) -> str | None:
         return None
     source = stage.transfer.source
     match = re.fullmatch(r"stage:(.+)", source)
-    path = run.dir / "deep" / match.group(1) / "model.keras" if match else Path(source)
+    path = Folder.DEEP.under(run.dir, match.group(1)) / "model.keras" if match else Path(source)
     if not path.exists():
         raise ConfigError(f"deep stage {stage.output_name!r}: transfer source {source!r} not found ({path})")
     return str(path)
@@ -285,18 +286,20 @@ def run_deep(engine: Engine, stage: DeepStage, run: Any, data: TrainingData, ran
     """Hand off the data, train with Horovod ranks, write deep/<name>/ (model, history, plots, results)."""
     shards = hand_off(engine, stage, run, data)
     name = stage.output_name
-    checkpoints = run.dir / "checkpoints" / name
+    checkpoints = Folder.CHECKPOINTS.under(run.dir, name)
     _fresh_checkpoints(checkpoints, stage)
     checkpoints.mkdir(parents=True, exist_ok=True)
     classes = stage.classes or list(range(shards.classes))
-    with run.output(f"deep/{name}") as tmp:
+    with run.output(Folder.DEEP.of(name)) as tmp:
         spec_path = checkpoints / "spec.json"
         RankSpec(
             stage=stage,
             tensors=str(shards.dir),
             checkpoints=str(checkpoints),
             out=str(tmp),
-            tensorboard=str(run.dir / "tensorboard" / name),  # rank 0's events; a folder every rank's host sees
+            tensorboard=str(
+                Folder.TENSORBOARD.under(run.dir, name)
+            ),  # rank 0's events; a folder every rank's host sees
             transfer_model=transfer_model_path(stage, run),
             class_names=[str(c) for c in classes],
         ).write(spec_path)

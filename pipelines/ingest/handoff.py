@@ -22,6 +22,7 @@ from pydantic import Field
 from pipelines.errors import ConfigError
 from pipelines.ingest.schema import TableSchema
 from pipelines.ingest.transform import Fitted, encoded_columns, image_pixels
+from pipelines.runs.layout import Folder
 from pipelines.settings import StrictModel
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ AnyInputs = Annotated[TableInputs | ImageInputs, Field(discriminator="kind")]
 
 def splits_fingerprint(outputs: Mapping[str, Any], splits: Sequence[str]) -> str:
     """SHA-256 over the recorded checksums of the written splits (changes whenever ingest writes them again)."""
-    sums = {name: outputs.get(f"data/{name}") for name in sorted(splits)}
+    sums = {name: outputs.get(Folder.DATA.of(name)) for name in sorted(splits)}
     return hashlib.sha256(json.dumps(sums, sort_keys=True).encode()).hexdigest()
 
 

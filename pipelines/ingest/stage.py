@@ -55,6 +55,7 @@ from pipelines.ingest.transform import (
 )
 from pipelines.ingest.validate import image_arrow_schema, table_arrow_schema, validate_images, validate_table
 from pipelines.protocol import NotRestorable, PipelineSettings, Problem, Stage, StageContext, StageResult
+from pipelines.runs.layout import Folder
 
 log = logging.getLogger(__name__)
 SPLIT_CODES = {name: code for code, name in SPLIT_NAMES.items()}
@@ -358,7 +359,7 @@ class IngestResult(StageResult):
             rows=dict(self.splits),
             fingerprint=splits_fingerprint(recorded, list(self.outputs)),
             inputs=self.inputs,
-            checksums={name: recorded.get(f"data/{name}") for name in sorted(self.outputs)},
+            checksums={name: recorded.get(Folder.DATA.of(name)) for name in sorted(self.outputs)},
         )
 
     def facts(self) -> dict[str, Any]:
@@ -396,8 +397,8 @@ class IngestResult(StageResult):
         """Rebuild a finished ingest from its manifest facts and written splits (no input file is read)."""
         result = cls.from_facts(facts, dataset, stage.encode, engine.kind)
         for name in SPLIT_NAMES.values():
-            path = run.dir / "data" / name
-            if f"data/{name}" in run.manifest["outputs"] and path.exists():
+            path = Folder.DATA.under(run.dir, name)
+            if Folder.DATA.of(name) in run.manifest["outputs"] and path.exists():
                 result.outputs[name] = str(path)
                 result.frames[name] = engine.read_parquet(str(path))
         log.info("resume: ingest restored from %s (%d rows accepted)", run.dir, result.accepted)
@@ -634,11 +635,13 @@ def _write_splits(
                 transform_images, split=code, dtype=plan.files[0].dtype, scale=stage.image_scale
             )
         digest_of = functools.partial(partition_digest, schema=schema)
-        with run.output(f"data/{name}") as tmp:  # the digest comes from the partitions as they are written
+        with run.output(Folder.DATA.of(name)) as tmp:  # the digest comes from the partitions as they are written
             parts = engine.write_mapped(validated, transform, str(tmp), schema, digest_of)
             digest = combine_digests(parts)
             if digest["rows"] != result.splits[name]:
-                raise DataError(f"data/{name}: wrote {digest['rows']} rows where {result.splits[name]} were accepted")
+                raise DataError(
+                    f"{Folder.DATA.of(name)}: wrote {digest['rows']} rows where {result.splits[name]} were accepted"
+                )
         result.splits_digest[name] = digest
-        result.outputs[name] = str(run.dir / "data" / name)
+        result.outputs[name] = str(Folder.DATA.under(run.dir, name))
         result.frames[name] = engine.read_parquet(result.outputs[name])

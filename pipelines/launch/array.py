@@ -28,7 +28,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipelines.atomic import atomic_write_json, atomic_write_text
-from pipelines.errors import ConfigError, EnvironmentProblem, PipelineError
+from pipelines.errors import ConfigError, EnvironmentProblem, PipelineError, UsageError
 from pipelines.launch.batch import PIPELINE_NAME, SCHEDULERS, TEMPLATES, checked
 from pipelines.launch.config import ArraySettings, BatchSettings
 
@@ -76,17 +76,17 @@ def render_array(
 ) -> str:
     """The array script: each task runs `command` with its index appended, from `cwd`, logging to jobdir/logs."""
     if scheduler not in SCHEDULERS:
-        raise PipelineError(f"scheduler {scheduler!r}: expected one of {SCHEDULERS}")
+        raise ConfigError(f"scheduler {scheduler!r}: expected one of {SCHEDULERS}")
     try:  # checked again: a caller may have changed the settings after loading
         settings = ArraySettings.model_validate(settings.model_dump())
     except ValidationError as exc:
         raise ConfigError(f"array: {exc}") from None
     if not indices or min(indices) < 0 or len(set(indices)) != len(indices):
-        raise PipelineError(f"array indices must be distinct non-negative integers, got {list(indices)[:10]}")
+        raise UsageError(f"array indices must be distinct non-negative integers, got {list(indices)[:10]}")
     if not PIPELINE_NAME.match(name):
         raise ConfigError(f"array job name {name!r}: letters, digits, '_', '.' and '-' only")
     if any(c.isspace() for c in str(jobdir)):
-        raise PipelineError(f"{jobdir}: the array folder must not contain spaces (#SBATCH/#PBS lines cannot quote)")
+        raise ConfigError(f"{jobdir}: the array folder must not contain spaces (#SBATCH/#PBS lines cannot quote)")
     batch = BatchSettings(
         cpus_per_task=settings.cpus_per_task,
         gpus_per_node=settings.gpus,

@@ -22,7 +22,7 @@ import jinja2
 from pydantic import ValidationError
 
 from pipelines.atomic import atomic_write_json, atomic_write_text
-from pipelines.errors import ConfigError, PipelineError
+from pipelines.errors import ConfigError, EnvironmentProblem, PipelineError
 from pipelines.launch.config import BatchSettings
 
 SCHEDULERS = ("slurm", "pbs")
@@ -56,7 +56,7 @@ TEMPLATES = environment()  # the job-script templates (batch jobs and arrays)
 def checked(batch: BatchSettings, pipeline: str, scheduler: str) -> BatchSettings:
     """The batch settings validated again (a caller may have changed them), the pipeline name and scheduler known."""
     if scheduler not in SCHEDULERS:
-        raise PipelineError(f"scheduler {scheduler!r}: expected one of {SCHEDULERS}")
+        raise ConfigError(f"scheduler {scheduler!r}: expected one of {SCHEDULERS}")
     try:
         batch = BatchSettings.model_validate(batch.model_dump())
     except ValidationError as exc:
@@ -83,7 +83,7 @@ def render(
     """
     batch = checked(batch, pipeline, scheduler)
     if any(c.isspace() for c in str(jobdir)):
-        raise PipelineError(f"{jobdir}: the job folder (runs_dir) must not contain spaces (#SBATCH lines cannot quote)")
+        raise ConfigError(f"{jobdir}: the job folder (runs_dir) must not contain spaces (#SBATCH lines cannot quote)")
     python = python or sys.executable
     return TEMPLATES.get_template(f"{batch.mode}.sh.j2").render(
         b=batch,
@@ -131,7 +131,7 @@ def submit(
     try:
         out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=workdir)
     except FileNotFoundError:
-        raise PipelineError(f"{argv[0]} not found: run `pipelines submit` on a {scheduler} login node") from None
+        raise EnvironmentProblem(f"{argv[0]} not found: run `pipelines submit` on a {scheduler} login node") from None
     except subprocess.CalledProcessError as exc:
         raise PipelineError(f"{argv[0]} refused the job: {exc.stderr.strip()} (script: {path})") from None
     job = out.stdout.strip().split(";")[0]

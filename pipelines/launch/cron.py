@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from pipelines.atomic import atomic_write_text
-from pipelines.errors import ConfigError, PipelineError
+from pipelines.errors import ConfigError, EnvironmentProblem
 
 CRON_FIELD = re.compile(r"^[0-9*/,\-A-Za-z]+$")
 MARK = "# pipelines:"
@@ -69,7 +69,7 @@ def install(
         return table
     tool = "scrontab" if scrontab else "crontab"
     if shutil.which(tool) is None:
-        raise PipelineError(f"{tool} not found; print the entry with --dry-run and install it by hand")
+        raise EnvironmentProblem(f"{tool} not found; print the entry with --dry-run and install it by hand")
     current = subprocess.run([tool, "-l"], capture_output=True, text=True)
     table = merge(current.stdout if current.returncode == 0 else "", line, block)
     subprocess.run([tool, "-"] if not scrontab else [tool, "/dev/stdin"], input=table, text=True, check=True)

@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from pipelines.errors import PipelineError
+from pipelines.errors import ConfigError, PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def launch_command(launcher: str, ranks: int, hosts: str | None, worker: list[st
     Horovod built with MPI (docs/INSTALL.md); srun starts the ranks inside the current allocation.
     """
     if launcher not in LAUNCHERS:
-        raise PipelineError(f"launcher {launcher!r}: expected one of {LAUNCHERS}")
+        raise ConfigError(f"launcher {launcher!r}: expected one of {LAUNCHERS}")
     n = str(ranks)
     if launcher == "horovodrun":
         exe = str(Path(sys.executable).parent / "horovodrun")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.atomic import atomic_write_json, atomic_write_text
-from pipelines.errors import EnvironmentProblem, PipelineError
+from pipelines.errors import ConfigError, EnvironmentProblem, PipelineError
 from pipelines.launch.batch import SCRIPT_NAME, TEMPLATES, checked
 from pipelines.launch.config import BatchSettings
 
@@ -53,7 +53,7 @@ def render_notebook(
     """The batch script that starts JupyterLab (in `workdir`) on the job's node."""
     batch = checked(batch, "notebook", scheduler)
     if any(c.isspace() for c in str(jobdir)):
-        raise PipelineError(f"{jobdir}: the job folder must not contain spaces (#SBATCH lines cannot quote)")
+        raise ConfigError(f"{jobdir}: the job folder must not contain spaces (#SBATCH lines cannot quote)")
     python = python or sys.executable
     return TEMPLATES.get_template("notebook.sh.j2").render(
         b=batch,
@@ -87,7 +87,7 @@ def submit_notebook(
     try:
         out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=workdir)
     except FileNotFoundError:
-        raise PipelineError(f"{argv[0]} not found: run `pipelines notebook` on a {scheduler} login node") from None
+        raise EnvironmentProblem(f"{argv[0]} not found: run `pipelines notebook` on a {scheduler} login node") from None
     except subprocess.CalledProcessError as exc:
         raise PipelineError(f"{argv[0]} refused the job: {exc.stderr.strip()} (script: {path})") from None
     job = out.stdout.strip().split(";")[0]

@@ -27,6 +27,7 @@ from pipelines.protocol import (
     Stage,
     StageContext,
 )
+from pipelines.runs.layout import Folder
 from pipelines.settings import SafeText, StrictModel
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class MatrixStage(Stage):
     """X @ Y, X.T @ X, SVD (exact TSQR or randomized) or a solve, chunked from the memory per worker."""
 
     stage: Literal["matrix"] = "matrix"
-    output_dir: ClassVar[str] = "matrix"
+    output_dir: ClassVar[str] = Folder.MATRIX
     op: Literal["multiply", "gram", "svd", "solve"]
     x: MatrixInput
     y: MatrixInput | None = None
@@ -123,7 +124,7 @@ class MatrixStage(Stage):
             "memory_per_worker_mb": round(memory / 2**20, 1),
         }
         log.info("matrix %s on %s: x %s, blocks of %.0f MiB", self.op, ops.kind, x.shape, block / 2**20)
-        with ctx.run.output(f"matrix/{self.output_name}") as tmp:
+        with ctx.run.output(Folder.MATRIX.of(self.output_name)) as tmp:
             tmp.mkdir()
             target = self.out.path or str(tmp / f"result.{self.out.format}")
             out = Out(target, self.out.format, self.out.gather_mb * 2**20)
@@ -152,7 +153,7 @@ class MatrixStage(Stage):
     def restore(self, ctx: StageContext) -> MatrixResult:
         """The summary this run wrote (its arrays stay where they are)."""
         self.recorded_facts(ctx)
-        path = ctx.run.dir / "matrix" / self.output_name / "summary.json"
+        path = Folder.MATRIX.under(ctx.run.dir, self.output_name) / "summary.json"
         if not path.exists():
             raise NotRestorable(f"stage {self.output_name!r}: {path} is missing")
         return MatrixResult(json.loads(path.read_text()))

@@ -34,6 +34,7 @@ from pipelines.ingest.stage import written_splits_problems
 from pipelines.pack import plots
 from pipelines.pack.tasks import BootstrapTask, FitTask, FullFit, Source, group_counts, run_task
 from pipelines.protocol import PipelineSettings, Problem, RecordedResult, Stage, StageContext
+from pipelines.runs.layout import Folder
 from pipelines.settings import StrictModel
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class PackStage(Stage):
     """Independent fits of one classical model (bootstrap, per group, or per config), load-balanced."""
 
     stage: Literal["pack"] = "pack"
-    output_dir: ClassVar[str] = "packs"
+    output_dir: ClassVar[str] = Folder.PACKS
     placement_fields: ClassVar[frozenset[str]] = frozenset({"slots"})
     model: ModelName
     params: dict[str, Any] = Field(default_factory=dict)
@@ -142,7 +143,7 @@ class PackStage(Stage):
             "train_rows": data.rows["train"],
             "fit_seconds": round(seconds, 3),
         }
-        with ctx.run.output(f"packs/{self.output_name}") as tmp:
+        with ctx.run.output(Folder.PACKS.of(self.output_name)) as tmp:
             tmp.mkdir()
             task_log(outcomes).to_csv(tmp / "tasks.csv", index=False)
             if self.bootstrap is not None:

@@ -21,6 +21,7 @@ from pipelines.errors import DataError, UsageError
 from pipelines.ingest.stage import IngestResult, IngestStage
 from pipelines.runs import Run
 from pipelines.runs.history import RunRecord
+from pipelines.runs.layout import Folder
 from pipelines.runs.run import CONFIG, MANIFEST
 
 Task = Literal["classify", "regress", "cluster", "reconstruct"]
@@ -107,7 +108,7 @@ def _label_of(ingest: IngestResult, stage_label: str | None = None) -> str | Non
 def _classical(
     run_dir: Path, manifest: dict, config: PipelineConfig, stage: ModelStage, ingest_stage: IngestStage, ingest: Any
 ) -> SavedStage:
-    output = f"models/{stage.output_name}"
+    output = Folder.MODELS.of(stage.output_name)
     digest = _verified(run_dir, manifest, output)
     model = load_model(run_dir / output)  # small; the driver reads its classes and feature names
     if is_classifier(model):
@@ -133,10 +134,10 @@ def _classical(
 def _deep(
     run_dir: Path, manifest: dict, config: PipelineConfig, stage: DeepStage, ingest_stage: IngestStage, ingest: Any
 ) -> SavedStage:
-    output = f"deep/{stage.output_name}"
+    output = Folder.DEEP.of(stage.output_name)
     digest = _verified(run_dir, manifest, output)
     task: Task = NETWORKS[stage.model].task
-    tensors = run_dir / "tensors" / tensors_key(stage) / "manifest.json"
+    tensors = Folder.TENSORS.under(run_dir, tensors_key(stage)) / "manifest.json"
     classes: list[Any] = []
     if task == "classify":
         if stage.classes:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.runs.history import RunRecord
+from pipelines.runs.layout import Folder
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 INLINE_LIST = 12  # lists of scalars up to this length are shown inline, longer ones by their length
@@ -167,7 +168,7 @@ def _owner(figure: Figure, names: set[str]) -> str | None:
 
 def _summaries(run_dir: Path, name: str) -> list[tuple[str, str]]:
     """The text summaries a stage wrote next to its model (models/<stage>/summary*.txt)."""
-    found = sorted((run_dir / "models" / name).glob("summary*.txt"))
+    found = sorted(Folder.MODELS.under(run_dir, name).glob("summary*.txt"))
     return [(p.relative_to(run_dir).as_posix(), p.read_text()) for p in found]
 
 

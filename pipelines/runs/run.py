@@ -21,7 +21,7 @@ import yaml
 
 from pipelines import __version__
 from pipelines.atomic import atomic_dir, atomic_write_json, atomic_write_text, checksum_tree, full_disk_named
-from pipelines.errors import PipelineError
+from pipelines.errors import UsageError
 
 log = logging.getLogger("pipelines")
 
@@ -112,7 +112,7 @@ class Run:
         """Continue an earlier run in its own directory (manifest and metrics as it recorded them)."""
         path = Path(directory).resolve()
         if not (path / MANIFEST).is_file():
-            raise PipelineError(f"{path}: not a run directory (no {MANIFEST})")
+            raise UsageError(f"{path}: not a run directory (no {MANIFEST})")
         manifest = json.loads((path / MANIFEST).read_text())
         metrics = json.loads((path / METRICS).read_text()) if (path / METRICS).exists() else {}
         run = cls(path, manifest, metrics)

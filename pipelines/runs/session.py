@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import PipelineError
+from pipelines.errors import PipelineError, UsageError
 from pipelines.runs.lock import pipeline_lock
 from pipelines.runs.resume import find_resumable
 from pipelines.runs.retention import prune_runs
@@ -29,10 +29,10 @@ def resume_target(runs_root: str | Path, pipeline: str, resume: bool | str | Pat
         return find_resumable(runs_root, pipeline)
     path = Path(resume)
     if not (path / MANIFEST).is_file():
-        raise PipelineError(f"--resume {resume}: no such run directory (no {MANIFEST})")
+        raise UsageError(f"--resume {resume}: no such run directory (no {MANIFEST})")
     owner = json.loads((path / MANIFEST).read_text()).get("pipeline")
     if owner != pipeline:
-        raise PipelineError(f"--resume {resume}: a run of pipeline {owner!r}, not {pipeline!r}")
+        raise UsageError(f"--resume {resume}: a run of pipeline {owner!r}, not {pipeline!r}")
     return path
 
 

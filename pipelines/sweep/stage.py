@@ -32,6 +32,7 @@ from pipelines.ingest.handoff import ImageInputs, TableInputs, training_data
 from pipelines.launch.array import run_array
 from pipelines.launch.config import ArraySettings
 from pipelines.protocol import PipelineSettings, Problem, RecordedResult, Stage, StageContext
+from pipelines.runs.layout import Folder
 from pipelines.settings import StrictModel
 from pipelines.sweep import plots
 from pipelines.sweep.hyperband import Request, Schedule
@@ -104,7 +105,7 @@ class SweepStage(Stage):
     heatmap: tuple[str, str] | None = Field(default=None, description="two keys for the heatmap (default: first two)")
     plots: bool = True
 
-    output_dir: ClassVar[str] = "sweeps"
+    output_dir: ClassVar[str] = Folder.SWEEPS
     placement_fields: ClassVar[frozenset[str]] = frozenset({"retries", "trial_timeout_s", "executor", "array"})
 
     def default_name(self) -> str:
@@ -554,7 +555,7 @@ class Sweep:
                 f"time limit); {'; '.join(errors) or 'no error recorded'} (attempt logs in {self.dir})"
             )
         keys = list(self.values[0]) if self.values else []
-        with self.ctx.run.output(f"sweeps/{self.name}") as tmp:
+        with self.ctx.run.output(Folder.SWEEPS.of(self.name)) as tmp:
             tmp.mkdir()
             table.to_csv(tmp / "results.csv", index=False)
             atomic_write_json(
@@ -564,5 +565,5 @@ class Sweep:
             if stage.plots and scored:
                 axes = list(stage.heatmap or keys[:2])
                 values["plots"] = plots.sweep_plots(tmp, table, keys, axes, stage.metric, stage.mode)
-        values["results"] = f"sweeps/{self.name}/results.csv"
+        values["results"] = f"{Folder.SWEEPS.of(self.name)}/results.csv"
         return SweepResult(values)
