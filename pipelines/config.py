@@ -135,7 +135,21 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
     data = load_yaml(path)
     for assignment in overrides or []:
         apply_override(data, assignment)
+    _resolve_code(data, Path(path).resolve().parent)
     return parse_config(data, source=str(Path(path)), config_dir=Path(path).resolve().parent)
+
+
+def _resolve_code(node: Any, base: Path) -> None:
+    """Each stage's `code:` (the user's file or folder, beside the config) as an absolute path, in place."""
+    if isinstance(node, dict):
+        code = node.get("code")
+        if isinstance(code, str) and "stage" in node and not Path(code).is_absolute():
+            node["code"] = str(base / code)
+        for value in node.values():
+            _resolve_code(value, base)
+    elif isinstance(node, list):
+        for value in node:
+            _resolve_code(value, base)
 
 
 def dump_config(config: PipelineConfig) -> str:

@@ -146,6 +146,7 @@ class SplitConfig(StrictModel):
     test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     seed: int = 0
+    stratify: bool = Field(default=False, description="exact per-class shares of the label (classification)")
 
     @model_validator(mode="after")
     def _check_total(self) -> SplitConfig:

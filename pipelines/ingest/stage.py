@@ -48,6 +48,7 @@ from pipelines.ingest.handoff import (
 from pipelines.ingest.infer import infer_types, sample_types, summarize_part
 from pipelines.ingest.schema import TableSchema, resolve_table_schema
 from pipelines.ingest.split import SPLIT_NAMES, TRAIN, assign_split
+from pipelines.ingest.stratify import restratify, stratified_cuts
 from pipelines.ingest.transform import (
     Fitted,
     image_output_schema,
@@ -737,7 +738,10 @@ def run_ingest(
         plan.arrow_schema(),
         lambda pdf: partition_stats(pdf, plan.table),
     )
+    frame = validated
     try:
+        if stage.split.stratify:
+            frame, stats = _stratified(engine, validated, plan, stage.split)
         read = sum(s["read"] for s in stats)
         rejected = sum(s["rejected"] for s in stats)
         dropped = sum(s["dropped"] for s in stats)
@@ -797,10 +801,23 @@ def run_ingest(
                 f"max_rejected_fraction={stage.max_rejected_fraction:.2%}{where}"
             )
         if run is not None and stage.write:
-            _write_splits(engine, validated, plan, stage, fitted, result, run)
+            _write_splits(engine, frame, plan, stage, fitted, result, run)
         return result
     finally:
         engine.release(validated)
+
+
+def _stratified(engine: Engine, validated: Any, plan: Plan, split: SplitConfig) -> tuple[Any, list[dict[str, Any]]]:
+    """The validated frame with per-class exact split shares (lazily mapped) and its partition stats again."""
+    if plan.table is not None and plan.table.label is None:
+        raise ConfigError(f"{plan.dataset.name}: split.stratify needs a label (the dataset declares none)")
+    label = plan.table.label.name if plan.table is not None else "label"  # type: ignore[union-attr]
+    declared = frozenset(plan.declared)
+    cuts = stratified_cuts(engine, validated, label, declared, split)
+    log.info("%s: stratified split over %d classes of %r", plan.dataset.name, len(cuts), label)
+    fn = functools.partial(restratify, label=label, declared=declared, seed=split.seed, cuts=cuts)
+    frame = engine.map_partitions(validated, fn, plan.arrow_schema())
+    return frame, engine.reduce_partitions(frame, lambda pdf: partition_stats(pdf, plan.table))
 
 
 def _write_splits(

@@ -122,7 +122,7 @@ def _classical(
         task: Task = "classify"
     elif is_regressor(model):
         task = "regress"
-    elif is_clusterer(model):
+    elif is_clusterer(model) or hasattr(getattr(model, "estimator_", None), "predict"):  # imported: a mixture too
         task = "cluster"
     else:
         raise UsageError(f"stage {stage.output_name!r} ({stage.model}) transforms data but predicts nothing")

@@ -93,8 +93,9 @@ class Scorer:
 
     def _classical(self, x: np.ndarray) -> dict[str, Any]:
         model = cached_model(self.model)
+        x = x.reshape(len(x), -1).astype("float64")
         columns = list(getattr(model, "feature_names_in_", [])) or [f"x{i}" for i in range(x.shape[1])]
-        frame = pd.DataFrame(x.reshape(len(x), -1).astype("float64"), columns=columns)
+        frame = pd.DataFrame(x, columns=columns)
         out: dict[str, Any] = {"prediction": model.predict(frame)}
         if self.task == "classify":
             out["prediction"] = self._names(out["prediction"])
