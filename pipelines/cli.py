@@ -184,6 +184,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from pipelines.ingest.stage import IngestStage, inspect_table, schema_snippet
+
+    config = load_config(args.config, args.set)
+    ingest = next((s for s in config.stages if isinstance(s, IngestStage)), None)  # its filter/derive read columns
+    plan = inspect_table(config.dataset, ingest.filter if ingest else None, ingest.derive if ingest else None)
+    print(f"# {config.dataset.name}: column types from the data; paste under `dataset:` to declare them")
+    print(schema_snippet(plan), end="")
+    return 0
+
+
 def default_configs() -> tuple[list[Path], Path]:
     """The default job: bundled images (Fashion-MNIST, else digits) and a bundled table, then the demo network."""
     from pipelines.data.bundled import FASHION_HOW_TO, fashion_mnist_available
@@ -390,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="+")
     with_overrides(p)
     p.set_defaults(fn=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the dataset's column types inferred from its files, as YAML to paste")
+    p.add_argument("config")
+    with_overrides(p)
+    p.set_defaults(fn=cmd_schema)
 
     p = sub.add_parser("demo", help="the default job: bundled image and table data on Spark and Dask")
     p.add_argument("--engine", default="spark,dask")

@@ -110,10 +110,13 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out or "<root>"
 
 
-def parse_config(data: dict[str, Any], source: str = "<config>") -> PipelineConfig:
-    """Validate a raw mapping; errors name each key's path and the source file."""
+def parse_config(
+    data: dict[str, Any], source: str = "<config>", config_dir: str | os.PathLike[str] | None = None
+) -> PipelineConfig:
+    """Validate a raw mapping; errors name each key's path and the source file (relative `code:` is beside it)."""
     try:
-        return PipelineConfig.model_validate(data)
+        context = {"config_dir": str(config_dir)} if config_dir is not None else None
+        return PipelineConfig.model_validate(data, context=context)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -132,7 +135,21 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
     data = load_yaml(path)
     for assignment in overrides or []:
         apply_override(data, assignment)
-    return parse_config(data, source=str(Path(path)))
+    _resolve_code(data, Path(path).resolve().parent)
+    return parse_config(data, source=str(Path(path)), config_dir=Path(path).resolve().parent)
+
+
+def _resolve_code(node: Any, base: Path) -> None:
+    """Each stage's `code:` (the user's file or folder, beside the config) as an absolute path, in place."""
+    if isinstance(node, dict):
+        code = node.get("code")
+        if isinstance(code, str) and "stage" in node and not Path(code).is_absolute():
+            node["code"] = str(base / code)
+        for value in node.values():
+            _resolve_code(value, base)
+    elif isinstance(node, list):
+        for value in node:
+            _resolve_code(value, base)
 
 
 def dump_config(config: PipelineConfig) -> str:

@@ -37,7 +37,7 @@ class Case:
     stage: dict[str, Any] = field(default_factory=dict)
 
 
-CSV3 = {"features": ["a", "b"], "label": "y", "types": {"y": "int"}}
+CSV3 = {"features": ["a", "b"], "label": "y", "types": {"a": "float", "b": "float", "y": "int"}}
 TEXT3 = {"features": ["a", "name"], "label": "y", "types": {"name": "str", "y": "int"}}
 
 

@@ -23,7 +23,8 @@ from pipelines.predict.data import new_dataset
 from pipelines.runs import Run
 from pipelines.runs.history import RunRecord, compare_runs, same_splits
 
-TABLE = {"features": ["a", "b"], "label": "y", "types": {"y": "int"}}
+# b is declared: some tests put text in it to be rejected (undeclared, that text would make it a category)
+TABLE = {"features": ["a", "b"], "label": "y", "types": {"b": "float", "y": "int"}}
 
 
 def _csv(path, rows: int, seed: int, bad: dict[int, str] | None = None) -> pd.DataFrame:

@@ -21,7 +21,15 @@ def _config(tmp_path: Path, name: str = "codes", **dataset: object) -> Path:
         "name": name,
         "runs_dir": str(tmp_path / "runs"),
         "engine": {"kind": "dask", "partitions": 1},
-        "dataset": {"name": name, "format": "csv", "path": "d.csv", "features": ["a", "b"], "label": "y", **dataset},
+        "dataset": {
+            "name": name,
+            "format": "csv",
+            "path": "d.csv",
+            "features": ["a", "b"],
+            "label": "y",
+            "types": {"b": "float"},  # declared: 'abc' is to be rejected (undeclared, it would make b a category)
+            **dataset,
+        },
         "stages": [{"stage": "ingest", "max_rejected_fraction": 0.0}],
     }
     conf = tmp_path / f"{name}.yaml"

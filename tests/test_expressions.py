@@ -311,7 +311,7 @@ def test_type_errors_name_the_key(tmp_path):
     assert len(problems) == 1 and problems[0].startswith("stages[0].derive.pi_rat: type error:")
     assert "\n" not in problems[0]
     problems = _plan_problems(tmp_path, {"derive": GOOD, "filter": "s46 + 1"})
-    assert problems == ["stages[0].filter: a filter must be true or false, this one gives double"]
+    assert problems == ["stages[0].filter: a filter must be true or false, this one gives int64"]  # s46: 20, 35
 
 
 def test_run_checks_expressions_against_the_file(dask_engine, tmp_path):
@@ -345,6 +345,7 @@ def test_filter_and_derive_run_reconcile_and_fit_like_statsmodels(engine, tmp_pa
         "split": {"test_fraction": 0.0},
     }
     conf = _config(tmp_path, stage)
+    conf["dataset"]["types"] = {"s46": "float"}  # declared: "oops" is to be rejected, not to make s46 a category
     (tmp_path / "h.csv").write_text("\n".join(text) + "\n")
     conf["stages"].append({"stage": "model", "name": "lm", "model": "linear_regression"})
     conf["engine"] = {"kind": engine.kind, "partitions": 3}

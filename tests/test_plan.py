@@ -109,8 +109,10 @@ def test_registry_is_the_one_list_of_stage_kinds():
     from pipelines.deep.models import NETWORKS
     from pipelines.deep.stage import DeepStage
 
-    assert set(ModelStage.model_fields["model"].annotation.__args__) == set(ESTIMATORS)
-    assert set(DeepStage.model_fields["model"].annotation.__args__) == set(NETWORKS)
+    families, imported = ModelStage.model_fields["model"].annotation.__args__  # the families | "module:Class"
+    assert set(families.__args__) == set(ESTIMATORS)
+    zoo, user = DeepStage.model_fields["model"].annotation.__args__  # the zoo's names | "module:function"
+    assert set(zoo.__args__) == set(NETWORKS)
 
 
 def test_shipped_configs_pass_the_plan():

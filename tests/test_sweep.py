@@ -99,7 +99,7 @@ def test_sweep_config_problems_carry_their_key_path():
         SweepStage.model_validate({**deep, "grid": {"epochs": [1, 2]}, "early_stopping": {"max_epochs": 9}})
     with pytest.raises(ValidationError, match="grid.transfer.mode: the tensor hand-off and a transfer source are"):
         SweepStage.model_validate({**deep, "grid": {"transfer.mode": ["features"]}})
-    have = "['head', 'mode', 'source', 'trainable_layers']"
+    have = "['head', 'mode', 'source', 'trainable_layers', 'weights']"
     assert key_problem(DeepStage, "transfer.modes") == f"'modes' is not a key of transfer (have {have})"
     assert key_problem(DeepStage, "batch_size.x") == "'batch_size' holds a single value, not keys"
     assert key_problem(DeepStage, "params.anything") is None

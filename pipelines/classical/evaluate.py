@@ -30,28 +30,40 @@ def _named(model: Any, x: np.ndarray) -> Any:
 def classification(model: Any, test: Blocks, plot_dir: Path | None) -> dict[str, Any]:
     """Test-split accuracy, log loss, ROC AUC (one-vs-rest for several classes), confusion matrix (`test_*`)."""
     y = gather(test, lambda block: block["y"])
-    proba = model.predict_proba(test)
     classes = model.classes_
-    pred = classes[np.argmax(proba, axis=1)]
+    if hasattr(model, "predict_proba"):
+        proba = model.predict_proba(test)
+        pred = classes[np.argmax(proba, axis=1)]
+    else:  # no probabilities (a linear SVM): labels from predict, ROC curves from the decision scores
+        pred = model.predict(test)
+        proba = model.decision_function(test) if hasattr(model, "decision_function") else None
+        if proba is not None and proba.ndim == 1:
+            proba = np.column_stack([-proba, proba])
     names = _class_names(classes)
     matrix = skm.confusion_matrix(y, pred, labels=classes)
     out: dict[str, Any] = {
         "test_rows": int(len(y)),
         "test_accuracy": float(skm.accuracy_score(y, pred)),
-        "test_log_loss": float(skm.log_loss(y, np.clip(proba, 1e-15, 1.0), labels=classes)),
         "test_confusion_matrix": {"labels": names, "counts": matrix.tolist()},
     }
+    if hasattr(model, "predict_proba"):
+        out["test_log_loss"] = float(skm.log_loss(y, np.clip(proba, 1e-15, 1.0), labels=classes))
     present = np.isin(classes, y)
     curves: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}
-    if len(classes) == 2 and present.all():
+    if proba is None or not present.all():
+        pass
+    elif len(classes) == 2:
         out["test_roc_auc"] = float(skm.roc_auc_score(y == classes[1], proba[:, 1]))
         fpr, tpr, _ = skm.roc_curve(y == classes[1], proba[:, 1])
         curves[names[1]] = (fpr, tpr, out["test_roc_auc"])
-    elif present.all():
-        out["test_roc_auc_ovr"] = float(skm.roc_auc_score(y, proba, multi_class="ovr", labels=classes))
+    else:
         for i, name in enumerate(names):
             fpr, tpr, _ = skm.roc_curve(y == classes[i], proba[:, i])
             curves[name] = (fpr, tpr, float(skm.auc(fpr, tpr)))
+        if hasattr(model, "predict_proba"):
+            out["test_roc_auc_ovr"] = float(skm.roc_auc_score(y, proba, multi_class="ovr", labels=classes))
+        else:  # decision scores are not probabilities: the one-vs-rest macro average of the per-class AUCs
+            out["test_roc_auc_ovr"] = float(np.mean([c[2] for c in curves.values()]))
     if plot_dir is not None:
         out["plots"] = [plots.confusion(plot_dir / "confusion.png", matrix, names)]
         if curves:
@@ -124,4 +136,23 @@ def decomposition(
             x, y = sample_rows(train, sample, seed=0)
             scores = np.asarray(model.transform(_named(model, x)))[:, :2]
             out["plots"].append(plots.scatter(plot_dir / "scatter_2d.png", scores, y, "first 2 PCs"))
+    return out
+
+
+def partition(model: Any, train: Blocks, plot_dir: Path | None, sample: int) -> dict[str, Any]:
+    """An imported clusterer or mixture: cluster sizes over train, silhouette and ARI on a train sample."""
+    labels_all = model.predict(train)
+    values, counts = np.unique(labels_all, return_counts=True)
+    x, y = sample_rows(train, sample, seed=0)
+    labels = np.asarray(model.predict(_named(model, x)))
+    out: dict[str, Any] = {
+        "cluster_sizes": dict(zip([label_text(v) for v in values], counts.tolist(), strict=True)),
+        "train_silhouette_sample": float(skm.silhouette_score(x, labels)) if len(set(labels)) > 1 else float("nan"),
+        "train_silhouette_rows": int(len(x)),
+    }
+    if y is not None and len(np.unique(y)) > 1:
+        out["train_adjusted_rand_index_sample"] = float(skm.adjusted_rand_score(y, labels))
+    if plot_dir is not None and x.shape[1] >= 2:
+        scores = PCA(2).fit(x).transform(x)
+        out["plots"] = [plots.scatter(plot_dir / "clusters_pca.png", scores, labels, "clusters on the first 2 PCs")]
     return out

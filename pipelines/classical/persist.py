@@ -1,4 +1,9 @@
-"""Save and load fitted models as JSON plus an .npz of arrays: no pickle, so a model file cannot run code."""
+"""Save and load fitted models as JSON plus an .npz of arrays: no pickle, so a model file cannot run code.
+
+An estimator given by import path (External) is saved with skops' safe format (estimator.skops beside
+model.json) and loaded only with types on an allow-list: NumPy, SciPy, scikit-learn and the estimator's own
+top-level package (pipelines.classical.external.External is the wrapper).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from pipelines.classical.summary import ModelSummary
 from pipelines.errors import DataError
 
 FORMAT = "pipelines-model/1"
+SKOPS_FORMAT = "pipelines-skops/1"
 
 
 def _registry() -> dict[str, type]:
@@ -45,7 +51,15 @@ def _tree_from(arrays: Any, index: int) -> Tree:
 def save_model(model: Any, directory: str | Path) -> None:
     """Write model.json (class, parameters, scalar attributes, summary) and arrays.npz into an existing directory."""
     directory = Path(directory)
-    meta: dict[str, Any] = {"format": FORMAT, "class": type(model).__name__, "params": model.get_params()}
+    from pipelines.classical.external import External, dumps
+
+    if isinstance(model, External):
+        atomic_write_bytes(directory / "estimator.skops", dumps(model))
+        params = {k: v for k, v in model.get_params(deep=False).items() if k != "estimator"}
+        meta: dict[str, Any] = {"format": SKOPS_FORMAT, "class": model.model, "code": model.code, "params": params}
+        atomic_write_text(directory / "model.json", json.dumps(meta, indent=2, default=str))
+        return
+    meta = {"format": FORMAT, "class": type(model).__name__, "params": model.get_params()}
     arrays: dict[str, np.ndarray] = {}
     scalars: dict[str, Any] = {}
     objects: list[str] = []  # object arrays (feature names, string labels) are stored as text, restored as object
@@ -85,6 +99,10 @@ def load_model(directory: str | Path) -> Any:
         meta = json.loads((directory / "model.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"{directory / 'model.json'}: cannot read model: {exc}") from exc
+    if meta.get("format") == SKOPS_FORMAT:
+        from pipelines.classical.external import loads
+
+        return loads((directory / "estimator.skops").read_bytes(), meta["class"], meta.get("code"))
     if meta.get("format") != FORMAT:
         raise DataError(f"{directory}: not a {FORMAT} model (format {meta.get('format')!r})")
     cls = _registry().get(meta["class"])

@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 from sklearn.base import is_classifier, is_clusterer, is_regressor
 
 from pipelines.classical import ESTIMATORS, evaluate
 from pipelines.classical.data import Blocks
+from pipelines.classical.external import IMPORT_PATH, MAX_GATHER_MB, build, inner, is_import_path
 from pipelines.classical.persist import load_model, save_model
 from pipelines.engines.base import Engine
+from pipelines.errors import ConfigError
 from pipelines.ingest.handoff import TrainingData, training_data
 from pipelines.ingest.stage import written_splits_problems
 from pipelines.protocol import PipelineSettings, Problem, RecordedResult, Stage, StageContext
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
     ModelKind = str  # the names are known only at run time (the registry); pydantic checks the Literal below
 else:
     ModelKind = Literal[tuple(ESTIMATORS)]  # the one list of names: the registry
+ImportPath = Annotated[str, Field(pattern=IMPORT_PATH)]  # any scikit-learn estimator: "sklearn.svm:LinearSVC"
+ModelName = ModelKind | ImportPath
 
 
 @dataclass
@@ -70,8 +74,11 @@ class ModelStage(Stage):
 
     stage: Literal["model"] = "model"
     output_dir: ClassVar[str] = Folder.MODELS
-    model: ModelKind
+    model: ModelName
     params: dict[str, Any] = Field(default_factory=dict)
+    code: str | None = Field(default=None, description="the user's .py file or folder an import path needs")
+    max_gather_mb: PositiveFloat = Field(default=MAX_GATHER_MB, description="import paths: cap on rows gathered")
+    fit_sample: PositiveInt | None = Field(default=None, description="import paths: fit on this many seeded rows")
     features: list[str] | None = None
     label: str | None = None
     elbow: list[PositiveInt] | None = None
@@ -81,21 +88,26 @@ class ModelStage(Stage):
     save: bool = True
 
     def default_name(self) -> str:
-        """Outputs go under models/<model kind> unless named."""
-        return self.model
+        """Outputs go under models/<model kind> (an import path: its class name) unless named."""
+        return self.model.rpartition(":")[2]
 
     def estimator(self) -> Any:
-        """A new, unfitted estimator with this stage's params."""
-        return ESTIMATORS[self.model](**self.params)
+        """A new, unfitted estimator with this stage's params (an import path's class wrapped in External)."""
+        return build(self.model, self.params, self.code, self.max_gather_mb, self.fit_sample)
 
     def check_values(self) -> list[Problem]:
-        """The estimator accepts the params, checked the way its fit checks them (scikit-learn's validation)."""
+        """The class imports (import paths), accepts the params, as its fit checks them (scikit-learn's validation)."""
+        if self.code is not None and not is_import_path(self.model):
+            return [Problem("code", "only a model given by import path (module:Class) loads code")]
         try:
-            est = self.estimator()
+            est = inner(self.estimator())
+        except ConfigError as exc:
+            return [Problem("model", str(exc))]
         except TypeError as exc:
             return [Problem("params", str(exc))]
         try:
-            est._validate_params()
+            if hasattr(est, "_parameter_constraints"):  # scikit-learn's own validation, where the class has it
+                est._validate_params()
         except ValueError as exc:
             return [_param_problem(exc)]
         return []
@@ -140,16 +152,18 @@ def evaluate_fit(stage: ModelStage, model: Any, train: Blocks, test: Blocks | No
     if hasattr(model, "summary_"):
         out["summary"] = model.summary_.to_dict()
         out.update({named: out["summary"][key] for key, named in FIT_SUMMARY.items() if key in out["summary"]})
-    if is_clusterer(model):
-        out.update(evaluate.clustering(model, train, plot_dir, stage.sample, stage.elbow))
-    elif is_classifier(model):
+    if is_classifier(model):
         if test is not None:
             out.update(evaluate.classification(model, test, plot_dir))
     elif is_regressor(model):
         if test is not None:
             out.update(evaluate.regression(model, test, plot_dir))
-    else:
+    elif hasattr(model, "inertia_"):
+        out.update(evaluate.clustering(model, train, plot_dir, stage.sample, stage.elbow))
+    elif hasattr(model, "all_explained_variance_ratio_"):
         out.update(evaluate.decomposition(model, train, plot_dir, stage.sample, stage.variance_targets))
+    elif is_clusterer(model) or hasattr(model, "predict"):  # an imported clusterer or mixture: labels per row
+        out.update(evaluate.partition(model, train, plot_dir, stage.sample))
     if hasattr(model, "feature_importances_"):
         names = list(model.feature_names_in_)
         out["feature_importances"] = dict(zip(names, model.feature_importances_.tolist(), strict=True))

@@ -83,6 +83,17 @@ def _materialize_breast_cancer(name: str) -> Path:
     return path
 
 
+def _materialize_hmda(name: str) -> Path:
+    from pipelines.data import hmda
+
+    layout = name.removeprefix("hmda/")
+    path = cache_dir() / f"hmda-{layout}.csv"
+    if not path.exists():
+        frame = hmda.prepared() if layout == "prepared" else hmda.raw()
+        atomic_write_bytes(path, frame.to_csv(index=False).encode())
+    return path
+
+
 def _statsmodels_csv(relative: str) -> Callable[[str], Path]:
     def find(name: str) -> Path:
         import statsmodels.datasets
@@ -108,6 +119,8 @@ BUNDLED: dict[str, Callable[[str], Path]] = {
     "digits/labels": _materialize_digits,
     "digits/npz": _materialize_digits,
     "breast-cancer": _materialize_breast_cancer,
+    "hmda/prepared": _materialize_hmda,
+    "hmda/raw": _materialize_hmda,
     "fair": _statsmodels_csv("fair/fair.csv"),
     "randhie": _statsmodels_csv("randhie/randhie.csv"),
 }

@@ -11,14 +11,15 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, StringConstraints, ValidationInfo, field_validator
 
 from pipelines.atomic import atomic_write_json
 from pipelines.deep.augment import AugmentSpec, EvalViews, flip_problem
-from pipelines.deep.models import NETWORKS, check_params
+from pipelines.deep.models import APPLICATIONS, NETWORKS, check_params, network
 from pipelines.deep.shards import MANIFEST, TensorShards, write_shards
+from pipelines.deep.usercode import REF, SOURCE, UserCode, copy_code, is_user_model, pin_spec
 from pipelines.engines.base import Engine
 from pipelines.errors import ConfigError, DataError
 from pipelines.ingest.handoff import TrainingData, training_data
@@ -54,12 +55,19 @@ if TYPE_CHECKING:
     DeepModelKind = str  # the names are known only at run time (the registry); pydantic checks the Literal below
 else:
     DeepModelKind = Literal[tuple(NETWORKS)]  # the one list of names: the registry
+UserModel = Annotated[str, StringConstraints(pattern=REF)]  # "package.module:function" of the user's own network
 
 
 class TransferSpec(StrictModel):
     """Where a transferred model comes from and how much of it trains."""
 
-    source: str = Field(description="'stage:<name>' of an earlier deep stage in this pipeline, or a .keras file")
+    source: str = Field(
+        description="'stage:<name>' of an earlier deep stage in this pipeline, a .keras file, or "
+        "'keras:<architecture>' (a Keras Applications network, e.g. keras:MobileNetV2, without its top)"
+    )
+    weights: str | None = Field(
+        default=None, description="keras:<architecture>: a local weights file for it (none: random init)"
+    )
     mode: Literal["features", "finetune"] = "features"
     trainable_layers: int = Field(default=2, ge=0, description="finetune: top layers of the base left trainable")
     head: list[PositiveInt] = Field(default_factory=lambda: [128])
@@ -69,8 +77,14 @@ class DeepStage(Stage):
     """Train a TensorFlow/Keras network data-parallel with Horovod on the ingested splits."""
 
     stage: Literal["deep"] = "deep"
-    model: DeepModelKind
+    model: DeepModelKind | UserModel = Field(
+        description="a network of the zoo, or 'package.module:function' building the user's own Keras model"
+    )
     params: dict[str, Any] = Field(default_factory=dict)
+    code: str | None = Field(
+        default=None,
+        description="user network: a .py file or a folder (relative to the config) to import `model` from",
+    )
     transfer: TransferSpec | None = None
     classes: list[int] | None = Field(default=None, min_length=2, description="keep only these labels (renumbered)")
     ranks: PositiveInt = 2
@@ -129,8 +143,26 @@ class DeepStage(Stage):
     )
 
     def default_name(self) -> str:
-        """Outputs go under deep/<network kind> unless named."""
-        return self.model
+        """Outputs go under deep/<network kind> (a user network: deep/<module>.<function>) unless named."""
+        return self.model.replace(":", ".")
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _known_model(cls, value: Any) -> Any:
+        """One clear error for a name that is neither a network of the zoo nor a `module:function` ref."""
+        if isinstance(value, str) and value not in NETWORKS and not is_user_model(value):
+            raise ValueError(f"unknown network {value!r}: one of {sorted(NETWORKS)} or 'package.module:function'")
+        return value
+
+    @field_validator("code")
+    @classmethod
+    def _code_beside_config(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A relative `code:` path is taken beside the config file (absolute from then on)."""
+        if value is None:
+            return None
+        base = (info.context or {}).get("config_dir")
+        path = Path(value) if Path(value).is_absolute() or base is None else Path(base) / value
+        return str(path.resolve())
 
     @field_validator("augment", mode="before")
     @classmethod
@@ -143,18 +175,20 @@ class DeepStage(Stage):
     def check_values(self) -> list[Problem]:
         """Params fit the network's builder; a transfer network (only) has a transfer section; classes distinct."""
         problems = []
-        if NETWORKS[self.model].from_base != (self.transfer is not None):
+        if self.code is not None and not is_user_model(self.model):
+            problems.append(Problem("code", f"'code' is for a user network ('module:function'), not {self.model!r}"))
+        if network(self.model).from_base != (self.transfer is not None):
             message = f"model {self.model!r} needs a 'transfer' section, and only it takes one"
             problems.append(Problem("transfer", message))
-        if self.test_time_augment is not None and NETWORKS[self.model].task != "classify":
+        if self.test_time_augment is not None and network(self.model).task != "classify":
             message = f"{self.model!r} does not classify: its outputs are not averaged"
             problems.append(Problem("test_time_augment", message))
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             problems.append(Problem("classes", "classes must be distinct"))
         try:
-            check_params(self.model, self.params)
+            check_params(self.model, self.params, self.code, self.output_name)
         except ValueError as exc:
-            problems.append(Problem("params", str(exc)))
+            problems.append(Problem("model" if str(exc).startswith("cannot import") else "params", str(exc)))
         return problems
 
     def check(self, earlier: Sequence[Stage], config: PipelineSettings) -> list[Problem]:
@@ -172,10 +206,14 @@ class DeepStage(Stage):
         if self.classes and image is not None and image.classes and max(self.classes) >= image.classes:
             problems.append(Problem("classes", f"{self.classes} outside 0..{image.classes - 1}"))
         source = self.transfer.source if self.transfer is not None else ""
+        if self.transfer is not None and self.transfer.weights and not source.startswith("keras:"):
+            problems.append(Problem("transfer.weights", "weights are for a 'keras:<architecture>' source"))
         if source.startswith("stage:"):
             deep = [s.output_name for s in earlier if isinstance(s, DeepStage)]
             if source[len("stage:") :] not in deep:
                 problems.append(Problem("transfer.source", f"{source!r} is not an earlier deep stage (have {deep})"))
+        elif source.startswith("keras:"):
+            problems += _application_problems(source[len("keras:") :], self.transfer.weights if self.transfer else None)
         elif source and not Path(source).is_file():
             problems.append(Problem("transfer.source", f"{source!r}: no such file"))
         return problems
@@ -190,6 +228,16 @@ class DeepStage(Stage):
         return DeepResult(json.loads((Folder.DEEP.under(ctx.run.dir, self.output_name) / "results.json").read_text()))
 
 
+def _application_problems(name: str, weights: str | None) -> list[Problem]:
+    """A Keras Applications source names a known architecture; its weights file, if named, is there."""
+    problems = []
+    if name not in APPLICATIONS:
+        problems.append(Problem("transfer.source", f"keras:{name}: not one of {list(APPLICATIONS)}"))
+    if weights is not None and not Path(weights).is_file():
+        problems.append(Problem("transfer.weights", f"{weights!r}: no such file (weights are never downloaded)"))
+    return problems
+
+
 class RankSpec(StrictModel):
     """What every Horovod rank reads (spec.json): the stage, its tensors, checkpoints and output folders."""
 
@@ -200,6 +248,7 @@ class RankSpec(StrictModel):
     tensorboard: str | None = None
     transfer_model: str | None = None
     class_names: list[str] | None = None
+    code: UserCode | None = None  # a user network: the run's copy of its code, which the rank imports
 
     def write(self, path: Path) -> None:
         """Write the spec atomically as JSON."""
@@ -207,8 +256,15 @@ class RankSpec(StrictModel):
 
     @classmethod
     def read(cls, path: str | Path) -> RankSpec:
-        """Read and validate a spec a stage or sweep trial wrote."""
-        return cls.model_validate_json(Path(path).read_text())
+        """Read and validate a spec a stage or sweep trial wrote (its user code pinned first: the stage imports it)."""
+        text = Path(path).read_text()
+        pin_spec(text)
+        return cls.model_validate_json(text)
+
+
+def rank_class_names(data: TrainingData, classes: Sequence[int]) -> list[str]:
+    """What the ranks call each trained class: its image class folder where the data names it, else its code."""
+    return list(data.inputs.names_of(classes) or [str(c) for c in classes])
 
 
 def tensors_key(stage: DeepStage) -> str:
@@ -278,11 +334,37 @@ def transfer_model_path(stage: DeepStage, run: Any) -> str | None:
     if stage.transfer is None:
         return None
     source = stage.transfer.source
+    if source.startswith("keras:"):
+        return source
     match = re.fullmatch(r"stage:(.+)", source)
     path = Folder.DEEP.under(run.dir, match.group(1)) / "model.keras" if match else Path(source)
     if not path.exists():
         raise ConfigError(f"deep stage {stage.output_name!r}: transfer source {source!r} not found ({path})")
     return str(path)
+
+
+def user_code(run: Any, stage: DeepStage, name: str) -> UserCode | None:
+    """The run's copy of a stage's user code (<run>/code/<name>/, checksums in the manifest), made once per run.
+
+    Ranks, trials and predict import the copy (`usercode.pin`); a resumed run keeps the copy it trained with, and a
+    later stage naming the same `code:` copies the run's first copy of it (one version of the code per run).
+    """
+    if stage.code is None:
+        return None
+    key = Folder.CODE.of(name)
+    target = Folder.CODE.under(run.dir, name)
+    if key not in run.manifest["outputs"] or not target.is_dir():
+        copies = sorted((run.dir / Folder.CODE).glob(f"*/{SOURCE}"))
+        same = [
+            c.parent
+            for c in copies
+            if c.read_text() == stage.code and Folder.CODE.of(c.parent.name) in run.manifest["outputs"]
+        ]
+        with run.output(key) as tmp:
+            copy_code(str(same[0]) if same else stage.code, tmp)
+            (tmp / SOURCE).write_text(stage.code)  # hidden: not imported, not part of the checksums
+        log.info("%s: copied the user code %s (%d files)", key, stage.code, len(run.manifest["outputs"][key]))
+    return UserCode(stage=stage.output_name, dir=str(target), checksums=run.manifest["outputs"][key])
 
 
 def run_deep(engine: Engine, stage: DeepStage, run: Any, data: TrainingData, ranks: int | None = None) -> DeepResult:
@@ -304,7 +386,8 @@ def run_deep(engine: Engine, stage: DeepStage, run: Any, data: TrainingData, ran
                 Folder.TENSORBOARD.under(run.dir, name)
             ),  # rank 0's events; a folder every rank's host sees
             transfer_model=transfer_model_path(stage, run),
-            class_names=[str(c) for c in classes],
+            class_names=rank_class_names(data, classes),
+            code=user_code(run, stage, name),  # the run's copy of the user's network code, imported first
         ).write(spec_path)
         launcher = stage.launcher if stage.launcher != "auto" else engine.rank_launcher()
         n = ranks or stage.ranks

@@ -18,7 +18,7 @@ import numpy as np
 from pipelines.deep import checkpoint, feed
 from pipelines.deep.augment import augmenter, mean_over_views
 from pipelines.deep.board import Board
-from pipelines.deep.models import NETWORKS, build
+from pipelines.deep.models import build, network
 from pipelines.deep.shards import TensorShards
 from pipelines.deep.stage import DeepStage
 
@@ -127,7 +127,7 @@ class Trainer:
         self.train = self.shards.open("train", stage.cache_mb)
         self.val = self.shards.open("val", stage.cache_mb) if "val" in splits else None
         self.test = self.shards.open("test", stage.cache_mb) if "test" in splits else None
-        self.network = NETWORKS[stage.model]
+        self.network = network(stage.model)
         self.task = self.network.task
         self.checkpoints = Path(checkpoints)
         self.board = Board(tensorboard if self.rank == 0 else None, stage.tensorboard_every_steps)
@@ -135,7 +135,8 @@ class Trainer:
             keras.mixed_precision.set_global_policy("mixed_bfloat16")
         keras.utils.set_random_seed(stage.seed)
         params = stage.transfer.model_dump(exclude={"source"}) if stage.transfer is not None else stage.params
-        self.model = build(stage.model, self.shards.sample_shape, self.shards.classes, params, transfer_model)
+        shape, classes = self.shards.sample_shape, self.shards.classes
+        self.model = build(stage.model, shape, classes, params, transfer_model, stage.code, stage.output_name)
         self.optimizer = _optimizer(stage)
         self.optimizer.build(self.model.trainable_variables)
         if self.task == "classify":

@@ -19,6 +19,12 @@ class ImageSpec(StrictModel):
 
     shape: list[PositiveInt] = Field(min_length=1, max_length=3)
     classes: PositiveInt | None = None
+    resize: Literal["stretch", "crop", "pad"] = Field(
+        default="stretch", description="format images: stretch to the shape, centre-crop to its aspect, or pad"
+    )
+    filter: Literal["nearest", "box", "bilinear", "hamming", "bicubic", "lanczos"] = Field(
+        default="bilinear", description="format images: Pillow's resampling filter"
+    )
     flips: bool | None = Field(
         default=None,
         description="whether a mirrored image keeps its class (default: the bundled set's own kind, else false: "
@@ -36,11 +42,27 @@ class NpzKeys(StrictModel):
 DECLARED_SPLITS = ("test", "val")
 
 
+class Impute(StrictModel):
+    """Fill a column's missing cells with a value fitted on the train split (or a constant)."""
+
+    impute: Literal["mean", "median", "most_frequent", "constant"]
+    value: float | str | None = None
+
+    @model_validator(mode="after")
+    def _constant_has_value(self) -> Impute:
+        if (self.impute == "constant") != (self.value is not None):
+            raise ValueError("'value' goes with impute: constant (and only with it)")
+        return self
+
+
+MissingPolicy = Literal["quarantine", "drop"] | Impute
+
+
 class DatasetConfig(StrictModel):
     """Where the data is and what it must look like."""
 
     name: str
-    format: Literal["csv", "parquet", "idx", "npz"]
+    format: Literal["csv", "parquet", "idx", "npz", "images"]
     path: str | list[str]
     labels_path: str | None = None
     test_path: str | list[str] | None = Field(default=None, description="files whose rows all go to the test split")
@@ -52,6 +74,9 @@ class DatasetConfig(StrictModel):
     types: dict[str, ColumnType] = Field(default_factory=dict)
     categories: dict[str, list[str]] = Field(default_factory=dict)
     formula: str | None = None
+    missing: dict[str, MissingPolicy] = Field(
+        default_factory=dict, description="per column: quarantine (default), drop, or {impute: ..., value: ...}"
+    )
     image: ImageSpec | None = None
     npz_keys: NpzKeys = Field(default_factory=NpzKeys)
     delimiter: str = Field(default=",", min_length=1, max_length=1)
@@ -78,6 +103,12 @@ class DatasetConfig(StrictModel):
                 raise ValueError("tabular data needs 'formula' or 'features' (and usually 'label')")
         if not tabular and self.image is None:
             raise ValueError(f"format {self.format!r} needs an 'image' section (shape, classes)")
+        if self.format == "images" and self.image is not None:
+            shape = self.image.shape
+            if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
+                raise ValueError(f"format 'images' needs image.shape [H, W] or [H, W, C] with C 1 or 3, got {shape}")
+            if self.labels_path:
+                raise ValueError("format 'images' takes its labels from class folders or the listing's label column")
         if self.format == "idx" and not self.labels_path:
             raise ValueError("format 'idx' needs 'labels_path' (the labels IDX file)")
         for split in DECLARED_SPLITS:
@@ -115,6 +146,7 @@ class SplitConfig(StrictModel):
     test_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     val_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     seed: int = 0
+    stratify: bool = Field(default=False, description="exact per-class shares of the label (classification)")
 
     @model_validator(mode="after")
     def _check_total(self) -> SplitConfig:

@@ -74,6 +74,10 @@ class Inputs(Protocol):
         """These inputs as named table columns, or the one error for a stage that needs them."""
         ...
 
+    def names_of(self, classes: Sequence[int]) -> tuple[str, ...] | None:
+        """What the data itself calls these label codes (image class folders), or None where it names none."""
+        ...
+
 
 class TableInputs(StrictModel, frozen=True):
     """Tabular splits: encoded, standardized numeric columns and a label column."""
@@ -110,6 +114,10 @@ class TableInputs(StrictModel, frozen=True):
         """Itself."""
         return self
 
+    def names_of(self, classes: Sequence[int]) -> tuple[str, ...] | None:
+        """None: a table's label codes are named by the ingest's fitted levels, not by the splits."""
+        return None
+
 
 class ImageInputs(StrictModel, frozen=True):
     """Image splits: an `image` column of pixel bytes (dtype, shape) and an integer `label`."""
@@ -120,6 +128,7 @@ class ImageInputs(StrictModel, frozen=True):
     classes: int | None = None
     flips: bool = False
     label: str | None = "label"
+    class_names: tuple[str, ...] | None = None  # format images: the class folders or listing labels, in code order
 
     @property
     def features(self) -> tuple[str, ...]:
@@ -141,6 +150,13 @@ class ImageInputs(StrictModel, frozen=True):
     def table(self, needed_by: str) -> TableInputs:
         """Images have no feature columns."""
         raise ConfigError(f"stage {needed_by!r} needs a tabular ingest; the dataset holds images")
+
+    def names_of(self, classes: Sequence[int]) -> tuple[str, ...] | None:
+        """The class folder (or listing label) of each code, where the data was read from image files."""
+        names = self.class_names
+        if names is None:
+            return None
+        return tuple(names[c] if 0 <= c < len(names) else str(c) for c in classes)
 
 
 # Every kind of written split, told apart by `kind` when a spec carries it to another process.

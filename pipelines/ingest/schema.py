@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
@@ -107,6 +108,13 @@ class TableSchema:
     label: Column | None
     intercept: bool = True
     categories: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    declared: frozenset[str] = frozenset()
+    missing: dict[str, Any] = field(default_factory=dict)
+    derived: frozenset[str] = frozenset()
+
+    def policy(self, name: str) -> Any:
+        """The missing-value policy of a column: 'quarantine', 'drop' or an Impute."""
+        return self.missing.get(name, "quarantine")
 
     @property
     def columns(self) -> tuple[Column, ...]:
@@ -116,6 +124,20 @@ class TableSchema:
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
 
+    def undeclared(self) -> list[str]:
+        """Columns whose type no `types:`, `categories:` or `C()` gives: their type comes from the data."""
+        return [n for n in self.names if n not in self.declared and n not in self.derived]
+
+    def column_types(self) -> dict[str, dict[str, str]]:
+        """Each column's type and where it comes from (for the manifest): declared, derived or inferred."""
+        return {c.name: {"type": c.kind, "origin": self.origin(c.name)} for c in self.columns}
+
+    def origin(self, name: str) -> str:
+        """Where a column's type comes from: `declared` (types/categories/C()), `derived` or `inferred`."""
+        if name in self.derived:
+            return "derived"
+        return "declared" if name in self.declared else "inferred"
+
 
 def resolve_table_schema(
     dataset: DatasetConfig,
@@ -123,11 +145,13 @@ def resolve_table_schema(
     source: str,
     derived: Mapping[str, ColumnType] | None = None,
     inputs: Collection[str] = (),
+    inferred: Mapping[str, ColumnType] | None = None,
 ) -> TableSchema:
     """Resolve the declared schema against the columns a file actually has; missing ones are errors.
 
     `derived` (the ingest stage's derived columns and their types) are columns too; `inputs` (file columns
-    the expressions read) may have `types:` entries without being in the schema.
+    the expressions read) may have `types:` entries without being in the schema. A file column no
+    `types:`/`categories:`/`C()` declares takes its type from `inferred` (float until inferred).
     """
     derived = dict(derived or {})
     file_columns = list(file_columns) + [n for n in derived if n not in file_columns]
@@ -157,7 +181,26 @@ def resolve_table_schema(
     unknown_types = set(types) - set(wanted) - set(inputs) - set(derived)
     if unknown_types:
         raise ConfigError(f"dataset {dataset.name!r}: 'types' names columns not in the schema: {sorted(unknown_types)}")
+    declared = frozenset(types) - set(derived)
+    types = {**(inferred or {}), **types}
     features = tuple(Column(n, types.get(n, "float")) for n in names)
     label = Column(label_name, types.get(label_name, "float")) if label_name else None
     categories = {k: tuple(v) for k, v in dataset.categories.items()}
-    return TableSchema(features, label, intercept, categories)
+    _check_missing(dataset, features, label)
+    return TableSchema(features, label, intercept, categories, declared, dict(dataset.missing), frozenset(derived))
+
+
+def _check_missing(dataset: DatasetConfig, features: tuple[Column, ...], label: Column | None) -> None:
+    """Each missing-value policy names a schema column and fits its type (mean/median: numbers; the label: no
+    imputing)."""
+    kinds = {c.name: c.kind for c in features + ((label,) if label else ())}
+    for name, policy in dataset.missing.items():
+        key = f"dataset.missing.{name}"
+        if name not in kinds:
+            raise ConfigError(f"{key}: {name!r} is not a column of the schema {sorted(kinds)}")
+        if isinstance(policy, str):
+            continue
+        if label is not None and name == label.name:
+            raise ConfigError(f"{key}: the label is not imputed; use drop or quarantine")
+        if policy.impute in ("mean", "median") and kinds[name] not in ("float", "int"):
+            raise ConfigError(f"{key}: impute {policy.impute} needs a number column; {name!r} is {kinds[name]}")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +21,13 @@ from pipelines.atomic import atomic_write_bytes
 from pipelines.data.bundled import resolve_path
 from pipelines.engines.base import Engine
 from pipelines.errors import ConfigError, DataError
+from pipelines.ingest import images as image_files
 from pipelines.ingest import readers, sources
-from pipelines.ingest.config import DatasetConfig, SplitConfig, declared_split_problems
+from pipelines.ingest.config import ColumnType, DatasetConfig, SplitConfig, declared_split_problems
 from pipelines.ingest.digest import combine_digests, partition_digest
 from pipelines.ingest.expressions import (
     FILTERED,
+    ExpressionError,
     Expressions,
     compile_expressions,
     declared_kinds,
@@ -41,8 +45,10 @@ from pipelines.ingest.handoff import (
     needs_written_splits,
     splits_fingerprint,
 )
+from pipelines.ingest.infer import infer_types, sample_types, summarize_part
 from pipelines.ingest.schema import TableSchema, resolve_table_schema
 from pipelines.ingest.split import SPLIT_NAMES, TRAIN, assign_split
+from pipelines.ingest.stratify import restratify, stratified_cuts
 from pipelines.ingest.transform import (
     Fitted,
     image_output_schema,
@@ -52,7 +58,7 @@ from pipelines.ingest.transform import (
     transform_images,
     transform_table,
 )
-from pipelines.ingest.validate import image_arrow_schema, table_arrow_schema, validate_images, validate_table
+from pipelines.ingest.validate import DROPPED, image_arrow_schema, table_arrow_schema, validate_images, validate_table
 from pipelines.protocol import NotRestorable, PipelineSettings, Problem, Stage, StageContext, StageResult
 from pipelines.runs.layout import Folder
 
@@ -88,6 +94,13 @@ class Plan:
     images: dict[str, ImageInput] = field(default_factory=dict)
     expressions: Expressions | None = None
     reading: TableSchema | None = None  # the file columns read (the schema's and the expressions' inputs)
+    listing: image_files.ImageListing | None = None  # format images: the files, in row order of the one part source
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """Names of the classes, in label order (format images: the class folders or the listing's labels)."""
+        names = self.listing.class_names if self.listing is not None else None
+        return list(names) if names is not None else None
 
     def unsplit(self) -> list[str]:
         """Names of the files read whole by one task (compressed: a stream cannot be split)."""
@@ -106,8 +119,15 @@ class Plan:
 
     @property
     def has_labels(self) -> bool:
-        """Whether the files hold labels (a label column, or a labels file)."""
-        return self.table.label is not None if self.table is not None else self.labels is not None
+        """Whether the files hold labels (a label column, a labels file, class folders or a listing's labels)."""
+        return self.table.label is not None if self.table is not None else self.labelled
+
+    def input_types(self) -> dict[str, ColumnType]:
+        """The type each file column the expressions read is read as (recorded: new data is read the same way)."""
+        if self.expressions is None or self.reading is None:
+            return {}
+        kinds = {c.name: c.kind for c in self.reading.columns}
+        return {name: kinds[name] for name in self.expressions.inputs}
 
     def arrow_schema(self) -> pa.Schema:
         """The schema of the validated rows the plan's partitions become."""
@@ -123,15 +143,22 @@ def plan_ingest(
     labels_optional: bool = False,
     filters: str | list[str] | None = None,
     derive: dict[str, str] | None = None,
+    input_types: dict[str, ColumnType] | None = None,
+    classes: list[str] | None = None,
 ) -> Plan:
     """Index the input files and cut them into `partitions` balanced segments.
 
     `table` (a finished run's schema) is checked against the files instead of resolved from them; with
     `labels_optional` (new data to score) a label column or labels file the data lacks is left out.
-    `filters` and `derive` (the ingest stage's) are checked against the first file's columns.
+    `filters` and `derive` (the ingest stage's) are checked against the first file's columns. Without `table`,
+    the undeclared columns the schema or the expressions read are typed by all their values (one pass);
+    with it, by the run's types (`input_types`: those of the columns only the expressions read).
+    `classes` (format images: a finished run's class names) fixes the class index of each folder name.
     """
     fmt = dataset.format
     declared = dataset.declared()
+    if fmt == "images":
+        return _image_files_plan(dataset, partitions, labels_optional, classes)
     if fmt in ("csv", "parquet"):
         suffix = sources.CSV_SUFFIXES if fmt == "csv" else (".parquet", ".pq")
         groups: list[tuple[int | None, list[str]]] = [(None, sources.expand_paths(resolve_path(dataset.path), suffix))]
@@ -144,6 +171,7 @@ def plan_ingest(
         else:
             files = sources.index_parquet_files(paths)
         files = sources.with_distinct_names(files)
+        parts = sources.balanced_segments(files, partitions)
         expressions = None
         label = table.label.name if table is not None and table.label is not None else None
         if (
@@ -153,14 +181,21 @@ def plan_ingest(
             and expression_columns(derive[label]) - set(files[0].columns) - set(derive)
         ):
             derive = {name: text for name, text in derive.items() if name != label}
+        kinds = declared_kinds(dataset)
+        if table is None:  # undeclared columns the schema or the expressions read: typed by their values
+            names = _undeclared_read(dataset, files, filters, derive or {}, kinds)
+            inferred = _inferred_types(dataset, names, parts, engine)
+        else:  # new data: the run's types (its schema's and its expressions' inputs'), never the new values'
+            inferred = {c.name: c.kind for c in table.columns if c.name not in table.derived}
+            inferred.update(input_types or {})
+        kinds = {**inferred, **kinds}
         if filters or derive:
-            kinds = declared_kinds(dataset)
             columns = {c: kinds.get(c, "float") for c in files[0].columns}
             expressions = compile_expressions(filters, derive or {}, columns, dataset.types)
         derived = expressions.derived if expressions else {}
         inputs = expressions.inputs if expressions else ()
         if table is None:
-            table = resolve_table_schema(dataset, list(files[0].columns), files[0].path, derived, inputs)
+            table = resolve_table_schema(dataset, list(files[0].columns), files[0].path, derived, inputs, inferred)
             for f in files[1:]:
                 resolve_table_schema(dataset, list(f.columns), f.path, derived, inputs)
         else:
@@ -177,7 +212,7 @@ def plan_ingest(
         return Plan(
             dataset,
             files,
-            sources.balanced_segments(files, partitions),
+            parts,
             table=table,
             declared=codes,
             expressions=expressions,
@@ -207,6 +242,136 @@ def plan_ingest(
         labelled=main.labels is not None,
         declared={i.images.name: SPLIT_CODES[name] for i, (name, _, _) in zip(image_inputs[1:], declared, strict=True)},
         images={i.images.name: i for i in image_inputs},
+    )
+
+
+def _undeclared_read(
+    dataset: DatasetConfig,
+    files: list[sources.SourceFile],
+    filters: str | list[str] | None,
+    derive: dict[str, str],
+    kinds: dict[str, ColumnType],
+) -> list[str]:
+    """File columns the schema or the expressions read that no `types:`/`categories:`/`C()` declares.
+
+    The schema is resolved against every file's header first (a missing column fails before any value is read);
+    derived columns stand in as floats here, their types come from their expressions.
+    """
+    read: set[str] = set()
+    for text in [*derive.values(), *_texts(filters)]:
+        with contextlib.suppress(ExpressionError):  # compile_expressions names the key
+            read |= expression_columns(text)
+    placeholders: dict[str, ColumnType] = {name: "float" for name in derive}
+    header = list(files[0].columns)
+    for f in files:
+        table = resolve_table_schema(dataset, list(f.columns), f.path, placeholders, sorted(read))
+    wanted = set(table.undeclared()) | (read & set(header))
+    return [c for c in header if c in wanted and c not in kinds and c not in derive]
+
+
+def _inferred_types(
+    dataset: DatasetConfig, names: list[str], parts: list[list[sources.Segment]], engine: Engine
+) -> dict[str, ColumnType]:
+    """Each named column's type inferred from all of its values (one pass on the engine, per partition)."""
+    if not names:
+        return {}
+    summarize = functools.partial(summarize_part, fmt=dataset.format, delimiter=dataset.delimiter, names=names)
+    inferred, _ = infer_types(engine.run_tasks(summarize, parts), names)
+    log.info("%s: inferred column types %s", dataset.name, inferred)
+    return inferred
+
+
+class _InProcess:
+    """Runs planning tasks one after another in this process (for commands that start no engine)."""
+
+    kind = "local"
+
+    def run_tasks(self, fn: Any, items: Sequence[Any]) -> list[Any]:
+        return [fn(item) for item in items]
+
+
+def inspect_table(
+    dataset: DatasetConfig, filters: str | list[str] | None = None, derive: dict[str, str] | None = None
+) -> Plan:
+    """A tabular dataset's plan with every undeclared column's type inferred, in this process (no engine)."""
+    if dataset.format not in ("csv", "parquet"):
+        raise ConfigError(f"dataset {dataset.name!r}: format {dataset.format!r} has no table schema")
+    plan = plan_ingest(dataset, 1, _InProcess(), filters=filters, derive=derive)  # type: ignore[arg-type]
+    assert plan.table is not None
+    return plan
+
+
+def schema_snippet(plan: Plan) -> str:
+    """The column types as a YAML `types:` section ready to paste under `dataset:` (declared ones marked).
+
+    Columns only the expressions read are listed too; derived columns are comments (their expressions type them).
+    """
+    assert plan.table is not None
+    entries = plan.table.column_types()
+    if plan.reading is not None:
+        declared = declared_kinds(plan.dataset)
+        for c in plan.reading.columns:
+            origin = "declared" if c.name in declared else "inferred"
+            entries.setdefault(c.name, {"type": c.kind, "origin": origin})
+    lines = ["types:"]
+    for name, entry in entries.items():
+        key = yaml_key(name)
+        if entry["origin"] == "derived":
+            lines.append(f"  # {key}: {entry['type']}  (derived: its expression gives the type)")
+            continue
+        lines.append(f"  {key}: {entry['type']}" + ("  # declared" if entry["origin"] == "declared" else ""))
+    return "\n".join(lines) + "\n"
+
+
+def yaml_key(name: str) -> str:
+    """A column name as a YAML mapping key (quoted where plain YAML would read it otherwise)."""
+    import yaml
+
+    return yaml.safe_dump({name: 0}, default_flow_style=False).rsplit(": 0", 1)[0]
+
+
+def _one_root(dataset: DatasetConfig, path: str | list[str], key: str) -> str:
+    """The one folder or listing a path of format images names (after bundled: references resolve)."""
+    root = resolve_path(path)
+    if not isinstance(root, str):
+        raise DataError(f"dataset {dataset.name!r}: format 'images' takes one folder or listing in {key!r}")
+    return root
+
+
+def _image_files_plan(
+    dataset: DatasetConfig, partitions: int, labels_optional: bool, classes: list[str] | None
+) -> Plan:
+    """Format images: list the files (folder or listing; declared splits' too) as one source of rows, one a file."""
+    assert dataset.image is not None
+    root = _one_root(dataset, dataset.path, "path")
+    main = image_files.list_images(root, tuple(classes) if classes is not None else None, labels_optional)
+    known = main.class_names
+    declared_classes = dataset.image.classes
+    if classes is None and declared_classes is not None and known is not None and len(known) != declared_classes:
+        raise DataError(f"{root}: {len(known)} classes {list(known)}, but image.classes is {declared_classes}")
+    groups: list[tuple[int | None, str, image_files.ImageListing]] = [(None, root, main)]
+    for n, path, _ in dataset.declared():
+        declared_root = _one_root(dataset, path, f"{n}_path")
+        groups.append((SPLIT_CODES[n], declared_root, image_files.list_images(declared_root, known)))
+    if len(groups) > 1:  # rows are named below the folder that holds every root, so names stay distinct
+        top = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for _, p, _ in groups])
+        groups = [(c, p, image_files.renamed(g, top)) for c, p, g in groups]
+    listing = image_files.concat([g for _, _, g in groups])
+    codes = {name: code for code, _, g in groups if code is not None for name in g.names}
+    source = sources.SourceFile(
+        path=root,
+        name=os.path.basename(os.path.normpath(root)),
+        records=len(listing.paths),
+        shape=tuple(dataset.image.shape),
+        dtype="|u1",
+    )
+    return Plan(
+        dataset,
+        [source],
+        sources.balanced_segments([source], partitions),
+        labelled=main.labelled,
+        declared=codes,
+        listing=listing,
     )
 
 
@@ -256,8 +421,8 @@ def _with_split(frame: pd.DataFrame, split: SplitConfig, declared: dict[str, int
     for source, idx in frame.groupby("_source", sort=False).indices.items():
         name = str(source)
         codes[idx] = declared[name] if name in declared else assign_split(name, frame["_row"].to_numpy()[idx], split)
-    filtered = frame["_split"].to_numpy() == FILTERED  # a filter's drop stays a drop
-    frame["_split"] = np.where(filtered, np.int8(FILTERED), codes)
+    marked = np.isin(frame["_split"].to_numpy(), (FILTERED, DROPPED))  # a filter's or a policy's drop stays a drop
+    frame["_split"] = np.where(marked, frame["_split"].to_numpy(), codes).astype(np.int8)
     return frame
 
 
@@ -265,7 +430,15 @@ def read_part(plan: Plan, part: list[sources.Segment], split: SplitConfig) -> pd
     """Read and validate one partition's segments (runs on a worker)."""
     frames = []
     for seg in part:
-        if plan.table is not None:
+        if plan.listing is not None:
+            image = plan.dataset.image
+            assert image is not None  # an image format's dataset has its image section (checked in config)
+            frames.append(
+                image_files.image_file_rows(
+                    plan.listing, seg.start, seg.stop, tuple(image.shape), image.resize, image.filter, plan.labelled
+                )
+            )
+        elif plan.table is not None:
             reading = plan.reading or plan.table
             if plan.dataset.format == "csv":
                 chunk = readers.read_csv_segment(seg, reading, plan.dataset.delimiter)
@@ -321,6 +494,11 @@ class IngestResult(StageResult):
     filters: list[dict[str, Any]] = field(default_factory=list)  # each filter: key, expression, rows dropped
     derived: dict[str, str] = field(default_factory=dict)  # each derived column's type
     expression_inputs: list[str] = field(default_factory=list)
+    input_types: dict[str, ColumnType] = field(
+        default_factory=dict
+    )  # each expression input's type (declared or inferred)
+    dropped: int = 0  # rows a missing-value policy `drop` left out
+    class_names: list[str] | None = None  # format images: the class folders or the listing's labels, in label order
 
     image_classes: int | None = None
     image_flips: bool = False
@@ -331,7 +509,11 @@ class IngestResult(StageResult):
         if self.schema is None:
             assert self.image_dtype is not None and self.image_shape is not None
             shape = tuple(self.image_shape)
-            return ImageInputs(dtype=self.image_dtype, shape=shape, classes=self.image_classes, flips=self.image_flips)
+            names = tuple(self.class_names) if self.class_names is not None else None
+            classes = len(names) if names else self.image_classes
+            return ImageInputs(
+                dtype=self.image_dtype, shape=shape, classes=classes, flips=self.image_flips, class_names=names
+            )
         return TableInputs.of(self.schema, self.fitted, self.encode)
 
     def new_data_schema(self) -> TableSchema | None:
@@ -375,9 +557,17 @@ class IngestResult(StageResult):
             "filtered": self.filtered,
             "accepted": self.accepted,
             "rejected": self.rejected,
+            "dropped": self.dropped,
+            "missing": {
+                k: v if isinstance(v, str) else v.model_dump()
+                for k, v in (self.schema.missing if self.schema else {}).items()
+            },
+            "imputed_values": self.fitted.impute,
+            "imputed_cells": self.fitted.imputed,
             "filters": self.filters,
             "derived": self.derived,
             "expression_inputs": self.expression_inputs,
+            "input_types": self.input_types,
             "splits": self.splits,
             "split_rejected": self.split_rejected,
             "declared_files": self.declared_files,
@@ -390,8 +580,10 @@ class IngestResult(StageResult):
             "levels": self.fitted.levels,
             "constant_columns": self.fitted.constant,
             "input_columns": self.input_columns,
+            "column_types": self.schema.column_types() if self.schema is not None else {},
             "image_dtype": self.image_dtype,
             "image_shape": list(self.image_shape) if self.image_shape else None,
+            "class_names": self.class_names,
         }
 
     @classmethod
@@ -413,12 +605,14 @@ class IngestResult(StageResult):
         """The counts, schema and fitted encoding a finished ingest recorded (no frames)."""
         schema = None
         if facts["image_shape"] is None:
+            inferred = {n: t["type"] for n, t in facts.get("column_types", {}).items() if t["origin"] == "inferred"}
             schema = resolve_table_schema(
                 dataset,
                 facts["input_columns"],
                 "the recorded header",
                 facts.get("derived", {}),
                 facts.get("expression_inputs", []),
+                inferred,
             )
         return cls(
             dataset=facts["dataset"],
@@ -433,7 +627,10 @@ class IngestResult(StageResult):
                 scale={k: (v["mean"], v["std"]) for k, v in facts["scaler"].items()},
                 levels=facts["levels"],
                 constant=facts["constant_columns"],
+                impute=facts.get("imputed_values", {}),
+                imputed=facts.get("imputed_cells", {}),
             ),
+            dropped=facts.get("dropped", 0),
             schema=schema,
             encode=encode,
             input_columns=facts["input_columns"],
@@ -449,6 +646,8 @@ class IngestResult(StageResult):
             filters=facts.get("filters", []),
             derived=facts.get("derived", {}),
             expression_inputs=facts.get("expression_inputs", []),
+            input_types=facts.get("input_types", {}),
+            class_names=facts.get("class_names"),
         )
 
 
@@ -498,12 +697,23 @@ def written_splits_problems(earlier: Sequence[Stage], path: str = "stage") -> li
     return [Problem(path, NEEDS_WRITTEN_SPLITS)]
 
 
+def _texts(filters: Any) -> list[str]:
+    return [text for _, text in filter_list(filters)]
+
+
 def _expression_check(dataset: DatasetConfig, filters: Any, derive: dict[str, str]) -> list[Problem]:
-    """Unknown columns and type errors of the expressions, against the first file's header where it is readable."""
+    """Unknown columns and type errors of the expressions, against the first file's header where it is readable
+    (undeclared columns they read typed by the first rows: `sample_types`)."""
     header = sources.table_header(dataset)
     if header is None:
         return []  # the files are not there yet: the run checks them when it reads them
     kinds = declared_kinds(dataset)
+    read = [c for c in header if c not in kinds and c not in derive]
+    try:
+        read = [c for c in read if any(c in expression_columns(t) for t in [*derive.values(), *_texts(filters)])]
+    except ExpressionError:
+        return []  # check_values names it
+    kinds = {**sample_types(dataset, header, read), **kinds}  # undeclared: typed by the first rows, as the run will
     try:
         compile_expressions(filters, derive, {c: kinds.get(c, "float") for c in header}, dataset.types)
     except ConfigError as exc:
@@ -544,11 +754,15 @@ def run_ingest(
         plan.arrow_schema(),
         lambda pdf: partition_stats(pdf, plan.table),
     )
+    frame = validated
     try:
+        if stage.split.stratify:
+            frame, stats = _stratified(engine, validated, plan, stage.split)
         read = sum(s["read"] for s in stats)
         rejected = sum(s["rejected"] for s in stats)
-        dropped = {key: sum(s["filtered"].get(key, 0) for s in stats) for key, _ in filter_list(stage.filter)}
-        filtered = sum(dropped.values())
+        dropped = sum(s["dropped"] for s in stats)
+        by_filter = {key: sum(s["filtered"].get(key, 0) for s in stats) for key, _ in filter_list(stage.filter)}
+        filtered = sum(by_filter.values())
         if read != plan.records:
             raise DataError(f"{dataset.name}: read {read} records but the files hold {plan.records}")
         splits = {name: sum(s["splits"][name] for s in stats) for name in SPLIT_NAMES.values()}
@@ -557,12 +771,14 @@ def run_ingest(
             dataset=dataset.name,
             engine=engine.kind,
             read=read,
-            accepted=read - filtered - rejected,
+            accepted=read - filtered - rejected - dropped,
             rejected=rejected,
+            dropped=dropped,
             filtered=filtered,
-            filters=[{"key": k, "expression": t, "dropped": dropped[k]} for k, t in filter_list(stage.filter)],
+            filters=[{"key": k, "expression": t, "dropped": by_filter[k]} for k, t in filter_list(stage.filter)],
             derived=dict(plan.expressions.derived) if plan.expressions else {},
             expression_inputs=list(plan.expressions.inputs) if plan.expressions else [],
+            input_types=plan.input_types(),
             splits=splits,
             partition_rows=[s["read"] for s in stats],
             split_partition_rows={name: [s["splits"][name] for s in stats] for name in SPLIT_NAMES.values()},
@@ -573,6 +789,7 @@ def run_ingest(
             split_rejected={name: sum(s["split_rejected"][name] for s in stats) for name in SPLIT_NAMES.values()},
             declared_files=plan.declared_files(),
             unsplit_files=plan.unsplit(),
+            class_names=plan.class_names,
         )
         if plan.unsplit():
             log.info("%s: compressed, read whole by one task each: %s", dataset.name, ", ".join(plan.unsplit()))
@@ -586,7 +803,7 @@ def run_ingest(
             write_quarantine(run.dir / "quarantine.csv", quarantine)
             run.manifest["quarantine"] = {"file": "quarantine.csv", "rows": rejected}
             run.save()
-        kept = read - filtered  # rows a filter dropped are not part of the rejected share
+        kept = read - filtered - dropped  # rows a filter or a `drop` policy left out are not part of the rejected share
         fraction = rejected / kept if kept else 0.0
         if read == 0:
             raise DataError(f"{dataset.name}: no records to read")
@@ -601,10 +818,23 @@ def run_ingest(
                 f"max_rejected_fraction={stage.max_rejected_fraction:.2%}{where}"
             )
         if run is not None and stage.write:
-            _write_splits(engine, validated, plan, stage, fitted, result, run)
+            _write_splits(engine, frame, plan, stage, fitted, result, run)
         return result
     finally:
         engine.release(validated)
+
+
+def _stratified(engine: Engine, validated: Any, plan: Plan, split: SplitConfig) -> tuple[Any, list[dict[str, Any]]]:
+    """The validated frame with per-class exact split shares (lazily mapped) and its partition stats again."""
+    if plan.table is not None and plan.table.label is None:
+        raise ConfigError(f"{plan.dataset.name}: split.stratify needs a label (the dataset declares none)")
+    label = plan.table.label.name if plan.table is not None else "label"  # type: ignore[union-attr]
+    declared = frozenset(plan.declared)
+    cuts = stratified_cuts(engine, validated, label, declared, split)
+    log.info("%s: stratified split over %d classes of %r", plan.dataset.name, len(cuts), label)
+    fn = functools.partial(restratify, label=label, declared=declared, seed=split.seed, cuts=cuts)
+    frame = engine.map_partitions(validated, fn, plan.arrow_schema())
+    return frame, engine.reduce_partitions(frame, lambda pdf: partition_stats(pdf, plan.table))
 
 
 def _write_splits(

@@ -11,8 +11,10 @@ import pandas as pd
 import pyarrow as pa
 
 from pipelines.ingest.expressions import step_counts
+from pipelines.ingest.infer import r_level_order
 from pipelines.ingest.schema import TableSchema
 from pipelines.ingest.split import SPLIT_NAMES, TRAIN
+from pipelines.ingest.validate import DROPPED
 
 KEEP_META = [pa.field("_source", pa.string()), pa.field("_row", pa.int64())]
 
@@ -28,22 +30,60 @@ def partition_stats(pdf: pd.DataFrame, schema: TableSchema | None) -> dict[str, 
         "splits": {name: int((ok & (split == code)).sum()) for code, name in SPLIT_NAMES.items()},
         "split_rejected": {name: int((~ok & (split == code)).sum()) for code, name in SPLIT_NAMES.items()},
         "filtered": step_counts(pdf),
+        "dropped": int((ok & (split == DROPPED)).sum()),
         "moments": {},
         "levels": {},
+        "missing": {},
+        "counts": {},
     }
     if schema is None:
         return out
     train = pdf[ok & (split == TRAIN)]
+    kept = pdf[ok & (split >= 0)]  # neither filtered nor dropped
     for col in schema.features:
+        policy = schema.policy(col.name)
+        if not isinstance(policy, str):
+            out["missing"][col.name] = [int(train[col.name].isna().sum()), int(kept[col.name].isna().sum())]
+            if policy.impute in ("median", "most_frequent"):  # exact: the train split's distinct values, counted
+                counts = train[col.name].dropna().value_counts(sort=False)
+                out["counts"][col.name] = [[_plain(v), int(c)] for v, c in counts.items()]
         if col.numeric:
             x = train[col.name].to_numpy(dtype="float64", na_value=np.nan)
+            x = x[~np.isnan(x)]  # accepted rows hold NaN only where a cell is missing and imputed
             n = len(x)
             mean = float(x.mean()) if n else 0.0
             out["moments"][col.name] = [n, mean, float(((x - mean) ** 2).sum()) if n else 0.0]
     for col in schema.columns:
         if col.kind == "category":
-            out["levels"][col.name] = sorted(set(pdf.loc[ok, col.name].dropna().astype(str)))
+            out["levels"][col.name] = sorted(set(kept[col.name].dropna().astype(str)))
     return out
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy/pandas scalar as a plain Python value (for stats that travel and for the manifest)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def fitted_fill(policy: Any, moments: tuple[int, float, float], counts: list[list[Any]]) -> Any:
+    """The value a policy fills missing cells with, as scikit-learn's SimpleImputer fits it on the train split."""
+    if policy.impute == "constant":
+        return policy.value
+    if policy.impute == "mean":
+        return moments[1]
+    merged: dict[Any, int] = {}
+    for value, count in counts:
+        merged[value] = merged.get(value, 0) + count
+    if not merged:
+        return None
+    if policy.impute == "most_frequent":  # ties: the smallest value, as SimpleImputer picks
+        top = max(merged.values())
+        return min(v for v, c in merged.items() if c == top)
+    values = np.array(sorted(merged))
+    cumulative = np.cumsum([merged[v] for v in values])
+    total = int(cumulative[-1])
+    lo = values[np.searchsorted(cumulative, (total - 1) // 2 + 1)]
+    hi = values[np.searchsorted(cumulative, total // 2 + 1)]
+    return float((lo + hi) / 2)
 
 
 def combine_moments(parts: list[list[float]]) -> tuple[int, float, float]:
@@ -67,21 +107,38 @@ class Fitted:
     scale: dict[str, tuple[float, float]] = field(default_factory=dict)
     levels: dict[str, list[str]] = field(default_factory=dict)
     constant: list[str] = field(default_factory=list)
+    impute: dict[str, Any] = field(default_factory=dict)
+    imputed: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_stats(cls, stats: list[dict[str, Any]], schema: TableSchema | None, standardize: bool) -> Fitted:
         fitted = cls()
         if schema is None:
             return fitted
+        train_missing: dict[str, int] = {}
+        for name, policy in schema.missing.items():
+            if isinstance(policy, str) or name not in [c.name for c in schema.features]:
+                continue
+            moments = combine_moments([s["moments"][name] for s in stats]) if name in stats[0]["moments"] else None
+            counts = [pair for s in stats for pair in s["counts"].get(name, [])]
+            fitted.impute[name] = fitted_fill(policy, moments or (0, 0.0, 0.0), counts)
+            train_missing[name] = sum(s["missing"][name][0] for s in stats)
+            fitted.imputed[name] = sum(s["missing"][name][1] for s in stats)
         for col in schema.columns:
             if col.kind == "category":
                 declared = schema.categories.get(col.name)
-                seen = sorted({v for s in stats for v in s["levels"].get(col.name, [])})
+                seen = r_level_order({v for s in stats for v in s["levels"].get(col.name, [])})
+                fill = fitted.impute.get(col.name)
+                if fill is not None and str(fill) not in seen:
+                    seen = r_level_order([*seen, str(fill)])
                 fitted.levels[col.name] = list(declared) if declared else seen
         if standardize:
             for col in schema.features:
                 if col.numeric:
-                    _, mean, std = combine_moments([s["moments"][col.name] for s in stats])
+                    parts = [s["moments"][col.name] for s in stats]
+                    if train_missing.get(col.name) and fitted.impute.get(col.name) is not None:  # scaled after filling
+                        parts.append([train_missing[col.name], float(fitted.impute[col.name]), 0.0])
+                    _, mean, std = combine_moments(parts)
                     if std == 0.0:
                         fitted.constant.append(col.name)
                         std = 1.0
@@ -118,10 +175,18 @@ def output_schema(schema: TableSchema, fitted: Fitted, encode: str) -> pa.Schema
     return pa.schema(fields)
 
 
+def _filled(values: pd.Series, fill: Any) -> pd.Series:
+    """A column's missing cells filled with its fitted value (numbers as float64, so a mean fills an int column)."""
+    if isinstance(fill, bool) or not isinstance(fill, (int, float)):
+        return values.astype(object).where(values.notna(), fill)
+    return values.astype("float64").fillna(float(fill))
+
+
 def transform_table(pdf: pd.DataFrame, split: int, schema: TableSchema, fitted: Fitted, encode: str) -> pd.DataFrame:
     """Accepted rows of one split, encoded and standardized with the training-split fit."""
     keep = pdf[pdf["_reason"].isna() & (pdf["_split"] == split)]
     out: dict[str, Any] = {"_source": keep["_source"].to_numpy(), "_row": keep["_row"].to_numpy()}
+    keep = keep.assign(**{k: _filled(keep[k], v) for k, v in fitted.impute.items() if k in keep and v is not None})
     for name, dtype, source, level in encoded_columns(schema, fitted, encode):
         values = keep[source]
         if level is not None:

@@ -22,6 +22,8 @@ META_FIELDS = [
     pa.field("_raw", pa.string()),
     pa.field("_split", pa.int8()),
 ]
+DROPPED = -2  # the `_split` of an accepted row its missing-value policy drops: in no split, counted apart
+# (-1 is a filter's drop: pipelines.ingest.expressions.FILTERED)
 NAN_TEXT = {"nan", "-nan", "+nan"}
 TRUE_TEXT = {"true", "t", "yes", "y", "1"}
 FALSE_TEXT = {"false", "f", "no", "n", "0"}
@@ -38,8 +40,11 @@ def image_arrow_schema() -> pa.Schema:
     return pa.schema(META_FIELDS + [pa.field("image", pa.binary()), pa.field("label", pa.int64())])
 
 
-def _reasons(mask: np.ndarray, message: str, values: pd.Series | np.ndarray | None = None) -> pd.Series | None:
-    """Per-row reason: message where mask is set (then repr of the value when values are given); None if none."""
+def _reasons(
+    mask: np.ndarray, message: str, values: pd.Series | np.ndarray | None = None, hint: str = ""
+) -> pd.Series | None:
+    """Per-row reason: message where mask is set (then repr of the value when values are given, then the hint);
+    None if none."""
     if not mask.any():
         return None
     out = pd.Series(None, index=range(len(mask)), dtype=object)
@@ -47,8 +52,13 @@ def _reasons(mask: np.ndarray, message: str, values: pd.Series | np.ndarray | No
         out[mask] = message
     else:
         picked = np.asarray(values, dtype=object)[mask]
-        out[mask] = [f"{message}{v!r}" for v in picked]
+        out[mask] = [f"{message}{v!r}{hint}" for v in picked]
     return out
+
+
+def _accepts(col: Column, kind: str) -> str:
+    """The `types:` entry that would accept a value breaking the column's type."""
+    return f" in column {col.name!r}; `types: {{{col.name}: {kind}}}` would accept it"
 
 
 def _first(current: pd.Series | None, new: pd.Series | None) -> pd.Series | None:
@@ -67,13 +77,30 @@ def _text(arr: pa.ChunkedArray) -> pd.Series:
 
 
 def _column(
-    arr: pa.ChunkedArray, col: Column, is_label: bool, levels: tuple[str, ...] | None, nullable: bool = False
-) -> tuple[pd.Series, pd.Series | None]:
-    """Typed values of one column and, per row, why it is rejected (None when it is fine).
+    arr: pa.ChunkedArray,
+    col: Column,
+    is_label: bool,
+    levels: tuple[str, ...] | None,
+    nullable: bool = False,
+    reject_missing: bool = True,
+) -> tuple[pd.Series, pd.Series | None, np.ndarray]:
+    """Typed values of one column, per row why it is rejected (None when it is fine), and which cells are missing.
 
     `nullable`: only values of the wrong type are rejected; missing values stay null, NaN and inf stay.
+    `reject_missing` False (the column's missing-value policy is drop or impute): a missing cell is no rejection.
     """
     missing_msg = "missing label" if is_label else "missing value"
+    reasons, values, missing = _checked(arr, col, missing_msg, levels, nullable)
+    if not reject_missing and reasons is not None:
+        reasons = reasons.where(~(missing & (reasons == missing_msg).to_numpy()), None)
+        reasons = reasons if reasons.notna().any() else None
+    return values, reasons, missing
+
+
+def _checked(
+    arr: pa.ChunkedArray, col: Column, missing_msg: str, levels: tuple[str, ...] | None, nullable: bool
+) -> tuple[pd.Series | None, pd.Series, np.ndarray]:
+    """Reasons, typed values and missing mask of one column."""
     reasons: pd.Series | None = None
     if col.kind in ("float", "int"):
         if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type):
@@ -84,7 +111,7 @@ def _column(
             missing = (text == "").to_numpy() | arr.is_null().to_numpy(zero_copy_only=False)
             num = pd.to_numeric(text.where(~missing, None), errors="coerce").astype("float64").to_numpy()
             unparsed = np.isnan(num) & ~missing & ~text.str.lower().isin(NAN_TEXT).to_numpy()
-            reasons = _reasons(unparsed, "not a number: ", text)
+            reasons = _reasons(unparsed, "not a number: ", text, _accepts(col, "category"))
             num = np.where(unparsed, np.nan, num)
         if not nullable:
             reasons = _first(reasons, _reasons(missing, missing_msg))
@@ -92,17 +119,17 @@ def _column(
             reasons = _first(reasons, _reasons(np.isinf(num), "infinite value"))
         if col.kind == "int":
             frac = np.isfinite(num) & ((num != np.round(num)) | (np.abs(num) > 2**53))
-            reasons = _first(reasons, _reasons(frac, "not an integer: ", num))
+            reasons = _first(reasons, _reasons(frac, "not an integer: ", num, _accepts(col, "float")))
             values = pd.Series(np.where(np.isfinite(num) & ~frac, num, np.nan)).astype("Int64")
         elif nullable:  # missing stays NA, NaN stays NaN (SQL NULL and NaN differ)
             values = pd.Series(pd.arrays.FloatingArray(num, missing.astype(bool)))
         else:
             values = pd.Series(num)
-        return values, reasons
+        return reasons, values, missing
     if col.kind == "bool" and pa.types.is_boolean(arr.type):
         missing = arr.is_null().to_numpy(zero_copy_only=False)
         values = pd.Series(arr.to_pandas(), dtype="boolean")
-        return values, None if nullable else _reasons(missing, missing_msg)
+        return None if nullable else _reasons(missing, missing_msg), values, missing
     text = _text(arr)
     missing = (text == "").to_numpy()
     reasons = None if nullable else _reasons(missing, missing_msg)
@@ -110,14 +137,16 @@ def _column(
     if col.kind == "bool":
         lower = text.str.lower()
         truthy, falsy = lower.isin(TRUE_TEXT).to_numpy(), lower.isin(FALSE_TEXT).to_numpy()
-        reasons = _first(reasons, _reasons(~missing & ~(truthy | falsy), "not a boolean: ", text))
+        reasons = _first(
+            reasons, _reasons(~missing & ~(truthy | falsy), "not a boolean: ", text, _accepts(col, "category"))
+        )
         values = pd.Series(pd.array(truthy, dtype="boolean"))
         values[~(truthy | falsy)] = pd.NA
-        return values, reasons
+        return reasons, values, missing
     if levels is not None:
         unknown = ~missing & ~text.isin(levels).to_numpy()
         reasons = _first(reasons, _reasons(unknown, "unknown category: ", text))
-    return text.where(~missing, None), reasons
+    return reasons, text.where(~missing, None), missing
 
 
 def validate_table(chunk: RawChunk, schema: TableSchema, nullable: bool = False) -> pd.DataFrame:
@@ -129,9 +158,15 @@ def validate_table(chunk: RawChunk, schema: TableSchema, nullable: bool = False)
     reason = pd.Series(None, index=range(n), dtype=object)
     column = pd.Series(None, index=range(n), dtype=object)
     out: dict[str, pd.Series] = {}
+    dropped = np.zeros(n, bool)
     for col in schema.columns:
         is_label = schema.label is not None and col.name == schema.label.name
-        values, why = _column(chunk.values.column(col.name), col, is_label, schema.categories.get(col.name), nullable)
+        policy = schema.policy(col.name)
+        arr = chunk.values.column(col.name)
+        levels = schema.categories.get(col.name)
+        values, why, missing = _column(arr, col, is_label, levels, nullable, policy == "quarantine")
+        if policy == "drop":
+            dropped |= missing
         out[col.name] = values
         if why is None:
             continue
@@ -153,7 +188,7 @@ def validate_table(chunk: RawChunk, schema: TableSchema, nullable: bool = False)
             "_reason": reason,
             "_column": column,
             "_raw": raw,
-            "_split": np.int8(0),
+            "_split": np.where(dropped & reason.isna().to_numpy(), DROPPED, 0).astype(np.int8),
             **out,
         }
     )

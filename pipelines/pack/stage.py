@@ -25,8 +25,8 @@ from scipy import stats
 from sklearn.base import is_classifier, is_regressor
 
 from pipelines.atomic import atomic_write_json
-from pipelines.classical import ESTIMATORS
-from pipelines.classical.stage import ModelKind, ModelStage
+from pipelines.classical.external import build
+from pipelines.classical.stage import ModelName, ModelStage
 from pipelines.engines.balance import Outcome, Task, run_balanced
 from pipelines.errors import ConfigError, DataError
 from pipelines.ingest.handoff import TrainingData, training_data
@@ -80,8 +80,9 @@ class PackStage(Stage):
     stage: Literal["pack"] = "pack"
     output_dir: ClassVar[str] = Folder.PACKS
     placement_fields: ClassVar[frozenset[str]] = frozenset({"slots"})
-    model: ModelKind
+    model: ModelName
     params: dict[str, Any] = Field(default_factory=dict)
+    code: str | None = Field(default=None, description="the user's .py file or folder an import path needs")
     features: list[str] | None = None
     label: str | None = None
     bootstrap: BootstrapConfig | None = None
@@ -101,9 +102,9 @@ class PackStage(Stage):
         given = [k for k in KINDS if getattr(self, k) is not None]
         if len(given) != 1:
             return [Problem("pack", f"give exactly one of bootstrap, group_by, configs (got {given or 'none'})")]
-        problems = [Problem(p.path, p.message) for p in _param_problems(self.model, self.params)]
+        problems = [Problem(p.path, p.message) for p in _param_problems(self.model, self.params, self.code)]
         for i, extra in enumerate(self.configs or []):
-            for p in _param_problems(self.model, {**self.params, **extra}):
+            for p in _param_problems(self.model, {**self.params, **extra}, self.code):
                 key = p.path.removeprefix("params.")
                 problems.append(Problem(f"configs.{i}.{key}" if key in extra else p.path, p.message))
         if self.bootstrap is not None and self.model not in BOOTSTRAP_MODELS:
@@ -114,12 +115,12 @@ class PackStage(Stage):
 
     def default_name(self) -> str:
         """Outputs go under packs/<model>-<kind> unless named."""
-        return f"{self.model}-{self.kind}"
+        return f"{self.model.rpartition(':')[2]}-{self.kind}"
 
     def check(self, earlier: Sequence[Stage], config: PipelineSettings) -> list[Problem]:
         """An ingest that writes comes first; a supervised model has a label."""
         problems = written_splits_problems(earlier)
-        est = ESTIMATORS[self.model](**self.params)
+        est = build(self.model, self.params, self.code)
         dataset = config.dataset
         has_label = self.label or dataset.label or dataset.formula
         if (is_classifier(est) or is_regressor(est)) and not has_label:
@@ -179,14 +180,14 @@ class PackStage(Stage):
             )
         features, label = table.columns(self.features, self.label, self.output_name)
         features = [f for f in features if f != self.group_by]
-        est = ESTIMATORS[self.model](**self.params)
+        est = build(self.model, self.params, self.code)
         supervised = is_classifier(est) or is_regressor(est)
         return Source(data.outputs["train"], data.outputs.get("test"), tuple(features), label if supervised else None)
 
     def _tasks(self, ctx: StageContext, data: TrainingData, source: Source) -> list[Task]:
         if self.configs is not None:
             return [
-                Task(f"config-{i:03d}", FitTask(self.model, {**self.params, **c}, source))
+                Task(f"config-{i:03d}", FitTask(self.model, {**self.params, **c}, source, code=self.code))
                 for i, c in enumerate(self.configs)
             ]
         if self.group_by is not None:
@@ -196,7 +197,7 @@ class PackStage(Stage):
             # largest groups first: the long tasks start early, so the tail of the pack is short
             ordered = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
             return [
-                Task(f"{self.group_by}={v}", FitTask(self.model, self.params, source, (self.group_by, v)))
+                Task(f"{self.group_by}={v}", FitTask(self.model, self.params, source, (self.group_by, v), self.code))
                 for v, _ in ordered
             ]
         boot = self.bootstrap
@@ -246,9 +247,9 @@ class PackStage(Stage):
         }
 
 
-def _param_problems(model: str, params: dict[str, Any]) -> list[Problem]:
+def _param_problems(model: str, params: dict[str, Any], code: str | None = None) -> list[Problem]:
     """The model stage's own check of a model's params (scikit-learn's validation), reused as is."""
-    return ModelStage.model_construct(model=model, params=params).check_values()
+    return ModelStage.model_construct(model=model, params=params, code=code).check_values()
 
 
 def discover_groups(engine: Any, frame: Any, column: str) -> dict[Any, int]:

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 from scipy import linalg
 from sklearn.base import is_classifier, is_clusterer, is_regressor
 
-from pipelines.classical import ESTIMATORS
 from pipelines.classical.data import ModelInputError
+from pipelines.classical.external import build
 
 ORDER = ["_source", "_row"]  # every read is sorted by these, so rows come in one order on either engine
 
@@ -40,6 +40,7 @@ class FitTask:
     params: dict[str, Any]
     source: Source
     group: tuple[str, Any] | None = None
+    code: str | None = None  # the user's file or folder, for a model given by import path
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,9 @@ def read_rows(path: str, source: Source, group: tuple[str, Any] | None = None) -
     return x, y
 
 
-def fit(model: str, params: dict[str, Any], x: pd.DataFrame, y: Any) -> Any:
-    """A new estimator of the registry's kind, fitted in this process on arrays."""
-    est = ESTIMATORS[model](**params)
+def fit(model: str, params: dict[str, Any], x: pd.DataFrame, y: Any, code: str | None = None) -> Any:
+    """A new estimator (a built-in family, or an import path's class), fitted in this process on arrays."""
+    est = build(model, params, code)
     supervised = is_classifier(est) or is_regressor(est)
     return est.fit(x, y) if supervised else est.fit(x)
 
@@ -114,7 +115,7 @@ def run_fit(task: FitTask) -> dict[str, Any]:
         raise ModelInputError(f"no train rows where {task.group[0]} == {task.group[1]!r}" if task.group else "no rows")
     test = read_rows(task.source.test, task.source, task.group) if task.source.test else None
     t0 = time.perf_counter()
-    est = fit(task.model, task.params, x, y)
+    est = fit(task.model, task.params, x, y, task.code)
     seconds = time.perf_counter() - t0
     out: dict[str, Any] = {"train_rows": len(x), "test_rows": len(test[0]) if test else 0}
     out["fit_seconds"] = round(seconds, 4)

@@ -11,7 +11,7 @@ from pipelines.errors import ConfigError, UsageError
 from pipelines.ingest.config import DatasetConfig
 
 # What the data must look like comes from the run; where the files are and how they are stored, from the new data.
-SCHEMA_KEYS = ("features", "label", "types", "categories", "formula", "image")
+SCHEMA_KEYS = ("features", "label", "types", "categories", "formula", "missing", "image")
 FILE_KEYS = ("format", "path", "labels_path", "npz_keys", "delimiter")
 TABLES = ("csv", "parquet")
 DECLARED_KEYS = ("test_path", "test_labels_path", "val_path", "val_labels_path")  # the run's splits, not new data

@@ -78,6 +78,8 @@ def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out
         labels_optional=True,
         filters=stage.filter,
         derive=stage.derive,
+        input_types=saved.ingest.input_types,
+        classes=saved.ingest.class_names,  # format images: each class folder keeps the run's code
     )
     if plan.image_problem:
         raise DataError(f"{dataset.path}: {plan.image_problem} (the run's images)")
@@ -93,6 +95,7 @@ def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out
     try:
         read, rejected = sum(s["read"] for s in stats), sum(s["rejected"] for s in stats)
         filtered = sum(sum(s["filtered"].values()) for s in stats)
+        dropped = sum(s["dropped"] for s in stats)  # a missing-value policy `drop`, as at ingest
         if read != plan.records:
             raise DataError(f"{dataset.path}: read {read} records but the files hold {plan.records}")
         with atomic_dir(out) as tmp:
@@ -110,15 +113,16 @@ def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out
                 "read": read,
                 "scored": sum(p["rows"] for p in parts),
                 "filtered": filtered,
+                "dropped": dropped,
                 "rejected": rejected,
                 "labelled": labelled,
                 **combine_metrics(parts, saved.task),
                 "outputs": {"predictions": "predictions", "quarantine": "quarantine.csv"},
             }
-            if summary["scored"] + filtered + rejected != read or len(quarantine) != rejected:
+            if summary["scored"] + filtered + dropped + rejected != read or len(quarantine) != rejected:
                 raise DataError(
                     f"counts do not reconcile: read {read}, scored {summary['scored']}, filtered {filtered}, "
-                    f"rejected {rejected}"
+                    f"dropped {dropped}, rejected {rejected}"
                 )
             atomic_write_json(tmp / SUMMARY, summary)
     finally:
@@ -131,7 +135,9 @@ def make_scorer(saved: SavedStage, plan: Plan, labelled: bool) -> Scorer:
     ingest = saved.ingest
     levels = ingest.fitted.levels.get(saved.label or "", None)
     classes = tuple(saved.classes)
-    names = tuple(levels[int(c)] for c in classes) if levels else classes
+    transform, inputs = ingest.new_data_rows(plan, saved.ingest_stage.image_scale)
+    named = inputs.names_of([int(c) for c in classes]) if saved.task == "classify" else None
+    names = named or (tuple(levels[int(c)] for c in classes) if levels else classes)
     fields = [pa.field("source_file", pa.string()), pa.field("row", pa.int64())]
     if saved.task == "reconstruct":
         fields.append(pa.field("reconstruction_error", pa.float64()))
@@ -142,7 +148,6 @@ def make_scorer(saved: SavedStage, plan: Plan, labelled: bool) -> Scorer:
             fields += [pa.field(f"probability_{n}", pa.float64()) for n in names]
         if labelled and saved.label is not None:
             fields.append(pa.field("label", value))
-    transform, inputs = ingest.new_data_rows(plan, saved.ingest_stage.image_scale)
     return Scorer(
         model=saved.model,
         task=saved.task,

@@ -14,8 +14,9 @@ from pipelines.atomic import checksum_tree
 from pipelines.classical.persist import load_model
 from pipelines.classical.stage import ModelStage
 from pipelines.config import PipelineConfig, load_config
+from pipelines.deep import usercode
 from pipelines.deep.augment import EvalViews
-from pipelines.deep.models import NETWORKS
+from pipelines.deep.models import network
 from pipelines.deep.stage import DeepStage, tensors_key
 from pipelines.errors import DataError, UsageError
 from pipelines.ingest.stage import IngestResult, IngestStage
@@ -34,6 +35,8 @@ class ModelRef:
     kind: Literal["classical", "keras"]
     path: str
     digest: str
+    network: str | None = None  # a user network's "module:function", imported before the model loads
+    code: usercode.UserCode | None = None  # where that module is imported from: the run's copy of `code:`
 
 
 @dataclass
@@ -79,6 +82,10 @@ def load_saved(run_dir: str | Path, name: str) -> SavedStage:
     if not (run_dir / MANIFEST).is_file() or not (run_dir / CONFIG).is_file():
         raise UsageError(f"{run_dir}: not a run directory (needs {CONFIG} and {MANIFEST})")
     manifest = RunRecord.read(run_dir).manifest
+    for output in manifest.get("outputs", {}):
+        if output.startswith(Folder.CODE.of("")):
+            _verified(run_dir, manifest, output)  # user code is imported only from intact copies
+    usercode.pin_run(run_dir)  # user networks' code: the run's copies
     config = load_config(run_dir / CONFIG)
     names = [s.output_name for s in config.stages]
     if name not in names:
@@ -115,7 +122,7 @@ def _classical(
         task: Task = "classify"
     elif is_regressor(model):
         task = "regress"
-    elif is_clusterer(model):
+    elif is_clusterer(model) or hasattr(getattr(model, "estimator_", None), "predict"):  # imported: a mixture too
         task = "cluster"
     else:
         raise UsageError(f"stage {stage.output_name!r} ({stage.model}) transforms data but predicts nothing")
@@ -136,7 +143,7 @@ def _deep(
 ) -> SavedStage:
     output = Folder.DEEP.of(stage.output_name)
     digest = _verified(run_dir, manifest, output)
-    task: Task = NETWORKS[stage.model].task
+    task: Task = network(stage.model).task
     tensors = Folder.TENSORS.under(run_dir, tensors_key(stage)) / "manifest.json"
     classes: list[Any] = []
     if task == "classify":
@@ -148,6 +155,11 @@ def _deep(
             raise DataError(f"{tensors}: missing; it records the classes the network was trained on")
     features = list(ingest.inputs.features)
     label = _label_of(ingest) if task == "classify" else None
-    ref = ModelRef("keras", str(run_dir / output / "model.keras"), digest)
+    user, code = usercode.is_user_model(stage.model), None
+    if user and stage.code is not None:
+        copy = Folder.CODE.of(stage.output_name)
+        _verified(run_dir, manifest, copy)  # its network's code was copied into the run and is intact
+        code = usercode.UserCode(stage=stage.output_name, dir=str(run_dir / copy), checksums=manifest["outputs"][copy])
+    ref = ModelRef("keras", str(run_dir / output / "model.keras"), digest, stage.model if user else None, code)
     proba = task == "classify"  # the softmax output
     return SavedStage(run_dir, config, stage, ingest_stage, ingest, ref, task, classes, features, label, proba)

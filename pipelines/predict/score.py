@@ -49,6 +49,12 @@ def load_ref(ref: ModelRef) -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
+    if ref.network is not None:  # a user network: import its module (the run's copy) to register its custom layers
+        from pipelines.deep import usercode
+
+        if ref.code is not None:
+            ref.code.pin()
+        usercode.load(ref.network, None, ref.code.stage if ref.code is not None else None)
     return keras.saving.load_model(ref.path, compile=False, safe_mode=True)
 
 
@@ -87,8 +93,9 @@ class Scorer:
 
     def _classical(self, x: np.ndarray) -> dict[str, Any]:
         model = cached_model(self.model)
+        x = x.reshape(len(x), -1).astype("float64")
         columns = list(getattr(model, "feature_names_in_", [])) or [f"x{i}" for i in range(x.shape[1])]
-        frame = pd.DataFrame(x.reshape(len(x), -1).astype("float64"), columns=columns)
+        frame = pd.DataFrame(x, columns=columns)
         out: dict[str, Any] = {"prediction": model.predict(frame)}
         if self.task == "classify":
             out["prediction"] = self._names(out["prediction"])

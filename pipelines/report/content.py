@@ -100,7 +100,10 @@ def clock(stamp: str | None) -> str:
 
 def short_facts(entry: dict[str, Any]) -> list[tuple[str, str]]:
     """A manifest entry's scalar facts (counts, model, metrics) for the stages table; lists and dicts left out."""
-    return [(k, fmt(v)) for k, v in entry.items() if k not in ENTRY_KEYS and _is_scalar(v) and v is not None]
+    out = [(k, fmt(v)) for k, v in entry.items() if k not in ENTRY_KEYS and _is_scalar(v) and v is not None]
+    if entry.get("imputed_cells"):  # ingest: imputed cells per column (missing-value policies)
+        out.append(("imputed cells", ", ".join(f"{k} {fmt(v)}" for k, v in entry["imputed_cells"].items())))
+    return out
 
 
 def _is_scalar(value: Any) -> bool:

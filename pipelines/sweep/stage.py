@@ -18,13 +18,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
+import numpy as np
 import pandas as pd
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from pipelines.atomic import atomic_write_json
 from pipelines.classical.stage import HEADLINE as MODEL_HEADLINE
 from pipelines.classical.stage import ModelStage
-from pipelines.deep.stage import DeepStage, hand_off, transfer_model_path
+from pipelines.deep.stage import DeepStage, hand_off, rank_class_names, transfer_model_path, user_code
 from pipelines.engines.balance import Outcome, Task, run_balanced
 from pipelines.errors import PipelineError
 from pipelines.ingest.handoff import ImageInputs, TableInputs, training_data
@@ -36,12 +37,24 @@ from pipelines.settings import StrictModel
 from pipelines.sweep import plots
 from pipelines.sweep.hyperband import Request, Schedule
 from pipelines.sweep.space import RandomSearch, Values, grid_values, key_problem, random_values, with_values
-from pipelines.sweep.trial import SPEC, TrialItem, TrialSpec, read_result, run_trial_task, rung_of, trial_dir
+from pipelines.sweep.trial import (
+    SPEC,
+    CrossValidation,
+    TrialItem,
+    TrialSpec,
+    read_fold,
+    read_result,
+    run_trial_task,
+    rung_of,
+    trial_dir,
+    write_result,
+)
 
 log = logging.getLogger(__name__)
 
 DEEP_METRICS = ("test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_accuracy", "train_loss")
 MODEL_METRICS = (*MODEL_HEADLINE, "test_mae")
+BEST_KEYS = ("metric", "mode", "best_index", "best_values", "best_metric", "cv", "best_test_metric")
 Target = Annotated[ModelStage | DeepStage, Field(discriminator="stage")]
 
 
@@ -66,7 +79,17 @@ class SweepResult(RecordedResult):
 
     def facts(self) -> dict[str, Any]:
         """Headline facts: trials, done/failed/timeout/reused, the best metric."""
-        keys = ("trials", "done", "failed", "timeout", "reused", "metric", "best_metric", "epochs_spent")
+        keys: tuple[str, ...] = (
+            "trials",
+            "done",
+            "failed",
+            "timeout",
+            "reused",
+            "metric",
+            "best_metric",
+            "best_test_metric",
+        )
+        keys += ("epochs_spent",)
         facts = {k: self.values.get(k) for k in ("model", "train_rows")}
         facts["fit_seconds"] = self.values.get("seconds")
         return {**facts, **{k: self.values[k] for k in keys if self.values.get(k) is not None}}
@@ -81,6 +104,7 @@ class SweepStage(Stage):
     random: RandomSearch | None = None
     metric: str = "test_accuracy"
     mode: Literal["max", "min"] = "max"
+    cv: CrossValidation | None = Field(default=None, description="score each trial by k-fold cv on train")
     early_stopping: EarlyStopping | None = None
     retries: int = Field(default=1, ge=0, description="attempts after a trial's first failure")
     trial_timeout_s: PositiveFloat = 3600
@@ -126,6 +150,8 @@ class SweepStage(Stage):
                 why = "with early_stopping the epochs are the budget, not a searched value"
             if why:
                 problems.append(Problem(f"{self.space_name}.{key}", why))
+        if self.cv is not None and (deep or self.executor != "engine"):
+            problems.append(Problem("cv", "cross-validation runs classical (model) targets on the engine's workers"))
         if self.early_stopping is not None and not deep:
             problems.append(Problem("early_stopping", "needs a deep target (epochs are the budget)"))
         if self.ranks_per_trial > 1 and not deep:
@@ -190,6 +216,7 @@ class Row:
     worker: str | None = None
     reused: bool = False
     error: str | None = None
+    cv_std: float | None = None
 
 
 class Sweep:
@@ -213,6 +240,8 @@ class Sweep:
         )
         self.inputs: TableInputs | ImageInputs | None = None  # what a classical trial's splits hold
         self.specs: dict[int, TrialSpec] = {}
+        self.fold_seconds: list[float] = []  # cv: each fold task's wall seconds, and the folds' makespan and slots
+        self.fold_wall: tuple[float, int] = (0.0, 1)
 
     # --- trial specs -----------------------------------------------------------------------------------
 
@@ -228,11 +257,12 @@ class Sweep:
                 **common,
                 "tensors": str(shards.dir),
                 "transfer_model": transfer_model_path(stage.target, ctx.run),
-                "class_names": [str(c) for c in classes],
+                "code": user_code(ctx.run, stage.target, self.name),  # trials import the run's copy
+                "class_names": rank_class_names(data, classes),
                 "ranks": stage.ranks_per_trial,
             }
         self.inputs = data.inputs
-        return {**common, "data": dict(data.outputs), "inputs": data.inputs}
+        return {**common, "data": dict(data.outputs), "inputs": data.inputs, "cv": stage.cv}
 
     def _prepare(self) -> None:
         """Write each trial's spec.json (only when it changed); drop a trial folder written for another spec."""
@@ -272,6 +302,7 @@ class Sweep:
         metric = result.get("metric") if result is not None and status == "ok" else None
         seconds = facts.pop("seconds", None) or (result or {}).get("seconds")
         row.status, row.epochs, row.metric = status, epochs, metric
+        row.cv_std = (result or {}).get("metrics", {}).get("cv_std") if metric is not None else None
         row.seconds = round((row.seconds or 0.0) + (seconds or 0.0), 3)
         row.host = (result or {}).get("host") or row.host
         if result is not None and result.get("worker_pid") is not None:
@@ -306,7 +337,88 @@ class Sweep:
         key = f"trial-{index:03d}" + (f"-e{epochs}" if self.stage.early_stopping is not None else "")
         return Task(key, item, cost=self.stage.ranks_per_trial)
 
+    def _fold_tasks(self, request: Request) -> list[Task]:
+        """A cv trial's folds not yet done, one task each (their results are kept across a driver's kill)."""
+        index, _ = request
+        folder, digest = trial_dir(self.dir, index), self.specs[index].digest
+        timeout = float(self.stage.trial_timeout_s)
+        cv = self.stage.cv
+        assert cv is not None
+        return [
+            Task(f"trial-{index:03d}-fold{fold:02d}", TrialItem(str(self.dir), index, timeout, fold))
+            for fold in range(cv.tasks)
+            if read_fold(folder, digest, fold) is None
+        ]
+
+    def _cv_result(self, index: int) -> dict[str, Any]:
+        """A cv trial's result.json from its folds: the metric's mean, its standard deviation, each metric's mean."""
+        folder, spec = trial_dir(self.dir, index), self.specs[index]
+        folds = [read_fold(folder, spec.digest, f) for f in range(self.stage.cv.tasks)]  # type: ignore[union-attr]
+        scores = np.array([f["metric"] for f in folds])  # type: ignore[index]
+        keys = set.intersection(*(set(f["metrics"]) for f in folds))  # type: ignore[index]
+        metrics = {k: float(np.mean([f["metrics"][k] for f in folds])) for k in sorted(keys)}  # type: ignore[index]
+        metrics.update(cv_mean=float(scores.mean()), cv_std=float(scores.std(ddof=0)), cv_folds=len(scores))
+        metrics["cv_scores"] = scores.tolist()
+        seconds = sum(f["seconds"] for f in folds)  # type: ignore[index]
+        return write_result(folder, spec, "ok", seconds, float(scores.mean()), metrics)
+
+    def _on_engine_cv(self, first: list[Request]) -> None:
+        """Every fold of every trial a task, load-balanced; a trial is scored when its last fold ends."""
+        pending: dict[int, set[str]] = {}
+        failed: dict[int, str] = {}
+        tasks: list[Task] = []
+        for request in first:
+            todo = self._fold_tasks(request)
+            if todo:
+                pending[request[0]] = {t.key for t in todo}
+                tasks += todo
+            else:  # every fold was done before the driver stopped
+                self._record(request[0], None, self._cv_result(request[0]), reused=True, seconds=0.0)
+
+        def ended(outcome: Outcome) -> list[Task]:
+            index = outcome.item.index
+            self.fold_seconds.append(outcome.seconds)
+            pending[index].discard(outcome.key)
+            self.rows[index].attempts = max(self.rows[index].attempts, outcome.attempts)
+            if not outcome.ok:
+                failed.setdefault(index, f"fold {outcome.item.fold}: {outcome.error}")
+            if not pending[index]:
+                if index in failed:
+                    self._record(index, None, None, reused=False, error=failed[index], seconds=outcome.seconds)
+                else:
+                    self._record(index, None, self._cv_result(index), reused=False)
+            return []
+
+        t0 = time.perf_counter()
+        slots = self.ctx.engine.parallelism
+        run_balanced(
+            self.ctx.engine,
+            run_trial_task,
+            tasks,
+            slots=slots,
+            retries=self.stage.retries,
+            on_outcome=ended,
+            label=f"sweep {self.name} (cv)",
+        )
+        self.fold_wall = (time.perf_counter() - t0, slots)
+
+    def _final(self, index: int) -> dict[str, Any]:
+        """The best cv configuration refitted on the whole train split and scored once on test (final.json)."""
+        folder, digest = trial_dir(self.dir, index), self.specs[index].digest
+        found = read_fold(folder, digest, "final")
+        if found is None:
+            item = TrialItem(str(self.dir), index, float(self.stage.trial_timeout_s), "final")
+            outcome = run_balanced(
+                self.ctx.engine, run_trial_task, [Task(f"trial-{index:03d}-final", item)], retries=self.stage.retries
+            )[0]
+            if not outcome.ok:
+                raise PipelineError(f"sweep {self.name!r}: the refit of trial {index:03d} failed: {outcome.error}")
+            found = outcome.value
+        return found
+
     def _on_engine(self, first: list[Request]) -> None:
+        if self.stage.cv is not None:
+            return self._on_engine_cv(first)
         budget = {index: epochs for index, epochs in first}
 
         def ended(outcome: Outcome) -> list[Task]:
@@ -400,6 +512,8 @@ class Sweep:
                 reused=row.reused,
                 error=row.error,
             )
+            if self.stage.cv is not None:
+                record["cv_std"] = row.cv_std
             records.append(record)
         columns = list(records[0]) if records else []  # object columns: 2 stays 2 beside a None, not 2.0
         return pd.DataFrame({c: pd.Series([r[c] for r in records], dtype=object) for c in columns})
@@ -430,6 +544,16 @@ class Sweep:
             "best_metric": best.metric if best else None,
             "seconds": round(seconds, 3),
         }
+        if stage.cv is not None and best is not None:
+            final = self._final(best.index)
+            values["cv"] = {**stage.cv.model_dump(), "best_std": best.cv_std}
+            if self.fold_seconds:  # the folds' makespan beside its lower bound max(longest fold, work / slots)
+                wall, slots = self.fold_wall
+                bound = max(max(self.fold_seconds), sum(self.fold_seconds) / slots)
+                values["cv"].update(folds_run=len(self.fold_seconds), slots=slots, makespan_s=round(wall, 3))
+                values["cv"].update(lower_bound_s=round(bound, 3), longest_fold_s=max(self.fold_seconds))
+            values["best_test_metric"] = final["metric"]
+            values["best_test_metrics"] = final["metrics"]
         if isinstance(stage.target, DeepStage):
             values.update(epochs_spent=self.schedule.epochs_spent, epochs_full_grid=self.schedule.epochs_full)
             if stage.early_stopping is not None:
@@ -446,7 +570,7 @@ class Sweep:
             table.to_csv(tmp / "results.csv", index=False)
             atomic_write_json(
                 tmp / "best.json",
-                {k: values[k] for k in ("metric", "mode", "best_index", "best_values", "best_metric")},
+                {k: values[k] for k in BEST_KEYS if k in values},
             )
             if stage.plots and scored:
                 axes = list(stage.heatmap or keys[:2])

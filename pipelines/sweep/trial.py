@@ -5,6 +5,8 @@ written splits (read with pyarrow, in this process) or trains a deep network wit
 (its own checkpoints in the trial folder, so a bigger epoch budget continues it), and writes
 TRIALS_DIR/<NNN>/result.json atomically. A non-zero exit code means the trial failed. The same command is
 what a task of the engine runs (in a subprocess, with a time limit) and what a SLURM/PBS array task runs.
+With a third argument (a fold number, or `final`) it fits one cross-validation fold of the trial (spec.cv)
+and writes fold-NN.json, or refits on the whole train split and writes final.json.
 """
 
 from __future__ import annotations
@@ -22,16 +24,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
 from pipelines.atomic import atomic_write_json
 from pipelines.classical.stage import ModelStage
 from pipelines.deep.stage import DeepStage
+from pipelines.deep.usercode import UserCode, pin_spec
 from pipelines.ingest.handoff import AnyInputs
 from pipelines.settings import StrictModel
 
 SPEC = "spec.json"
 RESULT = "result.json"
+
+
+class CrossValidation(StrictModel):
+    """k-fold cross-validation of each trial on the train split (scikit-learn's splitters, shuffled and seeded)."""
+
+    folds: int = Field(default=5, ge=2)
+    stratified: bool = False
+    repeats: PositiveInt = 1
+    seed: int = 0
+
+    @property
+    def tasks(self) -> int:
+        """Folds in all: folds x repeats."""
+        return self.folds * self.repeats
+
+    def splitter(self) -> Any:
+        """scikit-learn's splitter (shuffled, seeded): KFold, StratifiedKFold or their Repeated* forms."""
+        from sklearn import model_selection as ms
+
+        if self.repeats > 1:
+            kind = ms.RepeatedStratifiedKFold if self.stratified else ms.RepeatedKFold
+            return kind(n_splits=self.folds, n_repeats=self.repeats, random_state=self.seed)
+        kind = ms.StratifiedKFold if self.stratified else ms.KFold
+        return kind(n_splits=self.folds, shuffle=True, random_state=self.seed)
 
 
 class TrialSpec(StrictModel):
@@ -49,10 +76,12 @@ class TrialSpec(StrictModel):
     inputs: AnyInputs | None = None
     features: list[str] = Field(default_factory=list)
     label: str | None = None
+    cv: CrossValidation | None = Field(default=None, description="the folds a fold task of this trial picks from")
     # a deep trial: the tensor shards and what every rank needs besides the stage
     tensors: str | None = None
     transfer_model: str | None = None
     class_names: list[str] | None = None
+    code: UserCode | None = None  # a user network: the run's copy of its code (its checksums are in the digest)
     ranks: int = 1
 
     def with_digest(self) -> TrialSpec:
@@ -67,8 +96,10 @@ class TrialSpec(StrictModel):
 
     @classmethod
     def read(cls, path: Path) -> TrialSpec:
-        """Read and validate a spec the driver wrote."""
-        return cls.model_validate_json(path.read_text())
+        """Read and validate a spec the driver wrote (its user code pinned first: the target stage imports it)."""
+        text = path.read_text()
+        pin_spec(text)
+        return cls.model_validate_json(text)
 
 
 def trial_dir(trials_dir: str | os.PathLike[str], index: int) -> Path:
@@ -134,6 +165,33 @@ def classical_metrics(spec: TrialSpec) -> dict[str, float]:
     return _scalars(metrics)
 
 
+def fold_metrics(spec: TrialSpec, fold: int) -> dict[str, float]:
+    """Fit on the train split less fold `fold` (rows in their recorded order), evaluate on the fold's rows."""
+    import numpy as np
+
+    from pipelines.classical import Blocks
+    from pipelines.classical.stage import ModelStage, evaluate_fit
+
+    stage = spec.target
+    assert isinstance(stage, ModelStage) and spec.cv is not None
+    train = _split_blocks(spec.data["train"], spec)
+    x = np.concatenate(train.map(lambda block: block["x"]))
+    y = np.concatenate(train.map(lambda block: block["y"])) if train.label is not None else None
+    fit_rows, held = list(spec.cv.splitter().split(x, y))[fold]
+
+    def part(rows: np.ndarray) -> Blocks:
+        labels = None if y is None else (y[rows].astype(np.int64) if train.integer_labels else y[rows])
+        return Blocks.from_arrays(x[rows], labels, features=train.features, label=train.label)
+
+    fit_on, score_on = part(fit_rows), part(held)
+    model = stage.estimator()
+    t0 = time.perf_counter()
+    model.fit(fit_on)
+    metrics = {"fit_seconds": time.perf_counter() - t0, "train_rows": fit_on.n_rows, "fold": fold}
+    metrics.update(evaluate_fit(stage, model, fit_on, score_on, None))
+    return _scalars(metrics)
+
+
 def deep_metrics(spec: TrialSpec, folder: Path) -> dict[str, float]:
     """Train with the deep worker (1 rank directly, k ranks under horovodrun) up to the budget; its metrics."""
     from pipelines.deep.stage import DeepStage, RankSpec
@@ -151,6 +209,7 @@ def deep_metrics(spec: TrialSpec, folder: Path) -> dict[str, float]:
         out=str(folder / "out"),
         transfer_model=spec.transfer_model,
         class_names=spec.class_names,
+        code=spec.code,
     ).write(folder / "worker.json")
     argv = [sys.executable, "-m", "pipelines.deep.worker", str(folder / "worker.json")]
     command = argv if spec.ranks == 1 else launch_command("horovodrun", spec.ranks, None, argv)
@@ -165,15 +224,39 @@ def deep_metrics(spec: TrialSpec, folder: Path) -> dict[str, float]:
     return _scalars(metrics)
 
 
-def run_trial(trials_dir: str, index: int) -> dict[str, Any]:
-    """Run one trial from its spec and write its result.json; returns the result."""
+def fold_file(fold: int | str) -> str:
+    """The result file of one cross-validation fold (fold-NN.json) or of the final refit (final.json)."""
+    return "final.json" if fold == "final" else f"fold-{int(fold):02d}.json"
+
+
+def read_fold(folder: Path, digest: str, fold: int | str) -> dict[str, Any] | None:
+    """A fold's (or the final refit's) result when it was written for this spec, else None."""
+    path = folder / fold_file(fold)
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if result.get("digest") == digest else None
+
+
+def run_trial(trials_dir: str, index: int, fold: int | str | None = None) -> dict[str, Any]:
+    """Run one trial (or one cv fold of it, or its final refit) from its spec and write its result file."""
     folder = trial_dir(trials_dir, index)
     spec = TrialSpec.read(folder / SPEC)
     t0 = time.perf_counter()
-    metrics = classical_metrics(spec) if spec.target.stage == "model" else deep_metrics(spec, folder)
+    if fold is not None and fold != "final":
+        metrics = fold_metrics(spec, int(fold))
+    else:
+        metrics = classical_metrics(spec) if spec.target.stage == "model" else deep_metrics(spec, folder)
     name = spec.metric
     if name not in metrics:
         raise SystemExit(f"trial {index:03d}: metric {name!r} not among the results {sorted(metrics)}")
+    if fold is not None:
+        seconds = round(time.perf_counter() - t0, 3)
+        result = {"index": index, "digest": spec.digest, "fold": fold, "metric": metrics[name], "metrics": metrics}
+        result.update(status="ok", seconds=seconds, host=socket.gethostname(), epochs=None)
+        atomic_write_json(folder / fold_file(fold), result)
+        return result
     result = write_result(folder, spec, "ok", time.perf_counter() - t0, metrics[name], metrics, pid=os.getpid())
     return result
 
@@ -219,6 +302,7 @@ class TrialItem:
     trials_dir: str
     index: int
     timeout_s: float
+    fold: int | str | None = None  # one cv fold of the trial, or "final" (the best refitted on all train rows)
 
 
 def _last_line(path: Path) -> str:
@@ -234,9 +318,11 @@ def run_trial_task(item: TrialItem) -> dict[str, Any]:
     """
     folder = trial_dir(item.trials_dir, item.index)
     spec = TrialSpec.read(folder / SPEC)
-    attempt = 1 + len(list(folder.glob("attempt-*.log")))
-    log_path = folder / f"attempt-{attempt}.log"
+    tag = "" if item.fold is None else f"{item.fold}-" if item.fold == "final" else f"fold{int(item.fold):02d}-"
+    attempt = 1 + len(list(folder.glob(f"{tag}attempt-*.log")))
+    log_path = folder / f"{tag}attempt-{attempt}.log"
     command = [sys.executable, "-m", "pipelines.sweep.trial", item.trials_dir, str(item.index)]
+    command += [] if item.fold is None else [str(item.fold)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     where = {"host": socket.gethostname(), "worker_pid": os.getpid(), "attempt": attempt}
     t0 = time.perf_counter()
@@ -256,6 +342,11 @@ def run_trial_task(item: TrialItem) -> dict[str, Any]:
             return {**result, **where}
     if rc != 0:
         raise TrialFailed(f"trial {item.index:03d} exited with code {rc}: {_last_line(log_path)}")
+    if item.fold is not None:
+        found = read_fold(folder, spec.digest, item.fold)
+        if found is None:
+            raise TrialFailed(f"trial {item.index:03d} fold {item.fold} exited without writing its result")
+        return {**found, **where}
     recorded = read_result(folder, spec.digest)
     if recorded is None:
         raise TrialFailed(f"trial {item.index:03d} exited without writing {RESULT}")
@@ -264,13 +355,14 @@ def run_trial_task(item: TrialItem) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m pipelines.sweep.trial TRIALS_DIR INDEX", file=sys.stderr)
+    if len(args) not in (2, 3):
+        print("usage: python -m pipelines.sweep.trial TRIALS_DIR INDEX [FOLD|final]", file=sys.stderr)
         return 2
     from pipelines.deep.worker import die_with_parent
 
     die_with_parent()  # an engine task that starts this dies with its worker: so does the trial
-    result = run_trial(args[0], int(args[1]))
+    fold = None if len(args) == 2 else args[2] if args[2] == "final" else int(args[2])
+    result = run_trial(args[0], int(args[1]), fold)
     print(f"trial {result['index']:03d}: {result['metric']} at epochs {result['epochs']} in {result['seconds']} s")
     return 0
 
