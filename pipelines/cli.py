@@ -57,7 +57,10 @@ def _run(args: argparse.Namespace, configs: list[PipelineConfig], resume: bool |
 
     runs = run_all(configs, _engines(args.engine), resume, args.wait, getattr(args, "force", False))
     end_progress()
-    done = [(run.config, run.result) for run in runs]
+    done = []
+    for run in runs:
+        assert run.config is not None and run.result is not None  # run_all returns runs it ran, never from disk
+        done.append((run.config, run.result))
     for config, out in done:
         console.print(f"[green]done[/] {config.name} on {config.engine.kind}: {out.run.dir}")
     print_summaries(done)

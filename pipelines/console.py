@@ -26,9 +26,9 @@ from pipelines.runs.history import RunRecord, compare_runs, same_splits
 
 console = Console(stderr=True)
 
-INGEST_COLUMNS = ("pipeline", "engine", "read", "accepted", "rejected", "partitions", "rows/partition")
+INGEST_COLUMNS: tuple[str, ...] = ("pipeline", "engine", "read", "accepted", "rejected", "partitions", "rows/partition")
 INGEST_COLUMNS += ("train", "val", "test", "seconds", "run")
-MODEL_COLUMNS = ("pipeline", "engine", "stage", "model", "train rows", "fit s")
+MODEL_COLUMNS: tuple[str, ...] = ("pipeline", "engine", "stage", "model", "train rows", "fit s")
 MODEL_COLUMNS += ("metrics (train_: fit, test_: held out)", "files")
 
 
@@ -131,8 +131,8 @@ class StageProgress(logging.Handler):
         try:
             if hasattr(record, "stage_event"):
                 self._stage(*record.stage_event)
-            elif getattr(record, "dashboard", None):
-                self._line(f"dashboard: {record.dashboard}")
+            elif dashboard := getattr(record, "dashboard", None):
+                self._line(f"dashboard: {dashboard}")
             elif getattr(record, "progress", False):
                 self._note(record.getMessage())
         except Exception:  # a display problem never stops a run

@@ -53,4 +53,5 @@ class EngineFailure(PipelineError):
     kind = "engine error"
 
 
-KINDS: dict[str, type[PipelineError]] = {cls.__name__: cls for cls in (PipelineError, *PipelineError.__subclasses__())}
+_ALL: list[type[PipelineError]] = [PipelineError, *PipelineError.__subclasses__()]
+KINDS: dict[str, type[PipelineError]] = {cls.__name__: cls for cls in _ALL}

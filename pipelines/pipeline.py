@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -192,7 +192,8 @@ def run_many(
     if isinstance(resume, str | Path) and (len(configs) > 1 or len(engine_kinds or []) > 1):
         raise ConfigError(f"--resume {resume} continues one run: give one config and one engine")
     plan: list[list[PipelineConfig]] = []
-    for kind in engine_kinds or [None]:
+    kinds: Sequence[str | None] = engine_kinds or [None]
+    for kind in kinds:
         chosen = []
         for config in configs:
             config = config.model_copy(deep=True)

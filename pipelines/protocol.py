@@ -42,7 +42,7 @@ class PipelineSettings(Protocol):
 
     name: str
     engine: EngineConfig
-    dataset: Any
+    dataset: Any  # the ingest room's DatasetConfig: a room above this one, so not named here
 
 
 class StageResult(abc.ABC):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import TYPE_CHECKING, Annotated, Union
 
 from pydantic import Field
 
@@ -16,4 +16,7 @@ from pipelines.sweep.stage import SweepStage
 
 STAGE_CLASSES: tuple[type[Stage], ...] = (IngestStage, ModelStage, DeepStage, PackStage, SweepStage, MatrixStage)
 STAGES: dict[str, type[Stage]] = {cls.model_fields["stage"].default: cls for cls in STAGE_CLASSES}
-StageConfig = Annotated[Union[STAGE_CLASSES], Field(discriminator="stage")]  # noqa: UP007 - built from a tuple
+if TYPE_CHECKING:
+    StageConfig = Stage  # every kind is a Stage; the union below exists only at run time (built from the tuple)
+else:
+    StageConfig = Annotated[Union[STAGE_CLASSES], Field(discriminator="stage")]  # noqa: UP007 - built from a tuple

@@ -52,8 +52,8 @@ class NotebookProgress(logging.Handler):
                 row = self.rows.setdefault((pipeline, stage), [status, time.monotonic(), None, ""])
                 row[0], row[2] = status, seconds
                 self.draw(force=True)
-            elif getattr(record, "dashboard", None):
-                self.links.append(str(record.dashboard))
+            elif dashboard := getattr(record, "dashboard", None):
+                self.links.append(str(dashboard))
                 self.draw(force=True)
             elif getattr(record, "progress", False):
                 text = record.getMessage()
@@ -100,7 +100,7 @@ def progress() -> Iterator[None]:
     if any(isinstance(h, StageProgress | NotebookProgress) for h in root.handlers + ours.handlers):
         yield  # the command line (or an enclosing call) shows it already
         return
-    handler: logging.Handler = NotebookProgress() if in_jupyter() else StageProgress()
+    handler: NotebookProgress | StageProgress = NotebookProgress() if in_jupyter() else StageProgress()
     level = ours.level
     if ours.getEffectiveLevel() > logging.INFO:
         ours.setLevel(logging.INFO)

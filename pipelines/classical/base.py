@@ -55,7 +55,7 @@ class Estimator(BaseEstimator):
             if X.named:
                 self.feature_names_in_ = np.asarray(X.features, dtype=object)
             else:
-                vars(self).pop("feature_names_in_", None)
+                self.__dict__.pop("feature_names_in_", None)
             if is_classifier(self):
                 if not X.labels:
                     raise ModelInputError(

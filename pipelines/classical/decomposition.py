@@ -24,7 +24,7 @@ def components_for_variance(ratio: np.ndarray, target: float) -> int:
     """Smallest k whose cumulative explained-variance ratio reaches target (e.g. 0.8-0.95)."""
     if not 0 < target <= 1:
         raise ModelInputError(f"variance target must be in (0, 1], got {target}")
-    return int(min(len(ratio), np.searchsorted(np.cumsum(ratio), target - 1e-12) + 1))
+    return min(len(ratio), int(np.searchsorted(np.cumsum(ratio), target - 1e-12)) + 1)
 
 
 def _flip_signs(vt: np.ndarray) -> np.ndarray:

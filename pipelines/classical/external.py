@@ -9,6 +9,7 @@ is imported only here, and only from the file or folder the config names.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import re
@@ -157,7 +158,7 @@ def gather_rows(
     if sample is not None and sample < blocks.n_rows:
         rate = min(1.0, 1.1 * sample / blocks.n_rows + 32 / blocks.n_rows)
     while True:
-        parts = blocks.map(lambda block, rate=rate: _rows(block, seed, rate))
+        parts = blocks.map(functools.partial(_rows, seed=seed, rate=rate))
         got = sum(len(p["u"]) for p in parts)
         if rate is None or got >= sample or rate >= 1.0:  # type: ignore[operator]
             break

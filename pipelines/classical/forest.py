@@ -94,7 +94,7 @@ class _Forest(Estimator):
             "n_jobs": 1,
         }
         factory = SkForestClassifier if self._classifier else SkForestRegressor
-        shape = {k: params[k] for k in ("max_depth", "min_samples_leaf", "max_features")}
+        max_depth, min_leaf, max_features = self.max_depth, self.min_samples_leaf, self.max_features
         n_features, classifier, bootstrap = blocks.n_features, self._classifier, self.bootstrap
         possible = not classifier or len(blocks.labels) <= 2
         if self.learner == "histogram" and not possible:
@@ -104,7 +104,7 @@ class _Forest(Estimator):
 
         def grow_on(x: np.ndarray, y: np.ndarray, count: int, state: int) -> tuple[list[Any], np.ndarray | None]:
             if use_histogram:
-                lgb = lightgbm_params(**shape, n_rows=len(x), n_features=n_features)
+                lgb = lightgbm_params(max_depth, min_leaf, max_features, n_rows=len(x), n_features=n_features)
                 return grow_histogram_trees(x, y, count, lgb, bootstrap, state, classifier)
             return _grow(factory(n_estimators=count, random_state=state, **params), x, y)
 

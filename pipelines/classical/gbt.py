@@ -193,7 +193,8 @@ class GBTClassifier(ClassifierMixin, _GBT):
 
     def _encoder(self, labels: np.ndarray) -> Any:
         def encode(block: Block) -> np.ndarray:
-            return np.searchsorted(labels, block["y"]).astype(np.float64)
+            y: np.ndarray = block["y"]
+            return np.searchsorted(labels, y).astype(np.float64)
 
         return encode
 

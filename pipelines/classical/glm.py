@@ -244,7 +244,8 @@ class _GLM(SummaryMixin, RegressorMixin, Estimator):
     def _null_deviance(self, blocks: Blocks, parts: tuple) -> float:
         """The deviance of the intercept-only model (with the offset and weights), as R and statsmodels report it."""
         _, offset, weights, intercept = parts
-        null_parts = ([], offset, weights, intercept)
+        no_regressors: list[np.ndarray] = []
+        null_parts = (no_regressors, offset, weights, intercept)
         _, _, (dev, *_), _, _ = self._irls(blocks, null_parts, int(intercept))
         return float(dev)
 

@@ -130,7 +130,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Es
             centers = self.cluster_centers_
             self.labels_ = gather(blocks, lambda block: _nearest_index(block["x"], centers))
         else:
-            vars(self).pop("labels_", None)  # a fit on an engine does not gather one label per row
+            self.__dict__.pop("labels_", None)  # a fit on an engine does not gather one label per row
 
     @property
     def _n_features_out(self) -> int:
@@ -194,8 +194,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Es
                 return onehot.T @ block["x"], np.bincount(idx, minlength=k)
 
             parts = blocks.map(step)
-            sums = sum(p[0] for p in parts)
-            counts = sum(p[1] for p in parts)
+            sums = sum((p[0] for p in parts), np.zeros_like(centers))
+            counts = sum((p[1] for p in parts), np.zeros(k, dtype=np.intp))
             new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], centers)
             shift = float(((new - centers) ** 2).sum())
             centers = new
@@ -206,8 +206,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Es
             idx, d2 = _nearest(block["x"], centers)
             return float(d2.sum()), np.bincount(idx, minlength=k)
 
-        parts = blocks.map(assign)
-        return centers, sum(p[0] for p in parts), iterations, np.sum([p[1] for p in parts], axis=0)
+        assigned = blocks.map(assign)
+        return centers, sum(p[0] for p in assigned), iterations, np.sum([p[1] for p in assigned], axis=0)
 
     def fit_predict(self, X: Any, y: Any = None) -> np.ndarray:
         """Fit, then the index of each row's nearest centre."""

@@ -75,7 +75,7 @@ class LinearRegression(SummaryMixin, RegressorMixin, Estimator):
         parts = blocks.map(residual_stats)
         meat = sum(m for m, _ in parts)
         _, y_mean, y_std = combine_moments([mom for _, mom in parts])
-        rss = np.float64(r[p, p] ** 2)
+        rss: float = np.float64(r[p, p] ** 2)
         df_resid = n - p
         sigma2 = rss / df_resid
         tss = np.float64(y_std**2 * n if self.fit_intercept else r[: p + 1, p] @ r[: p + 1, p])

@@ -108,7 +108,8 @@ class LogisticRegression(SummaryMixin, ClassifierMixin, Estimator):
 
         def evaluate(w: np.ndarray, hessian: bool) -> tuple[float, np.ndarray, np.ndarray | None]:
             def part(block: Block) -> tuple:
-                yi = np.searchsorted(classes, block["y"])
+                y: np.ndarray = block["y"]
+                yi = np.searchsorted(classes, y)
                 return _loss_terms(w, design(block["x"]), yi, k, hessian)
 
             parts = blocks.map(part)

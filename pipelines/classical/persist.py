@@ -56,10 +56,10 @@ def save_model(model: Any, directory: str | Path) -> None:
     if isinstance(model, External):
         atomic_write_bytes(directory / "estimator.skops", dumps(model))
         params = {k: v for k, v in model.get_params(deep=False).items() if k != "estimator"}
-        meta = {"format": SKOPS_FORMAT, "class": model.model, "code": model.code, "params": params}
+        meta: dict[str, Any] = {"format": SKOPS_FORMAT, "class": model.model, "code": model.code, "params": params}
         atomic_write_text(directory / "model.json", json.dumps(meta, indent=2, default=str))
         return
-    meta: dict[str, Any] = {"format": FORMAT, "class": type(model).__name__, "params": model.get_params()}
+    meta = {"format": FORMAT, "class": type(model).__name__, "params": model.get_params()}
     arrays: dict[str, np.ndarray] = {}
     scalars: dict[str, Any] = {}
     objects: list[str] = []  # object arrays (feature names, string labels) are stored as text, restored as object
@@ -87,7 +87,7 @@ def save_model(model: Any, directory: str | Path) -> None:
         meta["summary"] = model.summary_.to_state()
         atomic_write_text(directory / "summary.txt", str(model.summary_) + "\n")
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]  # numpy stub: ** might hold allow_pickle
     atomic_write_bytes(directory / "arrays.npz", buf.getvalue())
     atomic_write_text(directory / "model.json", json.dumps(meta, indent=2, default=float))
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, PositiveFloat, PositiveInt
@@ -30,10 +30,20 @@ from pipelines.runs.layout import Folder
 log = logging.getLogger(__name__)
 
 # Headline facts: `train_` facts describe the fit on the train split, `test_` ones the held-out test split.
-HEADLINE = ("test_accuracy", "test_roc_auc", "test_roc_auc_ovr", "test_log_loss", "test_r2", "test_rmse")
+HEADLINE: tuple[str, ...] = (
+    "test_accuracy",
+    "test_roc_auc",
+    "test_roc_auc_ovr",
+    "test_log_loss",
+    "test_r2",
+    "test_rmse",
+)
 HEADLINE += ("train_r_squared", "train_adj_r_squared", "train_inertia", "train_silhouette_sample")
 FIT_SUMMARY = {"r_squared": "train_r_squared", "adj_r_squared": "train_adj_r_squared"}
-ModelKind = Literal[tuple(ESTIMATORS)]  # type: ignore[valid-type]  # the one list of names: the registry
+if TYPE_CHECKING:
+    ModelKind = str  # the names are known only at run time (the registry); pydantic checks the Literal below
+else:
+    ModelKind = Literal[tuple(ESTIMATORS)]  # the one list of names: the registry
 ImportPath = Annotated[str, Field(pattern=IMPORT_PATH)]  # any scikit-learn estimator: "sklearn.svm:LinearSVC"
 ModelName = ModelKind | ImportPath
 
@@ -46,7 +56,7 @@ class ModelResult(RecordedResult):
 
     def facts(self) -> dict[str, Any]:
         """Headline facts for the manifest and the console: train-split fit facts, test-split metrics."""
-        facts = {k: self.values[k] for k in ("model", "train_rows", "fit_seconds") if k in self.values}
+        facts: dict[str, Any] = {k: self.values[k] for k in ("model", "train_rows", "fit_seconds") if k in self.values}
         facts.update({k: self.values[k] for k in HEADLINE if k in self.values})
         if "components_for_variance" in self.values:
             facts["components_for_variance"] = self.values["components_for_variance"]

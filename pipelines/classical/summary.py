@@ -122,6 +122,8 @@ class ModelSummary:
 class SummaryMixin:
     """summary() for models whose fit leaves an R-style summary_ (linear and logistic regression)."""
 
+    summary_: ModelSummary  # set by fit
+
     def summary(self) -> ModelSummary:
         """The fit's R-style summary: coefficient table(s), fit statistics."""
         check_is_fitted(self, "summary_")

@@ -24,6 +24,9 @@ def train_booster(
     if engine is None or (val is not None and val.engine is not engine):
         return _train_local(params, train, val, rounds, early, encode)
     if engine.kind == "dask":
+        from pipelines.engines.dask_engine import DaskEngine
+
+        assert isinstance(engine, DaskEngine)
         return _train_dask(engine.client, params, train, val, rounds, early, encode)
     if engine.kind == "spark":
         return _train_spark(engine, params, train, val, rounds, early, encode)

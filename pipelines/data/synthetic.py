@@ -40,7 +40,7 @@ def generate_part(kind: Kind, rows: int, features: int, seed: int, part: int, cl
             p = np.exp(logits - logits.max(axis=1, keepdims=True))
             p /= p.sum(axis=1, keepdims=True)
             y = (rng.random((rows, 1)) > np.cumsum(p, axis=1)).sum(axis=1)
-    cols = {f"x{i}": x[:, i] for i in range(features)}
+    cols: dict[str, np.ndarray] = {f"x{i}": x[:, i] for i in range(features)}
     cols["y"] = y
     return pa.table(cols)
 

@@ -47,6 +47,8 @@ class Board:
         """The writer of `train` or `validation`, made on first use (no empty events file for a missing split)."""
         import tensorflow as tf
 
+        assert self.dir is not None  # callers return early without a folder
+
         if name not in self._writers:
             self._writers[name] = tf.summary.create_file_writer(str(self.dir / name))
         return self._writers[name]

@@ -27,7 +27,7 @@ class Checkpoint:
 
 
 def _save_arrays(path: Path, arrays: list[np.ndarray]) -> None:
-    np.savez(path, **{f"a{i:05d}": a for i, a in enumerate(arrays)})
+    np.savez(path, **{f"a{i:05d}": a for i, a in enumerate(arrays)})  # type: ignore[arg-type]  # numpy stub: ** might hold allow_pickle
 
 
 def _load_arrays(path: Path) -> list[np.ndarray]:

@@ -162,8 +162,17 @@ def mnist_cnn(
 ) -> Any:
     """Two conv 3x3 (valid) - maxpool 2 - dropout - dense - dropout - softmax (1,192,042 parameters on 28x28)."""
     _needs_image("mnist_cnn", shape)
-    head = {"dense": dense, "dense_dropout": dense_dropout}
-    net = cnn(shape, classes, filters, 2, padding="valid", pool_every=2, dropout=dropout, **head)
+    net = cnn(
+        shape,
+        classes,
+        filters,
+        2,
+        padding="valid",
+        pool_every=2,
+        dropout=dropout,
+        dense=dense,
+        dense_dropout=dense_dropout,
+    )
     return _preset(net, "mnist_cnn")
 
 
@@ -449,7 +458,8 @@ def check_params(kind: str, params: dict[str, Any], code: str | None = None, sta
     except ValidationError as exc:
         first: dict[str, str] = {}  # one message per parameter (a union type gives one per alternative)
         for e in exc.errors():
-            first.setdefault(str(e["loc"][0]), f"{e['loc'][0]}: {e['msg']} (got {params[e['loc'][0]]!r})")
+            name = str(e["loc"][0])  # a top-level field: the parameter's name
+            first.setdefault(name, f"{name}: {e['msg']} (got {params[name]!r})")
         raise ValueError(f"params for {kind}: " + "; ".join(first.values())) from None
 
 

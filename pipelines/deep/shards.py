@@ -9,6 +9,7 @@ matches its checksum.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -105,7 +106,12 @@ def write_shards(
     the splits (Spark's reader would otherwise merge small files into fewer partitions). Without n_classes
     (tabular labels) the class count is the largest label + 1, from the workers' label ranges.
     """
-    how = {"inputs": inputs, "features": list(features), "label": label, "classes": list(classes) if classes else None}
+    how: dict[str, Any] = {
+        "inputs": inputs,
+        "features": list(features),
+        "label": label,
+        "classes": list(classes) if classes else None,
+    }
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "sample_shape": None,
@@ -122,8 +128,8 @@ def write_shards(
         directory.mkdir(parents=True)
         target = str(directory)
         files = [str(f) for f in part_files(folder)]
-        parts = engine.run_tasks(lambda part, d=target: write_partition(part, d, **how), files)
-        shards = []
+        parts = engine.run_tasks(functools.partial(write_partition, directory=target, **how), files)
+        shards: list[dict[str, Any]] = []
         for facts in parts:
             if not facts["rows"]:
                 continue

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, PositiveInt, StringConstraints, ValidationInfo, field_validator
 
@@ -51,7 +51,10 @@ class DeepResult(RecordedResult):
         return facts
 
 
-DeepModelKind = Literal[tuple(NETWORKS)]  # type: ignore[valid-type]  # the one list of names: the registry
+if TYPE_CHECKING:
+    DeepModelKind = str  # the names are known only at run time (the registry); pydantic checks the Literal below
+else:
+    DeepModelKind = Literal[tuple(NETWORKS)]  # the one list of names: the registry
 UserModel = Annotated[str, StringConstraints(pattern=REF)]  # "package.module:function" of the user's own network
 
 

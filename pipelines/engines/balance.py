@@ -74,7 +74,7 @@ def run_balanced(
     """
     capacity = max(1, slots if slots is not None else engine.parallelism)
     queue: deque[tuple[Task, int]] = deque((task, 1) for task in tasks)
-    running: dict[cf.Future, _Running] = {}
+    running: dict[cf.Future[Any], _Running] = {}
     outcomes: list[Outcome] = []
     busy = failed = 0
     try:

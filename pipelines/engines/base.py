@@ -30,6 +30,9 @@ PartitionFn = Callable[[pd.DataFrame], pd.DataFrame]
 ReduceFn = Callable[[pd.DataFrame], dict[str, Any]]
 Block = dict[str, Any]
 BlockFn = Callable[[pd.DataFrame], Block]
+# Engine-native values, opaque to everyone but the engine that made them (callers hand them back to it):
+Frame = Any  # a distributed frame: a Spark DataFrame, or a dask DataFrame
+BlockHandle = Any  # model blocks kept on the workers: a cached RDD, or Dask futures
 
 
 def to_arrow(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
@@ -54,7 +57,8 @@ def encode_result(result: dict[str, Any]) -> str:
 
 def decode_result(text: str) -> dict[str, Any]:
     """Inverse of encode_result."""
-    return json.loads(text)
+    result: dict[str, Any] = json.loads(text)
+    return result
 
 
 def write_part_and_reduce(reduce: ReduceFn, part: pd.DataFrame, path: str, index: int, schema: pa.Schema) -> str:
@@ -76,7 +80,7 @@ def captured(fn: Callable[[T], R], item: T) -> tuple[bool, Any]:
         return False, text.splitlines()[0] if text else type(exc).__name__
 
 
-def settle(future: cf.Future, pair: tuple[bool, Any]) -> None:
+def settle(future: cf.Future[Any], pair: tuple[bool, Any]) -> None:
     """Complete a driver-side Future from a captured (ok, value) pair."""
     ok, value = pair
     if ok:
@@ -132,43 +136,43 @@ class Engine(abc.ABC):
         """Run fn on each item as independent tasks across workers; results in item order."""
 
     @abc.abstractmethod
-    def submit(self, fn: Callable[[T], R], item: T, key: str) -> cf.Future:
+    def submit(self, fn: Callable[[T], R], item: T, key: str) -> cf.Future[R]:
         """Start fn(item) now as one task on a worker; the Future ends with its result or raises `TaskError`.
 
         A task that raises is not retried by the engine (the caller decides); `key` names it in the engine's UI.
         """
 
     @abc.abstractmethod
-    def from_tasks(self, fn: Callable[[T], pd.DataFrame], items: Sequence[T], schema: pa.Schema) -> Any:
+    def from_tasks(self, fn: Callable[[T], pd.DataFrame], items: Sequence[T], schema: pa.Schema) -> Frame:
         """Build a lazy frame whose partition i is fn(items[i]) (conformed to schema)."""
 
     @abc.abstractmethod
-    def map_partitions(self, frame: Any, fn: PartitionFn, schema: pa.Schema) -> Any:
+    def map_partitions(self, frame: Frame, fn: PartitionFn, schema: pa.Schema) -> Frame:
         """Apply a pandas-to-pandas function to each partition, lazily."""
 
     @abc.abstractmethod
-    def where_set(self, frame: Any, column: str, keep: Sequence[str]) -> Any:
+    def where_set(self, frame: Frame, column: str, keep: Sequence[str]) -> Frame:
         """The rows whose `column` is not null, with only the `keep` columns, filtered where the data lives."""
 
     @abc.abstractmethod
-    def reduce_partitions(self, frame: Any, fn: ReduceFn) -> list[dict[str, Any]]:
+    def reduce_partitions(self, frame: Frame, fn: ReduceFn) -> list[dict[str, Any]]:
         """Run fn on each partition and collect its small JSON-able result, in partition order."""
 
     @abc.abstractmethod
-    def persist(self, frame: Any) -> Any:
+    def persist(self, frame: Frame) -> Frame:
         """Materialize a frame in cluster memory (spilling to disk where the engine does)."""
 
     @abc.abstractmethod
-    def release(self, frame: Any) -> None:
+    def release(self, frame: Frame) -> None:
         """Drop a persisted frame."""
 
     @abc.abstractmethod
-    def write_parquet(self, frame: Any, path: str, schema: pa.Schema) -> None:
+    def write_parquet(self, frame: Frame, path: str, schema: pa.Schema) -> None:
         """Write a frame with the given schema as a directory of Parquet part files (path must not exist)."""
 
     @abc.abstractmethod
     def write_mapped(
-        self, frame: Any, fn: PartitionFn, path: str, schema: pa.Schema, reduce: ReduceFn
+        self, frame: Frame, fn: PartitionFn, path: str, schema: pa.Schema, reduce: ReduceFn
     ) -> list[dict[str, Any]]:
         """Write fn of each partition as `write_parquet` does; return reduce of each written part (one job).
 
@@ -177,7 +181,7 @@ class Engine(abc.ABC):
 
     def persist_tasks(
         self, fn: Callable[[T], pd.DataFrame], items: Sequence[T], schema: pa.Schema, reduce: ReduceFn
-    ) -> tuple[Any, list[dict[str, Any]]]:
+    ) -> tuple[Frame, list[dict[str, Any]]]:
         """Persist the frame of `from_tasks(fn, items, schema)`; return it and reduce of each partition, in order.
 
         reduce may see the frame fn returned rather than its conversion to the schema: it must not depend on
@@ -194,19 +198,19 @@ class Engine(abc.ABC):
             raise
 
     @abc.abstractmethod
-    def read_parquet(self, path: str) -> Any:
+    def read_parquet(self, path: str) -> Frame:
         """Read a directory of Parquet files as a frame."""
 
     @abc.abstractmethod
-    def to_pandas(self, frame: Any) -> pd.DataFrame:
+    def to_pandas(self, frame: Frame) -> pd.DataFrame:
         """Collect a frame to the driver (small results only)."""
 
     @abc.abstractmethod
-    def num_partitions(self, frame: Any) -> int:
+    def num_partitions(self, frame: Frame) -> int:
         """Number of partitions of a frame."""
 
     @abc.abstractmethod
-    def to_blocks(self, frame: Any, fn: BlockFn) -> Any:
+    def to_blocks(self, frame: Frame, fn: BlockFn) -> BlockHandle:
         """Persist fn(partition) -> dict of NumPy arrays for each partition, kept on the workers.
 
         fn is called once per partition, on the whole partition. Each block also gets "part", its partition
@@ -214,11 +218,11 @@ class Engine(abc.ABC):
         """
 
     @abc.abstractmethod
-    def map_blocks(self, blocks: Any, fn: Callable[[Block], R]) -> list[R]:
+    def map_blocks(self, blocks: BlockHandle, fn: Callable[[Block], R]) -> list[R]:
         """Run fn on each persisted block where it lives; results in block order."""
 
     @abc.abstractmethod
-    def release_blocks(self, blocks: Any) -> None:
+    def release_blocks(self, blocks: BlockHandle) -> None:
         """Drop persisted blocks."""
 
     def rank_launcher(self) -> str:
@@ -233,10 +237,10 @@ class Engine(abc.ABC):
         """Distributed matrix operations on this engine's workers (`engines.matrix`)."""
         raise NotImplementedError(f"the {self.kind} engine has no distributed matrices")
 
-    def partition_sizes(self, frame: Any) -> list[int]:
+    def partition_sizes(self, frame: Frame) -> list[int]:
         """Row count of each partition."""
         return [r["rows"] for r in self.reduce_partitions(frame, lambda pdf: {"rows": len(pdf)})]
 
-    def count(self, frame: Any) -> int:
+    def count(self, frame: Frame) -> int:
         """Total row count."""
         return sum(self.partition_sizes(frame))

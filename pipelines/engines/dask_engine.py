@@ -195,8 +195,8 @@ class DaskEngine(Engine):
         futures = self.client.map(fn, list(items), pure=False)
         return self.client.gather(futures)
 
-    def submit(self, fn: Callable[[T], R], item: T, key: str) -> cf.Future:
-        future: cf.Future = cf.Future()
+    def submit(self, fn: Callable[[T], R], item: T, key: str) -> cf.Future[R]:
+        future: cf.Future[R] = cf.Future()
         task = self.client.submit(captured, fn, item, key=f"{key}-{uuid.uuid4().hex[:8]}", pure=False)
 
         def done(task: Any) -> None:

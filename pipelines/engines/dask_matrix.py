@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import dask.array as da
 import numpy as np
@@ -44,8 +44,10 @@ class DaskMatrixOps(MatrixOps):
         if out.gathers(arr.shape):
             return Result(arr.shape, value=self._compute(arr)[0])
         writer = out.writer()
-        writer.create(arr.shape, arr.chunksize)  # regular chunks: each dask block is whole store chunks
-        self.client.compute(da.store(arr, writer, lock=False, compute=False)).result()
+        shape, chunks = cast("tuple[int, int]", arr.shape), cast("tuple[int, int]", arr.chunksize)  # known sizes
+        writer.create(shape, chunks)  # regular chunks: each dask block is whole store chunks
+        # dask's annotation asks for an array; a store target needs only __setitem__ (dask.array.store's docs)
+        self.client.compute(da.store(arr, writer, lock=False, compute=False)).result()  # type: ignore[arg-type]
         return Result(arr.shape, written=out.path)
 
     @translated

@@ -131,7 +131,8 @@ class Zarr(Source):
             raise DataError(f"{path}: not a readable Zarr array ({exc})") from None
         if arr.ndim != 2:
             raise DataError(f"{path}: need a 2-d array, found shape {arr.shape}")
-        return cls(path, tuple(arr.shape), arr.chunks[0])
+        rows, cols = arr.shape
+        return cls(path, (rows, cols), arr.chunks[0])
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -240,7 +241,7 @@ class NpyWriter(Writer):
         data = np.ascontiguousarray(np.broadcast_to(value, (stop - start, width)), dtype=np.float64)
         fd = os.open(self.path, os.O_WRONLY)
         try:
-            view, done = memoryview(data).cast("B"), 0
+            view, done = memoryview(data).cast("B"), 0  # type: ignore[arg-type]  # numpy stub: __buffer__ only on 3.12+
             while done < len(view):
                 done += os.pwrite(fd, view[done:], offset + done)
         finally:

@@ -108,7 +108,7 @@ def lost_workers(exc: BaseException) -> EngineFailure | None:
             )
         found = _GAVE_UP.search(text)
         reason = found.group(2).strip() if found else ""
-        if reason == _DIED_MID_STREAM or any(died in reason for died in _DIED):
+        if found and (reason == _DIED_MID_STREAM or any(died in reason for died in _DIED)):
             reason = reason.split(". Consider")[0].rstrip(".")
             if reason == _DIED_MID_STREAM:
                 reason = f"its Python worker stopped mid-stream ({reason})"

@@ -99,10 +99,10 @@ def _spark_schema(schema: pa.Schema) -> Any:
 
 
 def _batches_to_pandas(batches: Iterator[pa.RecordBatch]) -> pd.DataFrame | None:
-    batches = list(batches)
-    if not batches:
+    read = list(batches)
+    if not read:
         return None
-    return pa.Table.from_batches(batches).to_pandas()
+    return pa.Table.from_batches(read).to_pandas()
 
 
 def _partition_frame(batches: Iterator[pa.RecordBatch], schema: Any) -> pd.DataFrame:
@@ -276,12 +276,12 @@ class SparkEngine(Engine):
         pairs = rdd.map(lambda pair: (pair[0], fn(pair[1]))).collect()
         return [result for _, result in sorted(pairs, key=lambda pair: pair[0])]
 
-    def submit(self, fn: Callable[[T], R], item: T, key: str) -> cf.Future:
+    def submit(self, fn: Callable[[T], R], item: T, key: str) -> cf.Future[R]:
         if self._submitter is None:  # driver threads, each waiting on its own one-task job (Spark runs them at once)
             threads = max(64, self.parallelism)  # never fewer threads than slots: a queued job would count as running
             self._submitter = cf.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="spark-submit")
         sc = self.spark.sparkContext
-        future: cf.Future = cf.Future()
+        future: cf.Future[R] = cf.Future()
 
         def job() -> None:
             try:
@@ -412,7 +412,9 @@ class SparkEngine(Engine):
             from pyspark import TaskContext
 
             out = fn(_partition_frame(batches, empty))
-            results.add({TaskContext.get().partitionId(): encode_result(reduce(out))})
+            task = TaskContext.get()
+            assert task is not None  # this runs inside a Spark task
+            results.add({task.partitionId(): encode_result(reduce(out))})
             yield from to_arrow(out, schema).to_batches()
 
         self.write_parquet(frame.mapInArrow(run, _spark_schema(schema)), path, schema)

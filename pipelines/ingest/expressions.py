@@ -85,9 +85,9 @@ def parse_expression(text: str) -> exp.Expression:
         parsed = sqlglot.parse(text, read="duckdb")
     except sqlglot.errors.SqlglotError as exc:
         raise ExpressionError(f"syntax error: {str(exc).splitlines()[0]}") from None
-    if len(parsed) != 1 or parsed[0] is None:
+    tree = parsed[0] if len(parsed) == 1 else None
+    if not isinstance(tree, exp.Expression):  # None for an empty text (sqlglot 30 annotates its base class, Expr)
         raise ExpressionError("expected one expression")
-    tree = parsed[0]
     for node in tree.walk():
         if isinstance(node, exp.Log):
             raise ExpressionError("log() has a different base in each SQL dialect: write ln(x) (or ln(x) / ln(10))")
@@ -245,7 +245,7 @@ def _early_filters(steps: list[Step]) -> tuple[Step, ...]:
     filters = [s for s in steps if s.name is None]
     made: set[str] = set()
     for d in [None, *derives]:
-        if d is not None:
+        if d is not None and d.name is not None:  # derives have names
             out.append(d)
             made.add(d.name)
         needs = {s.name for s in derives}

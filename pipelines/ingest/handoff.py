@@ -45,9 +45,20 @@ def unknown_columns(needed_by: str, missing: Sequence[str], have: Sequence[str])
 class Inputs(Protocol):
     """What a kind of written split offers the stages after ingest."""
 
-    kind: str
-    label: str | None
-    classes: int | None
+    @property
+    def kind(self) -> str:
+        """The kind's name, as the run records it."""
+        ...
+
+    @property
+    def label(self) -> str | None:
+        """The label column, if the splits have one."""
+        ...
+
+    @property
+    def classes(self) -> int | None:
+        """How many classes the label has, where known."""
+        ...
 
     def columns(
         self, features: Sequence[str] | None, label: str | None, needed_by: str
@@ -96,7 +107,8 @@ class TableInputs(StrictModel, frozen=True):
         """The chosen columns as a float64 matrix."""
         if not len(pdf):
             return np.empty((0, len(features)))
-        return pdf[list(features)].to_numpy(dtype="float64", na_value=np.nan)
+        matrix: np.ndarray = pdf[list(features)].to_numpy(dtype="float64", na_value=np.nan)
+        return matrix
 
     def table(self, needed_by: str) -> TableInputs:
         """Itself."""

@@ -76,7 +76,9 @@ def list_folder(root: str, classes: tuple[str, ...] | None, labels_optional: boo
         n = len(loose)
         return ImageListing(tuple(loose), names, (UNLABELLED,) * n, (None,) * n, classes, False)
     index = {name: i for i, name in enumerate(classes if classes is not None else subdirs)}
-    paths, labels, problems = [], [], []
+    paths: list[str] = []
+    labels: list[int] = []
+    problems: list[str | None] = []
     for path in loose:
         paths.append(path)
         labels.append(UNLABELLED)
@@ -253,7 +255,7 @@ def image_file_rows(
         blobs[k], reason[k], column[k] = blob, r, ("image" if r else None)
     labels = np.array([listing.labels[i] for i in idx], dtype=np.int64)
     if labelled:
-        for k in np.flatnonzero(labels == UNLABELLED):
+        for k in np.flatnonzero(labels == UNLABELLED).tolist():
             if reason[k] is None:
                 reason[k], column[k] = "missing label", "label"
     accepted = np.array([r is None for r in reason], dtype=bool)

@@ -169,13 +169,15 @@ def _scan_block(block: tuple[str, int, int]) -> BlockScan:
                 break
             nxt = fh.read(1)
             fh.seek(-len(nxt), os.SEEK_CUR)
-            by_state = _ends_by_quote_state(np.frombuffer(chunk, dtype=np.uint8), nxt[0] if nxt else None)
+            even, odd, flips = _ends_by_quote_state(np.frombuffer(chunk, dtype=np.uint8), nxt[0] if nxt else None)
             for state in (0, 1):
-                ends = by_state[parities[state]]  # outside quotes: an even count since the block began, if it began so
+                ends = (even, odd)[
+                    parities[state]
+                ]  # outside quotes: an even count since the block began, if it began so
                 if firsts[state] < 0 and len(ends):
                     firsts[state] = pos + int(ends[0])
                 counts[state] += len(ends)
-                parities[state] ^= by_state[2]
+                parities[state] ^= flips
             pos += len(chunk)
     return BlockScan((counts[0], counts[1]), (firsts[0], firsts[1]), parities[0])
 
@@ -255,13 +257,14 @@ def index_csv_files(
             per_file[path] = [(path, lo, min(lo + block_bytes, size)) for lo in range(0, size, block_bytes)]
     blocks = [b for file_blocks in per_file.values() for b in file_blocks]
     streams = [(p, c) for p, c in codecs.items() if c is not None]
-    results = run(_scan_any, [*blocks, *streams])
-    scans = dict(zip([*blocks, *streams], results, strict=True))
+    tasks: list[tuple[str, int, int] | tuple[str, str]] = [*blocks, *streams]
+    scans = dict(zip(tasks, run(_scan_any, tasks), strict=True))
     files = []
     for path in paths:
         columns = _csv_header(path, delimiter, codecs[path], encoding)
         checkpoints = [(0, 0)]
-        if codecs[path] is None:
+        codec = codecs[path]
+        if codec is None:
             ends, parity = 0, 0
             for block in per_file[path]:
                 scan: BlockScan = scans[block]
@@ -274,7 +277,7 @@ def index_csv_files(
                 fh.seek(size - 1)
                 unterminated = fh.read(1)[0] not in (LF, CR)
         else:
-            ends, parity, unterminated = scans[(path, codecs[path])]
+            ends, parity, unterminated = scans[(path, codec)]
         if parity:
             line = _unclosed_quote_line(path, codecs[path])
             raise DataError(f"{path}: line {line}: a quoted field opens here and is never closed")
@@ -298,7 +301,7 @@ def index_csv_files(
 
 def _scan_any(item: tuple[str, int, int] | tuple[str, str]) -> Any:
     """One indexing task: a byte block of a plain file, or a whole compressed file."""
-    return _scan_block(item) if len(item) == 3 else _scan_stream(item)  # type: ignore[arg-type]
+    return _scan_block(item) if len(item) == 3 else _scan_stream(item)
 
 
 def index_parquet_files(paths: list[str]) -> list[SourceFile]:

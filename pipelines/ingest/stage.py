@@ -161,7 +161,7 @@ def plan_ingest(
         return _image_files_plan(dataset, partitions, labels_optional, classes)
     if fmt in ("csv", "parquet"):
         suffix = sources.CSV_SUFFIXES if fmt == "csv" else (".parquet", ".pq")
-        groups = [(None, sources.expand_paths(resolve_path(dataset.path), suffix))]
+        groups: list[tuple[int | None, list[str]]] = [(None, sources.expand_paths(resolve_path(dataset.path), suffix))]
         groups += [(SPLIT_CODES[name], sources.expand_paths(resolve_path(path), suffix)) for name, path, _ in declared]
         paths = [p for _, group in groups for p in group]
         if fmt == "csv":
@@ -174,8 +174,12 @@ def plan_ingest(
         parts = sources.balanced_segments(files, partitions)
         expressions = None
         label = table.label.name if table is not None and table.label is not None else None
-        underived = labels_optional and derive and label in derive  # new data may lack what the label comes from
-        if underived and expression_columns(derive[label]) - set(files[0].columns) - set(derive):
+        if (
+            labels_optional
+            and derive
+            and label in derive  # new data may lack what the label comes from
+            and expression_columns(derive[label]) - set(files[0].columns) - set(derive)
+        ):
             derive = {name: text for name, text in derive.items() if name != label}
         kinds = declared_kinds(dataset)
         if table is None:  # undeclared columns the schema or the expressions read: typed by their values
@@ -214,12 +218,12 @@ def plan_ingest(
             expressions=expressions,
             reading=reading,
         )
-    inputs = [_image_input(dataset, dataset.path, dataset.labels_path, labels_optional)]
-    inputs += [_image_input(dataset, path, labels, False) for _, path, labels in declared]
-    named = sources.with_distinct_names([i.images for i in inputs])
-    inputs = [dataclasses.replace(i, images=f) for i, f in zip(inputs, named, strict=True)]
-    main = inputs[0]
-    for other in inputs[1:]:
+    image_inputs = [_image_input(dataset, dataset.path, dataset.labels_path, labels_optional)]
+    image_inputs += [_image_input(dataset, path, labels, False) for _, path, labels in declared]
+    named = sources.with_distinct_names([i.images for i in image_inputs])
+    image_inputs = [dataclasses.replace(i, images=f) for i, f in zip(image_inputs, named, strict=True)]
+    main = image_inputs[0]
+    for other in image_inputs[1:]:
         if np.dtype(other.images.dtype) != np.dtype(main.images.dtype):
             raise DataError(
                 f"{other.images.path}: {np.dtype(other.images.dtype)} records, but {main.images.path} holds "
@@ -227,17 +231,17 @@ def plan_ingest(
             )
     combined = [
         dataclasses.replace(i.images, records=max(i.images.records, i.labels.records if i.labels else 0))
-        for i in inputs
+        for i in image_inputs
     ]
     return Plan(
         dataset,
-        [i.images for i in inputs],
+        [i.images for i in image_inputs],
         sources.balanced_segments(combined, partitions),
         labels=main.labels,
         image_problem=main.problem,
         labelled=main.labels is not None,
-        declared={i.images.name: SPLIT_CODES[name] for i, (name, _, _) in zip(inputs[1:], declared, strict=True)},
-        images={i.images.name: i for i in inputs},
+        declared={i.images.name: SPLIT_CODES[name] for i, (name, _, _) in zip(image_inputs[1:], declared, strict=True)},
+        images={i.images.name: i for i in image_inputs},
     )
 
 
@@ -326,21 +330,29 @@ def yaml_key(name: str) -> str:
     return yaml.safe_dump({name: 0}, default_flow_style=False).rsplit(": 0", 1)[0]
 
 
+def _one_root(dataset: DatasetConfig, path: str | list[str], key: str) -> str:
+    """The one folder or listing a path of format images names (after bundled: references resolve)."""
+    root = resolve_path(path)
+    if not isinstance(root, str):
+        raise DataError(f"dataset {dataset.name!r}: format 'images' takes one folder or listing in {key!r}")
+    return root
+
+
 def _image_files_plan(
     dataset: DatasetConfig, partitions: int, labels_optional: bool, classes: list[str] | None
 ) -> Plan:
     """Format images: list the files (folder or listing; declared splits' too) as one source of rows, one a file."""
     assert dataset.image is not None
-    root = resolve_path(dataset.path)
-    if not isinstance(root, str):
-        raise DataError(f"dataset {dataset.name!r}: format 'images' takes one folder or listing in 'path'")
+    root = _one_root(dataset, dataset.path, "path")
     main = image_files.list_images(root, tuple(classes) if classes is not None else None, labels_optional)
     known = main.class_names
     declared_classes = dataset.image.classes
     if classes is None and declared_classes is not None and known is not None and len(known) != declared_classes:
         raise DataError(f"{root}: {len(known)} classes {list(known)}, but image.classes is {declared_classes}")
-    groups = [(None, root, main)]
-    groups += [(SPLIT_CODES[n], p, image_files.list_images(resolve_path(p), known)) for n, p, _ in dataset.declared()]
+    groups: list[tuple[int | None, str, image_files.ImageListing]] = [(None, root, main)]
+    for n, path, _ in dataset.declared():
+        declared_root = _one_root(dataset, path, f"{n}_path")
+        groups.append((SPLIT_CODES[n], declared_root, image_files.list_images(declared_root, known)))
     if len(groups) > 1:  # rows are named below the folder that holds every root, so names stay distinct
         top = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for _, p, _ in groups])
         groups = [(c, p, image_files.renamed(g, top)) for c, p, g in groups]
@@ -420,6 +432,7 @@ def read_part(plan: Plan, part: list[sources.Segment], split: SplitConfig) -> pd
     for seg in part:
         if plan.listing is not None:
             image = plan.dataset.image
+            assert image is not None  # an image format's dataset has its image section (checked in config)
             frames.append(
                 image_files.image_file_rows(
                     plan.listing, seg.start, seg.stop, tuple(image.shape), image.resize, image.filter, plan.labelled
@@ -442,6 +455,7 @@ def read_part(plan: Plan, part: list[sources.Segment], split: SplitConfig) -> pd
             keys = (plan.dataset.npz_keys.images, plan.dataset.npz_keys.labels)
             x, y = readers.read_image_segment(img_seg, lbl_seg, plan.dataset.format, keys)
             image = plan.dataset.image
+            assert image is not None  # an image format's dataset has its image section (checked in config)
             rows = np.arange(seg.start, seg.stop, dtype=np.int64)
             frames.append(
                 validate_images(
@@ -480,7 +494,9 @@ class IngestResult(StageResult):
     filters: list[dict[str, Any]] = field(default_factory=list)  # each filter: key, expression, rows dropped
     derived: dict[str, str] = field(default_factory=dict)  # each derived column's type
     expression_inputs: list[str] = field(default_factory=list)
-    input_types: dict[str, str] = field(default_factory=dict)  # each expression input's type (declared or inferred)
+    input_types: dict[str, ColumnType] = field(
+        default_factory=dict
+    )  # each expression input's type (declared or inferred)
     dropped: int = 0  # rows a missing-value policy `drop` left out
     class_names: list[str] | None = None  # format images: the class folders or the listing's labels, in label order
 
@@ -778,6 +794,7 @@ def run_ingest(
         if plan.unsplit():
             log.info("%s: compressed, read whole by one task each: %s", dataset.name, ", ".join(plan.unsplit()))
         if plan.table is None:
+            assert dataset.image is not None
             result.image_dtype = stored_image_dtype(plan.files[0].dtype, stage.image_scale)
             result.image_shape = tuple(dataset.image.shape)
             result.image_classes, result.image_flips = dataset.image.classes, dataset.image_flips()

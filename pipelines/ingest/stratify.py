@@ -47,7 +47,7 @@ def _counts(pdf: pd.DataFrame, label: str, declared: frozenset[str], seed: int) 
 
 
 def _boundary(
-    pdf: pd.DataFrame, label: str, declared: frozenset[str], seed: int, wanted: list[list[Any]]
+    pdf: pd.DataFrame, label: str, declared: frozenset[str], seed: int, wanted: list[tuple[str, int]]
 ) -> dict[str, Any]:
     _, classes, u = _keys(pdf, label, declared, seed)
     bins = np.minimum((u * BINS).astype(np.int64), BINS - 1)

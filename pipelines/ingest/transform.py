@@ -93,7 +93,7 @@ def combine_moments(parts: list[list[float]]) -> tuple[int, float, float]:
         if nb == 0:
             continue
         delta = mb - mean
-        total = n + nb
+        total = n + int(nb)  # a count (written as an int)
         mean += delta * nb / total
         m2 += m2b + delta * delta * n * nb / total
         n = total

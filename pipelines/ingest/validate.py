@@ -251,7 +251,7 @@ def validate_images(
     label_values = np.full(n, -1, dtype=np.int64)
     if labelled:
         reject(np.arange(n) >= n_lbl, "label", "missing label")
-    if n_lbl:
+    if labels is not None and n_lbl:
         lab = labels.reshape(n_lbl, -1)
         if lab.shape[1] != 1:
             reject(np.ones(n, bool), "label", f"label record has shape {labels.shape[1:]}, expected a scalar")
@@ -278,7 +278,7 @@ def validate_images(
             "_column": column,
             "_raw": None,
             "_split": np.int8(0),
-            "image": np.where(accepted, blobs, None),
+            "image": np.where(accepted, blobs, None),  # type: ignore[call-overload]  # numpy stub: None is an object
             "label": pd.Series(label_values, dtype="Int64").where(accepted, pd.NA),
         }
     )

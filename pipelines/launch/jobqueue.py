@@ -69,7 +69,8 @@ def seconds(walltime: str) -> int:
     match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", walltime.strip())
     if not match:
         raise ConfigError(f"walltime {walltime!r}: expected [days-]hh:mm:ss")
-    days, a, b, c = (int(g) if g else None for g in match.groups())
+    days, b, c = (int(g) if g else None for g in (match[1], match[3], match[4]))
+    a = int(match[2])  # always there: the pattern requires it
     if b is None:
         total = a * 60  # plain minutes
     elif c is None:

@@ -60,7 +60,16 @@ class PackResult(RecordedResult):
 
     def facts(self) -> dict[str, Any]:
         """Kind, model, task counts and the headline (worst SE ratio, best config, groups fitted)."""
-        keys = ("model", "train_rows", "fit_seconds", "kind", "tasks", "failed", "replicates", "worst_se_ratio")
+        keys: tuple[str, ...] = (
+            "model",
+            "train_rows",
+            "fit_seconds",
+            "kind",
+            "tasks",
+            "failed",
+            "replicates",
+            "worst_se_ratio",
+        )
         keys += ("groups", "best")
         return {k: self.values[k] for k in keys if k in self.values}
 

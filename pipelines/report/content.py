@@ -199,7 +199,7 @@ def read_run(run_dir: str | Path) -> RunContent:
         values, tables = flatten(shown)
         stages.append(StageContent(name, entry.get("status", "?"), entry, values, tables, _summaries(directory, name)))
     by_name = {s.name: s for s in stages}
-    others = []
+    others: list[Figure] = []
     for figure in figures(directory):
         owner = _owner(figure, set(by_name))
         (by_name[owner].figures if owner else others).append(figure)

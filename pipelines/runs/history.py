@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ class RunRecord:
     @property
     def id(self) -> str:
         """The run id (its folder name)."""
-        return self.manifest.get("run_id", self.dir.name)
+        run_id: str = self.manifest.get("run_id", self.dir.name)
+        return run_id
 
     @property
     def engine(self) -> str:
@@ -69,7 +71,7 @@ class RunRecord:
         return out
 
 
-def list_runs(runs_dir: str | Path, pipeline: str | None = None) -> list[RunRecord]:
+def list_runs(runs_dir: str | os.PathLike[str], pipeline: str | None = None) -> list[RunRecord]:
     """Every run under `runs_dir` (of one pipeline, if named), newest first."""
     root = Path(runs_dir)
     if pipeline:
@@ -86,7 +88,7 @@ def list_runs(runs_dir: str | Path, pipeline: str | None = None) -> list[RunReco
     return sorted(records, key=lambda r: (r.manifest.get("started") or "", r.id), reverse=True)
 
 
-def find_run(runs_dir: str | Path, name: str) -> RunRecord:
+def find_run(runs_dir: str | os.PathLike[str], name: str) -> RunRecord:
     """A run given as its directory, or as its id (or a unique prefix of one) under `runs_dir`."""
     path = Path(name)
     if (path / MANIFEST).is_file():

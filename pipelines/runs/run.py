@@ -132,11 +132,13 @@ class Run:
     @property
     def pipeline(self) -> str:
         """Name of the pipeline this run belongs to."""
-        return self.manifest["pipeline"]
+        name: str = self.manifest["pipeline"]
+        return name
 
     def recorded_config(self) -> dict[str, Any]:
         """The resolved config this run recorded, as plain data."""
-        return yaml.safe_load((self.dir / CONFIG).read_text())
+        config: dict[str, Any] = yaml.safe_load((self.dir / CONFIG).read_text())
+        return config
 
     def replace_config(self, config_yaml: str) -> None:
         """Record a changed config (a forced resume)."""

@@ -79,7 +79,16 @@ class SweepResult(RecordedResult):
 
     def facts(self) -> dict[str, Any]:
         """Headline facts: trials, done/failed/timeout/reused, the best metric."""
-        keys = ("trials", "done", "failed", "timeout", "reused", "metric", "best_metric", "best_test_metric")
+        keys: tuple[str, ...] = (
+            "trials",
+            "done",
+            "failed",
+            "timeout",
+            "reused",
+            "metric",
+            "best_metric",
+            "best_test_metric",
+        )
         keys += ("epochs_spent",)
         facts = {k: self.values.get(k) for k in ("model", "train_rows")}
         facts["fit_seconds"] = self.values.get("seconds")
@@ -415,7 +424,7 @@ class Sweep:
         def ended(outcome: Outcome) -> list[Task]:
             index = outcome.item.index
             result = outcome.value if outcome.ok else None
-            extra = {"attempts": outcome.attempts, "seconds": outcome.seconds}
+            extra: dict[str, Any] = {"attempts": outcome.attempts, "seconds": outcome.seconds}
             if not outcome.ok:
                 extra["error"] = outcome.error
                 log.warning(

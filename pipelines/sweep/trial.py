@@ -194,13 +194,14 @@ def fold_metrics(spec: TrialSpec, fold: int) -> dict[str, float]:
 
 def deep_metrics(spec: TrialSpec, folder: Path) -> dict[str, float]:
     """Train with the deep worker (1 rank directly, k ranks under horovodrun) up to the budget; its metrics."""
-    from pipelines.deep.stage import RankSpec
+    from pipelines.deep.stage import DeepStage, RankSpec
     from pipelines.launch.horovod import launch_command
 
     budget = {"plots": False, "tensorboard_every_steps": 0}
     if spec.epochs is not None:
         budget["epochs"] = spec.epochs
     assert spec.tensors is not None
+    assert isinstance(spec.target, DeepStage)
     RankSpec(
         stage=spec.target.model_copy(update=budget),
         tensors=spec.tensors,
@@ -346,10 +347,10 @@ def run_trial_task(item: TrialItem) -> dict[str, Any]:
         if found is None:
             raise TrialFailed(f"trial {item.index:03d} fold {item.fold} exited without writing its result")
         return {**found, **where}
-    result = read_result(folder, spec.digest)
-    if result is None:
+    recorded = read_result(folder, spec.digest)
+    if recorded is None:
         raise TrialFailed(f"trial {item.index:03d} exited without writing {RESULT}")
-    return {**result, **where}
+    return {**recorded, **where}
 
 
 def main(argv: list[str] | None = None) -> int:
