@@ -18,8 +18,9 @@ import psutil
 import pytest
 
 from pipelines.errors import ConfigError, PipelineError
-from pipelines.launch.array import index_list, render_array, run_array
+from pipelines.launch.array import render_array, run_array
 from pipelines.launch.config import ArraySettings
+from pipelines.launch.schedulers import index_list
 
 PY = sys.executable
 HOSTILE = "$(touch /tmp/pipelines-pwned); echo 'single' \"double\" `id` ; exit 7"

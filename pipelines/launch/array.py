@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -28,39 +27,15 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipelines.atomic import atomic_write_json, atomic_write_text
-from pipelines.errors import ConfigError, EnvironmentProblem, PipelineError, UsageError
-from pipelines.launch.batch import PIPELINE_NAME, SCHEDULERS, TEMPLATES, checked
+from pipelines.errors import ConfigError, PipelineError, UsageError
+from pipelines.launch.batch import PIPELINE_NAME, TEMPLATES, checked
 from pipelines.launch.config import ArraySettings, BatchSettings
+from pipelines.launch.schedulers import scheduler as scheduler_named
 
 log = logging.getLogger(__name__)
 
-SCRIPT_NAME = {"slurm": "array.sbatch", "pbs": "array.pbs"}
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "R", "E"}  # SLURM states, PBS job_state letters
 QUERY_PATIENCE_S = 300.0  # how long the queue may stay unreadable (a busy or restarting controller)
-
-
-def index_list(indices: Sequence[int]) -> str:
-    """Sorted indices as SLURM's compact list: [0, 1, 2, 5, 7, 8] -> '0-2,5,7-8'."""
-    parts: list[str] = []
-    ordered = sorted(indices)
-    start = prev = ordered[0]
-    for i in [*ordered[1:], None]:
-        if i is not None and i == prev + 1:
-            prev = i
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if i is not None:
-            start = prev = i
-    return ",".join(parts)
-
-
-def array_directives(scheduler: str, indices: Sequence[int], settings: ArraySettings) -> list[str]:
-    """The directives that make the job an array over `indices`, capped and (not) requeued."""
-    cap = f"%{settings.max_concurrent}" if settings.max_concurrent else ""
-    if scheduler == "slurm":
-        return [f"--array={index_list(indices)}{cap}", "--requeue" if settings.requeue else "--no-requeue"]
-    last = max(len(indices) - 1, 1)  # PBS Pro refuses a one-task array: task 1 then finds no line and exits
-    return [f"-J 0-{last}{cap}", "-r y" if settings.requeue else "-r n"]
 
 
 def render_array(
@@ -75,8 +50,7 @@ def render_array(
     name: str = "pipelines-array",
 ) -> str:
     """The array script: each task runs `command` with its index appended, from `cwd`, logging to jobdir/logs."""
-    if scheduler not in SCHEDULERS:
-        raise ConfigError(f"scheduler {scheduler!r}: expected one of {SCHEDULERS}")
+    chosen = scheduler_named(scheduler)
     try:  # checked again: a caller may have changed the settings after loading
         settings = ArraySettings.model_validate(settings.model_dump())
     except ValidationError as exc:
@@ -94,7 +68,10 @@ def render_array(
         walltime=settings.walltime,
         partition=settings.partition,
         account=settings.account,
-        extra_directives=[*array_directives(scheduler, indices, settings), *settings.extra_directives],
+        extra_directives=[
+            *chosen.array_directives(indices, settings.max_concurrent, settings.requeue),
+            *settings.extra_directives,
+        ],
         modules=settings.modules,
         env=settings.env,
     )
@@ -111,48 +88,12 @@ def render_array(
     )
 
 
-def _client_env() -> dict[str, str]:
-    """This environment without the SLURM_* variables of a job the driver may itself run in (SLURM_CONF kept)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") or k == "SLURM_CONF"}
-
-
-def _client(argv: list[str], scheduler: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, env=_client_env(), cwd=cwd)
-    except FileNotFoundError:
-        raise EnvironmentProblem(f"{argv[0]} not found: job arrays need the {scheduler} client commands") from None
-
-
-def submit_script(scheduler: str, script: Path, cwd: Path, what: str = "array job") -> str:
-    """Submit a written script; its job id (SLURM '123', PBS '123[].server' for an array)."""
-    argv = ["sbatch", "--parsable", str(script)] if scheduler == "slurm" else ["qsub", str(script)]
-    done = _client(argv, scheduler, cwd)
-    if done.returncode != 0:
-        reason = "; ".join(line.strip() for line in done.stderr.splitlines() if line.strip())
-        raise PipelineError(f"{' '.join(argv[:-1])} refused the {what}: {reason} (script: {script})")
-    return done.stdout.strip().split(";")[0]
+HINT = "job arrays need the scheduler's client commands"
 
 
 def queued(scheduler: str, job: str) -> tuple[int, int] | None:
     """(running, pending) tasks of the array, or None once it has left the queue; raises on a query failure."""
-    if scheduler == "slurm":  # squeue, not sacct: accounting may not be configured
-        argv = ["squeue", "-h", "-r", "-j", job, "-o", "%T"]
-        done = _client(argv, scheduler)
-        if done.returncode != 0:
-            if "Invalid job id" in done.stderr:  # purged after MinJobAge
-                return None
-            raise PipelineError(f"{' '.join(argv)}: {done.stderr.strip()}")
-        states = done.stdout.split()
-    else:
-        argv = ["qstat", "-t", "-f", "-F", "json", job]
-        done = _client(argv, scheduler)
-        if done.returncode != 0:
-            if "Unknown Job" in done.stderr or "finished" in done.stderr:
-                return None
-            raise PipelineError(f"{' '.join(argv)}: {done.stderr.strip()}")
-        jobs = json.loads(done.stdout or "{}").get("Jobs", {})  # the array ('123[].srv') and its subjobs
-        states = [j.get("job_state", "") for k, j in jobs.items() if "[]" not in k]
-        states = [s for s in states if s not in ("X", "F")]  # X: a subjob that ended
+    states = scheduler_named(scheduler).array_states(job)
     if not states:
         return None
     running = sum(s in RUNNING for s in states)
@@ -161,7 +102,13 @@ def queued(scheduler: str, job: str) -> tuple[int, int] | None:
 
 def cancel(scheduler: str, job: str) -> None:
     """Cancel the array (every task); a job already gone is not an error."""
-    _client(["scancel", job] if scheduler == "slurm" else ["qdel", "-W", "force", job], scheduler)
+    chosen = scheduler_named(scheduler)
+    chosen.run(chosen.cancel_argv(job), hint=HINT)
+
+
+def submit_script(scheduler: str, script: Path, cwd: Path, what: str = "array job") -> str:
+    """Submit a written script; its job id (SLURM '123', PBS '123[].server' for an array)."""
+    return scheduler_named(scheduler).submit(script, cwd, what, HINT)
 
 
 def cancel_stale(scheduler: str, workdir: Path) -> list[str]:
@@ -275,7 +222,7 @@ def run_array(
         script = render_array(scheduler, todo, command, jobdir, settings, cwd=cwd, python=python, name=name)
         jobdir.mkdir(parents=True)
         atomic_write_text(jobdir / "indices.txt", "".join(f"{i}\n" for i in todo))
-        path = jobdir / SCRIPT_NAME[scheduler]
+        path = jobdir / scheduler_named(scheduler).script_name("array")
         atomic_write_text(path, script)
         job = submit_script(scheduler, path, cwd)
         atomic_write_json(jobdir / "array.json", {"scheduler": scheduler, "job_id": job, "indices": todo})
@@ -336,7 +283,7 @@ def submit_driver(
         return script, None, jobdir
     jobdir.mkdir(parents=True)
     atomic_write_text(jobdir / "config.yaml", config_text)
-    path = jobdir / ("driver.sbatch" if scheduler == "slurm" else "driver.pbs")
+    path = jobdir / scheduler_named(scheduler).script_name("driver")
     atomic_write_text(path, script)
     job = submit_script(scheduler, path, workdir, "driver job")
     atomic_write_json(jobdir / "job.json", {"scheduler": scheduler, "job_id": job, "script": str(path), "array": True})

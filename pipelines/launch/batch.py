@@ -13,7 +13,6 @@ import datetime as dt
 import os
 import re
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,11 @@ import jinja2
 from pydantic import ValidationError
 
 from pipelines.atomic import atomic_write_json, atomic_write_text
-from pipelines.errors import ConfigError, EnvironmentProblem, PipelineError
+from pipelines.errors import ConfigError
 from pipelines.launch.config import BatchSettings
+from pipelines.launch.schedulers import scheduler as scheduler_named
 
-SCHEDULERS = ("slurm", "pbs")
 MODES = ("spark", "dask", "horovod", "local")
-SCRIPT_NAME = {"slurm": "job.sbatch", "pbs": "job.pbs"}
 PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # as `Name` in pipelines/settings.py
 
 
@@ -55,8 +53,7 @@ TEMPLATES = environment()  # the job-script templates (batch jobs and arrays)
 
 def checked(batch: BatchSettings, pipeline: str, scheduler: str) -> BatchSettings:
     """The batch settings validated again (a caller may have changed them), the pipeline name and scheduler known."""
-    if scheduler not in SCHEDULERS:
-        raise ConfigError(f"scheduler {scheduler!r}: expected one of {SCHEDULERS}")
+    scheduler_named(scheduler)  # a known one
     try:
         batch = BatchSettings.model_validate(batch.model_dump())
     except ValidationError as exc:
@@ -125,16 +122,11 @@ def submit(
         return script, None, jobdir
     jobdir.mkdir(parents=True)
     atomic_write_text(conf, config_text)
-    path = jobdir / SCRIPT_NAME[scheduler]
+    chosen = scheduler_named(scheduler)
+    path = jobdir / chosen.script_name("job")
     atomic_write_text(path, script)
-    argv = ["sbatch", "--parsable", str(path)] if scheduler == "slurm" else ["qsub", str(path)]
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=workdir)
-    except FileNotFoundError:
-        raise EnvironmentProblem(f"{argv[0]} not found: run `pipelines submit` on a {scheduler} login node") from None
-    except subprocess.CalledProcessError as exc:
-        raise PipelineError(f"{argv[0]} refused the job: {exc.stderr.strip()} (script: {path})") from None
-    job = out.stdout.strip().split(";")[0]
+    argv = chosen.submit_argv(path)
+    job = chosen.submit(path, workdir, "job", f"run `pipelines submit` on a {scheduler} login node")
     atomic_write_json(jobdir / "job.json", {"scheduler": scheduler, "job_id": job, "script": str(path), "argv": argv})
     return script, job, jobdir
 

@@ -24,6 +24,7 @@ import psutil
 
 from pipelines.errors import ConfigError
 from pipelines.launch.config import JobqueueSettings
+from pipelines.launch.schedulers import scheduler as scheduler_named
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def cluster_kwargs(settings: JobqueueSettings) -> dict[str, Any]:
     if settings.gpus:
         per_worker = max(1, settings.gpus // settings.processes)
         extra += ["--resources", f"GPU={per_worker}"]
-        gpu = f"--gres=gpu:{settings.gpus}" if settings.scheduler == "slurm" else f"-l ngpus={settings.gpus}"
+        gpu = scheduler_named(settings.scheduler).gpu_directive(settings.gpus)
         directives.append(gpu)
     scheduler_interface = {}
     if settings.scheduler_interface:
@@ -125,16 +126,16 @@ def cluster_kwargs(settings: JobqueueSettings) -> dict[str, Any]:
         "log_directory": settings.log_directory,
         "death_timeout": settings.death_timeout,
     }
-    if settings.scheduler == "slurm" and settings.memory_directive is False:
-        kwargs["job_directives_skip"] = ["--mem"]
+    skip = scheduler_named(settings.scheduler).memory_directive_skip
+    if settings.memory_directive is False and skip:
+        kwargs["job_directives_skip"] = list(skip)
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
 def make_cluster(settings: JobqueueSettings) -> Any:
     """A started dask-jobqueue SLURMCluster or PBSCluster from `engine.dask.jobqueue` settings."""
-    from dask_jobqueue import PBSCluster, SLURMCluster
 
-    cls = SLURMCluster if settings.scheduler == "slurm" else PBSCluster
+    cls = scheduler_named(settings.scheduler).jobqueue_cluster()
     cluster = cls(**cluster_kwargs(settings))
     log.info(
         "dask-jobqueue %s cluster at %s; job script:\n%s",

@@ -11,16 +11,16 @@ import datetime as dt
 import getpass
 import json
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.atomic import atomic_write_json, atomic_write_text
-from pipelines.errors import ConfigError, EnvironmentProblem, PipelineError
-from pipelines.launch.batch import SCRIPT_NAME, TEMPLATES, checked
+from pipelines.errors import ConfigError, EnvironmentProblem
+from pipelines.launch.batch import TEMPLATES, checked
 from pipelines.launch.config import BatchSettings
+from pipelines.launch.schedulers import scheduler as scheduler_named
 
 CONNECTION = "connection.json"
 
@@ -81,25 +81,17 @@ def submit_notebook(
     jobdir = Path(jobs_dir).resolve() / "notebook" / stamp
     script = render_notebook(batch, jobdir, scheduler, workdir, python)
     jobdir.mkdir(parents=True, mode=0o700)
-    path = jobdir / SCRIPT_NAME[scheduler]
+    chosen = scheduler_named(scheduler)
+    path = jobdir / chosen.script_name("job")
     atomic_write_text(path, script)
-    argv = ["sbatch", "--parsable", str(path)] if scheduler == "slurm" else ["qsub", str(path)]
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=workdir)
-    except FileNotFoundError:
-        raise EnvironmentProblem(f"{argv[0]} not found: run `pipelines notebook` on a {scheduler} login node") from None
-    except subprocess.CalledProcessError as exc:
-        raise PipelineError(f"{argv[0]} refused the job: {exc.stderr.strip()} (script: {path})") from None
-    job = out.stdout.strip().split(";")[0]
+    job = chosen.submit(path, workdir, "job", f"run `pipelines notebook` on a {scheduler} login node")
     atomic_write_json(jobdir / "job.json", {"scheduler": scheduler, "job_id": job, "script": str(path)})
     facts = wait_for_connection(jobdir, job, scheduler, timeout)
     return Notebook(job, scheduler, jobdir, facts["host"], int(facts["port"]), facts["token"])
 
 
 def _queued(job: str, scheduler: str) -> bool:
-    argv = ["squeue", "-h", "-j", job] if scheduler == "slurm" else ["qstat", job]
-    done = subprocess.run(argv, capture_output=True, text=True)
-    return done.returncode == 0 and bool(done.stdout.strip())
+    return scheduler_named(scheduler).queued(job)
 
 
 def wait_for_connection(jobdir: Path, job: str, scheduler: str, timeout: float) -> dict:
