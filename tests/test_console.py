@@ -18,6 +18,7 @@ import yaml
 from pipelines.errors import ConfigError, DataError, EnvironmentProblem
 
 ENGINE_NOISE = ("WARN", "log4j", "incubator", "Setting default log level", "NativeCodeLoader", "distributed.")
+TYPES = {"types": {"a": "float", "b": "float"}}  # declared: a stray text value is rejected, not a level
 BAD_CSV = "a,b,y\n1,2,0\n3,abc,1\n5,6,0\n7,8,1\n9,10,0\n"
 
 
@@ -25,7 +26,7 @@ def _config(tmp_path: Path, name: str, engine: str, path: str = "d.csv", **inges
     data = {
         "name": name,
         "engine": {"kind": engine, "partitions": 2},
-        "dataset": {"name": name, "format": "csv", "path": path, "features": ["a", "b"], "label": "y"},
+        "dataset": {"name": name, "format": "csv", "path": path, "features": ["a", "b"], "label": "y", **TYPES},
         "stages": [{"stage": "ingest", **ingest}],
     }
     conf = tmp_path / f"{name}.yaml"
