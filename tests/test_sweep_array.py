@@ -303,7 +303,7 @@ def test_a_27_trial_sweep_as_a_slurm_array_survives_its_driver_killed_and_resume
 ):
     import yaml
 
-    from pipelines.sweep.trial import classical_metrics
+    from pipelines.sweep.trial import TrialSpec, classical_metrics
 
     conf = tmp_path / "sweep.yaml"
     conf.write_text(yaml.safe_dump({**SWEEP, "runs_dir": str(tmp_path / "runs")}))
@@ -347,7 +347,7 @@ def test_a_27_trial_sweep_as_a_slurm_array_survives_its_driver_killed_and_resume
     assert len(table) == 27 and set(table["status"]) == {"ok"}
     assert sorted(table.loc[table["reused"], "index"]) == sorted(before)
     for row in table.itertuples():  # the same fits one after another in this process
-        spec = json.loads((trials / f"{row.index:03d}" / "spec.json").read_text())
+        spec = TrialSpec.model_validate_json((trials / f"{row.index:03d}" / "spec.json").read_text())
         assert row.metric == pytest.approx(classical_metrics(spec)["test_accuracy"], abs=1e-12), row
     print(
         f"27-trial array sweep: {len(before)} done before the driver was killed at {first_part:.0f} s, "

@@ -116,7 +116,13 @@ def lost_workers(exc: BaseException) -> EngineFailure | None:
     return None
 
 
-_JVM_GONE = ("SparkContext was shut down", "Connection refused", "Py4JNetworkError", "Answer from Java side is empty")
+_JVM_GONE = (  # the JVM (or its SparkContext) is gone: an OOM may have stopped it, and only its log still says
+    "SparkContext was shut down",
+    "Connection refused",
+    "Py4JNetworkError",
+    "Answer from Java side is empty",
+    'SparkContext.dagScheduler()" is null',  # the context stopped while this query was finishing
+)
 _spark: dict[str, Any] = {"memory": "spark.driver.memory / spark.executor.memory", "log": None}
 OOM_TAIL_BYTES = 200_000
 
