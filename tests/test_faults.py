@@ -57,7 +57,7 @@ def write_config(folder: Path, data: Path, engine: str) -> Path:
     config = {
         "name": NAME,
         "runs_dir": str(folder / "runs"),
-        "engine": {"kind": engine, "partitions": PARTS},
+        "engine": {"kind": engine, "partitions": PARTS, "in_process_mb": 0},  # the fit on the workers
         "dataset": {**dataset, "types": {"y": "int"}},
         "stages": [
             {"stage": "ingest", "split": {"test_fraction": 0.2, "val_fraction": 0.1, "seed": 1}},

@@ -47,7 +47,7 @@ def pipeline_config(runs: Path, engine: dict, launcher: str, *, sweep: bool = Tr
     return {
         "name": "digits-hosts",
         "runs_dir": str(runs),
-        "engine": {"partitions": 3, **engine},
+        "engine": {"partitions": 3, "in_process_mb": 0, **engine},  # the classical fit across the hosts
         "dataset": {
             "name": "digits",
             "format": "idx",

@@ -40,6 +40,7 @@ def softmax_config(runs: Path) -> dict:
     data["stages"] = data["stages"][:2]
     data["stages"][1]["params"].update(solver="lbfgs", max_iter=400, tol=0.0)
     data["stages"][1]["plots"] = False
+    data["engine"]["in_process_mb"] = 0  # the fit's passes on the workers, however small the data
     return {**data, "runs_dir": str(runs)}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -94,10 +94,29 @@ class Blocks:
     labels: list[float] = field(default_factory=list)
     integer_labels: bool = False
     named: bool = True
+    slots: int = 1
 
     @property
     def n_rows(self) -> int:
         return sum(self.rows_per_block)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the feature matrix as float64."""
+        return self.n_rows * self.n_features * 8
+
+    @property
+    def parallelism(self) -> int:
+        """Task slots a fit may fill: the engine's, or (in this process) those of the engine the blocks came from."""
+        return self.engine.parallelism if self.engine is not None else self.slots
+
+    def in_process(self) -> Blocks:
+        """These blocks copied into this process (the engine's copies released), identities and slots kept."""
+        if self.engine is None:
+            return self
+        local = replace(self, engine=None, handle=self.map(lambda block: block), slots=self.engine.parallelism)
+        self.release()
+        return local
 
     @property
     def n_features(self) -> int:

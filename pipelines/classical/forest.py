@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
 from typing import Any, Literal
 
@@ -142,7 +143,7 @@ class _Forest(Estimator):
         parts = blocks.map(lambda block: (block["x"], block["y"]))
         x = np.vstack([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts])
-        workers = blocks.engine.parallelism if blocks.engine is not None else 1
+        workers = blocks.parallelism
         counts = [c for c in allocate_trees(self.n_estimators, [1] * min(self.n_estimators, workers)) if c]
 
         def grow(group: tuple[int, int]) -> tuple[list[Any], np.ndarray | None]:
@@ -151,8 +152,9 @@ class _Forest(Estimator):
             return grow_on(x, y, count, state)
 
         groups = list(enumerate(counts))
-        if blocks.engine is None:
-            return [grow(g) for g in groups]
+        if blocks.engine is None:  # in this process: the groups on threads (tree fitting releases the GIL)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                return list(pool.map(grow, groups))
         return blocks.engine.run_tasks(grow, groups)
 
     def _tree_outputs(self, X: Any) -> np.ndarray:

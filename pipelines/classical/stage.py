@@ -129,7 +129,8 @@ class ModelStage(Stage):
 
     def run(self, ctx: StageContext) -> ModelResult:
         """Fit on the latest ingest's train split, evaluate, write models/<name>/ and plots/<name>/."""
-        return run_model(ctx.engine, self, ctx.run, training_data(ctx, self.output_name))
+        data = training_data(ctx, self.output_name)
+        return run_model(ctx.engine, self, ctx.run, data, in_process_mb=ctx.config.engine.in_process_mb)
 
     def restore(self, ctx: StageContext) -> ModelResult:
         """The saved model (when `save`) and the metrics this run recorded."""
@@ -173,16 +174,28 @@ def evaluate_fit(stage: ModelStage, model: Any, train: Blocks, test: Blocks | No
     return out
 
 
-def run_model(engine: Engine, stage: ModelStage, run: Any, data: TrainingData) -> ModelResult:
-    """Fit, evaluate, and write models/<name>/ and plots/<name>/ into the run."""
+def run_model(
+    engine: Engine, stage: ModelStage, run: Any, data: TrainingData, in_process_mb: float = 0.0
+) -> ModelResult:
+    """Fit, evaluate, and write models/<name>/ and plots/<name>/ into the run; a train split of at most
+    in_process_mb MiB is fitted and evaluated in this process (every split alike), as one engine job gathers it."""
     with ExitStack() as stack:
         train = stack.enter_context(model_blocks(engine, data, "train", stage))
-        test = stack.enter_context(model_blocks(engine, data, "test", stage)) if "test" in data.frames else None
+        here = train.nbytes <= in_process_mb * 2**20
+
+        def blocks(split: str) -> Blocks:
+            found = model_blocks(engine, data, split, stage)
+            return stack.enter_context(found.in_process() if here else found)
+
+        if here:
+            train = train.in_process()
+        test = blocks("test") if "test" in data.frames else None
         model = stage.estimator()
         extra: dict[str, Any] = {}
         if "val" in data.frames and "eval_set" in inspect.signature(model.fit).parameters:  # early stopping
-            extra["eval_set"] = stack.enter_context(model_blocks(engine, data, "val", stage))
-        log.info("fitting %s on %d rows x %d features (%s)", stage.model, train.n_rows, train.n_features, engine.kind)
+            extra["eval_set"] = blocks("val")
+        where = "in process" if here else engine.kind
+        log.info("fitting %s on %d rows x %d features (%s)", stage.model, train.n_rows, train.n_features, where)
         t0 = time.perf_counter()
         model.fit(train, **extra)
         seconds = time.perf_counter() - t0
@@ -190,7 +203,12 @@ def run_model(engine: Engine, stage: ModelStage, run: Any, data: TrainingData) -
             plot_dir = outputs.enter_context(run.output(Folder.PLOTS.of(stage.output_name))) if stage.plots else None
             if plot_dir is not None:
                 plot_dir.mkdir()
-            metrics = {"model": stage.model, "train_rows": train.n_rows, "fit_seconds": round(seconds, 3)}
+            metrics = {
+                "model": stage.model,
+                "train_rows": train.n_rows,
+                "fit_seconds": round(seconds, 3),
+                "fitted": "in_process" if here else "engine",
+            }
             metrics.update(evaluate_fit(stage, model, train, test, plot_dir))
         if stage.save:
             with run.output(Folder.MODELS.of(stage.output_name)) as tmp:

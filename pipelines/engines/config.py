@@ -38,5 +38,8 @@ class EngineConfig(StrictModel):
 
     kind: Literal["spark", "dask"] = "dask"
     partitions: PositiveInt = 4
+    # a model stage whose train split's features take at most this many MiB (float64) is fitted in this process,
+    # with the same algorithm and block identities (so the same results); 0 fits every split on the engine
+    in_process_mb: float = Field(default=64.0, ge=0)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     dask: DaskSettings = Field(default_factory=DaskSettings)
