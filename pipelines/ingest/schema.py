@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Any
 
 import pyarrow as pa
@@ -22,11 +23,18 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 
 _NAME = r"[A-Za-z_.][A-Za-z0-9_.]*|`[^`]+`"
 _TERM = re.compile(rf"^(?:C\(\s*(?P<cat>{_NAME})\s*\)|(?P<name>{_NAME}))$")
+_CALL = re.compile(r"^(?P<fn>[A-Za-z_.][A-Za-z0-9_.]*)\((?P<body>.*)\)$", re.S)
+# R functions a formula term may apply, and the DuckDB function of each (R's log is the natural logarithm)
+R_FUNCTIONS = {"I": "", "log": "ln", "exp": "exp", "sqrt": "sqrt", "abs": "abs", "log2": "log2", "log10": "log10"}
 
 
 @dataclass(frozen=True)
 class Formula:
-    """A parsed `y ~ a + C(b) + . - c` formula."""
+    """A parsed `y ~ a + C(b) + I(a^2) + log(c) + a:c + . - d` formula.
+
+    terms are R's term names in R's order (main effects, then interactions by order); derive gives, for each term
+    computed from columns (I(), log(), ..., a:b), the SQL that computes it, in the order written.
+    """
 
     response: str
     terms: tuple[str, ...]
@@ -34,14 +42,90 @@ class Formula:
     dot: bool
     removed: frozenset[str]
     intercept: bool
+    derive: tuple[tuple[str, str], ...] = ()
 
 
 def _strip(name: str) -> str:
     return name[1:-1] if name.startswith("`") else name
 
 
+def _split_top(text: str, seps: str) -> list[tuple[str, str]]:
+    """(separator before, piece) for the pieces of text between top-level separators (not inside () or ``)."""
+    pieces: list[tuple[str, str]] = []
+    depth, quoted, sep = 0, False, ""
+    current: list[str] = []
+    for ch in text:
+        if ch == "`":
+            quoted = not quoted
+        elif not quoted and ch == "(":
+            depth += 1
+        elif not quoted and ch == ")":
+            depth -= 1
+        if ch in seps and depth == 0 and not quoted:
+            pieces.append((sep, "".join(current).strip()))
+            sep, current = ch, []
+            continue
+        current.append(ch)
+    pieces.append((sep, "".join(current).strip()))
+    return pieces
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _r_sql(text: str, body: str) -> str:
+    """The DuckDB SQL of an R arithmetic expression (^ as power, log as ln), or a ConfigError naming the formula."""
+    import sqlglot
+    from sqlglot import exp
+
+    def natural(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Log):
+            if node.args.get("expression") is not None:
+                raise ConfigError(f"formula {text!r}: log() takes one argument here; write log(x) / log(base)")
+            return exp.Ln(this=node.this)
+        return node
+
+    try:
+        tree = sqlglot.parse_one(body.replace("`", '"'), read="duckdb")
+    except sqlglot.errors.ParseError:
+        raise ConfigError(f"formula {text!r}: cannot read the expression {body!r}") from None
+    return tree.transform(natural).sql(dialect="duckdb")
+
+
+def _atom(text: str, token: str) -> tuple[str, str | None, bool]:
+    """One factor of a term: (R name, SQL computing it or None for a column, whether it is C(name))."""
+    match = _TERM.match(token)
+    if match:
+        return _strip(match.group("cat") or match.group("name")), None, match.group("cat") is not None
+    call = _CALL.match(token)
+    if call and call.group("fn") in R_FUNCTIONS:
+        sql = _r_sql(text, call.group("body"))
+        fn = R_FUNCTIONS[call.group("fn")]
+        return token, f"{fn}({sql})" if fn else f"({sql})", False
+    if call and call.group("fn") == "poly":
+        raise ConfigError(f"formula {text!r}: poly() terms are not supported yet; use I(x^2) and I(x^3)")
+    raise ConfigError(
+        f"formula {text!r}: unsupported term {token!r} (use column names, C(name), I(expr), log/exp/sqrt/abs(expr), "
+        "a:b, a*b, '.', '- name', '0' or '1')"
+    )
+
+
+def _term(text: str, token: str) -> tuple[str, str | None, str | None]:
+    """A term: (R name, SQL or None for a column, the categorical column if it is C(name))."""
+    factors = [_atom(text, piece) for _, piece in _split_top(token, ":")]
+    if len(factors) == 1:
+        name, sql, categorical = factors[0]
+        return name, sql, name if categorical else None
+    if any(categorical for _, _, categorical in factors):
+        raise ConfigError(f"formula {text!r}: interactions with a C() factor ({token!r}) are not supported yet")
+    sql = " * ".join(f"({s})" if s is not None else _quoted(n) for n, s, _ in factors)
+    return ":".join(n for n, _, _ in factors), sql, None
+
+
 def parse_formula(text: str) -> Formula:
-    """Parse the R formula subset we support: names, C(name), '.', '- name', '+ 0'/'- 1'."""
+    """Parse the R formula subset we support: names, C(name), I(expr), log/exp/sqrt/abs(expr), a:b, a*b, '.',
+    '- term', '+ 0'/'- 1'."""
     if text.count("~") != 1:
         raise ConfigError(f"formula {text!r}: expected exactly one '~' (response ~ terms)")
     lhs, rhs = (part.strip() for part in text.split("~"))
@@ -50,14 +134,15 @@ def parse_formula(text: str) -> Formula:
     terms: list[str] = []
     categorical: set[str] = set()
     removed: set[str] = set()
+    derive: dict[str, str] = {}
     dot = False
     intercept = True
-    tokens = re.findall(r"`[^`]*`|C\([^)]*\)|[+-]|[^+\-\s]+", rhs)
-    sign = "+"
-    for token in tokens:
-        if token in "+-":
-            sign = token
-            continue
+    for sign, token in _split_top(rhs, "+-"):
+        sign = sign or "+"
+        if not token:
+            if sign == "-" or not terms:  # a leading '-' (as in '- 1') or an empty formula side
+                continue
+            raise ConfigError(f"formula {text!r}: an empty term")
         if token in ("0", "1"):
             intercept = (token == "1") == (sign == "+")
             continue
@@ -66,22 +151,24 @@ def parse_formula(text: str) -> Formula:
                 raise ConfigError(f"formula {text!r}: '- .' is not meaningful")
             dot = True
             continue
-        match = _TERM.match(token)
-        if not match:
-            raise ConfigError(
-                f"formula {text!r}: unsupported term {token!r} (use column names, C(name), '.', '- name', '0' or '1')"
-            )
-        name = _strip(match.group("cat") or match.group("name"))
-        if sign == "-":
-            removed.add(name)
-            continue
-        if match.group("cat"):
-            categorical.add(name)
-        if name not in terms:
-            terms.append(name)
+        factors = [piece for _, piece in _split_top(token, "*")]
+        expanded = [":".join(c) for r in range(1, len(factors) + 1) for c in combinations(factors, r)]
+        for one in expanded:
+            name, sql, category = _term(text, one)
+            if sign == "-":
+                removed.add(name)
+                continue
+            if category:
+                categorical.add(category)
+            if sql is not None:
+                derive.setdefault(name, sql)
+            if name not in terms:
+                terms.append(name)
     if not terms and not dot:
         raise ConfigError(f"formula {text!r}: no predictor terms")
-    return Formula(_strip(lhs), tuple(terms), frozenset(categorical), dot, frozenset(removed), intercept)
+    terms.sort(key=lambda name: len(_split_top(name, ":")))  # R's order: main effects, then interactions by order
+    kept = tuple((name, sql) for name, sql in derive.items() if name not in removed)
+    return Formula(_strip(lhs), tuple(terms), frozenset(categorical), dot, frozenset(removed), intercept, kept)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from pipelines.ingest.handoff import (
     splits_fingerprint,
 )
 from pipelines.ingest.infer import infer_types, sample_types, summarize_part
-from pipelines.ingest.schema import TableSchema, resolve_table_schema
+from pipelines.ingest.schema import TableSchema, parse_formula, resolve_table_schema
 from pipelines.ingest.split import SPLIT_NAMES, TRAIN, assign_split
 from pipelines.ingest.stratify import restratify, stratified_cuts
 from pipelines.ingest.transform import (
@@ -173,6 +173,9 @@ def plan_ingest(
         files = sources.with_distinct_names(files)
         parts = sources.balanced_segments(files, partitions)
         expressions = None
+        if dataset.formula:  # the formula's computed terms (I(x^2), log(x), a:b) are derived columns after derive's
+            terms = parse_formula(dataset.formula).derive
+            derive = {**(derive or {}), **{name: sql for name, sql in terms if name not in (derive or {})}}
         label = table.label.name if table is not None and table.label is not None else None
         if (
             labels_optional
