@@ -21,7 +21,9 @@ def test_categorical_dot_removal_and_intercept():
     assert parse_formula("y ~ `odd name` + x").terms == ("odd name", "x")
 
 
-@pytest.mark.parametrize("bad", ["y = x", "y ~ x ~ z", "y ~ foo(x)", "y + z ~ x", "y ~ C(g):x", "y ~ ", "y ~ poly(x, 2)"])
+@pytest.mark.parametrize(
+    "bad", ["y = x", "y ~ x ~ z", "y ~ foo(x)", "y + z ~ x", "y ~ C(g):x", "y ~ ", "y ~ poly(x)", "y ~ poly(x, 2):z"]
+)
 def test_unsupported_formulas_are_clear_errors(bad):
     with pytest.raises(ConfigError, match="formula"):
         parse_formula(bad)

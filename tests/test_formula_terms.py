@@ -108,3 +108,39 @@ def test_a_term_that_cannot_be_computed_quarantines_its_row_naming_the_term(dask
     assert list(quarantine["reason"]) == ["infinite value", "NaN value"]
     facts = next(s for s in json.loads((run.dir / "manifest.json").read_text())["stages"] if s["name"] == "ingest")
     assert (facts["read"], facts["accepted"], facts["rejected"]) == (50, 48, 2)
+
+
+def r_poly(x: np.ndarray, degree: int) -> np.ndarray:
+    """R's stats::poly(x, degree) as R computes it: QR of the centred Vandermonde matrix, Z = Q diag(R), unit norm."""
+    q, r = np.linalg.qr(np.vander(x - x.mean(), degree + 1, increasing=True))
+    z = q * np.diag(r)
+    return (z / np.sqrt((z**2).sum(axis=0)))[:, 1:]
+
+
+@pytest.mark.slow
+def test_poly_terms_are_rs_orthogonal_polynomials_fitted_on_the_train_split(engine, tmp_path):
+    frame = _frame()
+    frame["x"] = frame["x"] * 40 + 1000  # far from 0: centring and the partitions' shifted sums keep precision
+    path = tmp_path / "poly.csv"
+    frame.to_csv(path, index=False)
+    run, summary = _fit(engine, tmp_path, path, "y ~ poly(x, 3) + z")
+    terms = ["(Intercept)", "poly(x, 3)1", "poly(x, 3)2", "poly(x, 3)3", "z"]
+    assert summary["coefficients"]["term"] == terms
+    design = pd.DataFrame(r_poly(frame["x"].to_numpy(), 3), columns=["p1", "p2", "p3"]).assign(z=frame["z"])
+    ref = smf.ols("y ~ p1 + p2 + p3 + z", design.assign(y=frame["y"])).fit()
+    np.testing.assert_allclose(summary["coefficients"]["estimate"], ref.params.to_numpy(), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(summary["coefficients"]["std_error"], ref.bse.to_numpy(), rtol=1e-8)
+    train = pd.read_parquet(run.dir / "data" / "train").sort_values("_row")
+    np.testing.assert_allclose(train[terms[1:4]].to_numpy(), design[["p1", "p2", "p3"]].to_numpy(), atol=1e-10)
+    # new rows get the train split's polynomials (R's predict.poly), not ones refitted on the new rows
+    new = _frame(40, seed=11).assign(x=lambda f: f["x"] * 40 + 1000)
+    new_path = tmp_path / "new.csv"
+    new.to_csv(new_path, index=False)
+    predict(run.dir, "ols", str(new_path), tmp_path / "scored", engine=engine)
+    scored = pd.read_parquet(tmp_path / "scored" / "predictions").sort_values("row")
+    powers = np.vander(frame["x"] - frame["x"].mean(), 4, increasing=True)
+    to_poly = np.linalg.lstsq(powers, design[["p1", "p2", "p3"]].to_numpy(), rcond=None)[0]
+    new_powers = np.vander(new["x"] - frame["x"].mean(), 4, increasing=True)
+    new_design = pd.DataFrame(new_powers @ to_poly, columns=["p1", "p2", "p3"])
+    expected = ref.predict(new_design.assign(z=new["z"].to_numpy()))
+    np.testing.assert_allclose(scored["prediction"].to_numpy(), expected.to_numpy(), rtol=1e-7)

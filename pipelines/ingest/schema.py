@@ -43,6 +43,7 @@ class Formula:
     removed: frozenset[str]
     intercept: bool
     derive: tuple[tuple[str, str], ...] = ()
+    polys: tuple[tuple[str, int], ...] = ()  # poly(x, k) terms: name and degree (orthogonal, fitted on train)
 
 
 def _strip(name: str) -> str:
@@ -93,34 +94,54 @@ def _r_sql(text: str, body: str) -> str:
     return tree.transform(natural).sql(dialect="duckdb")
 
 
-def _atom(text: str, token: str) -> tuple[str, str | None, bool]:
-    """One factor of a term: (R name, SQL computing it or None for a column, whether it is C(name))."""
+MAX_POLY_DEGREE = 10
+
+
+def _poly(text: str, body: str) -> tuple[str, str, int]:
+    """poly(x, k): (R's name `poly(x, k)`, the column x, degree k)."""
+    args = [piece for _, piece in _split_top(body, ",")]
+    column = re.fullmatch(_NAME, args[0]) if args else None
+    degree = args[1] if len(args) == 2 else ""
+    if column is None or not degree.isdigit() or not 1 <= int(degree) <= MAX_POLY_DEGREE:
+        raise ConfigError(
+            f"formula {text!r}: poly() takes a column and a degree 1-{MAX_POLY_DEGREE}, as poly(x, 2) "
+            "(orthogonal, as R's; for raw powers write I(x^2))"
+        )
+    name = _strip(args[0])
+    return f"poly({args[0]}, {int(degree)})", name, int(degree)
+
+
+def _atom(text: str, token: str) -> tuple[str, str | None, bool, int]:
+    """One factor of a term: (R name, SQL computing it or None for a column, whether it is C(name), poly degree)."""
     match = _TERM.match(token)
     if match:
-        return _strip(match.group("cat") or match.group("name")), None, match.group("cat") is not None
+        return _strip(match.group("cat") or match.group("name")), None, match.group("cat") is not None, 0
     call = _CALL.match(token)
     if call and call.group("fn") in R_FUNCTIONS:
         sql = _r_sql(text, call.group("body"))
         fn = R_FUNCTIONS[call.group("fn")]
-        return token, f"{fn}({sql})" if fn else f"({sql})", False
+        return token, f"{fn}({sql})" if fn else f"({sql})", False, 0
     if call and call.group("fn") == "poly":
-        raise ConfigError(f"formula {text!r}: poly() terms are not supported yet; use I(x^2) and I(x^3)")
+        name, column, degree = _poly(text, call.group("body"))
+        return name, _quoted(column), False, degree
     raise ConfigError(
         f"formula {text!r}: unsupported term {token!r} (use column names, C(name), I(expr), log/exp/sqrt/abs(expr), "
         "a:b, a*b, '.', '- name', '0' or '1')"
     )
 
 
-def _term(text: str, token: str) -> tuple[str, str | None, str | None]:
-    """A term: (R name, SQL or None for a column, the categorical column if it is C(name))."""
+def _term(text: str, token: str) -> tuple[str, str | None, str | None, int]:
+    """A term: (R name, SQL or None for a column, the categorical column if it is C(name), poly degree)."""
     factors = [_atom(text, piece) for _, piece in _split_top(token, ":")]
     if len(factors) == 1:
-        name, sql, categorical = factors[0]
-        return name, sql, name if categorical else None
-    if any(categorical for _, _, categorical in factors):
-        raise ConfigError(f"formula {text!r}: interactions with a C() factor ({token!r}) are not supported yet")
-    sql = " * ".join(f"({s})" if s is not None else _quoted(n) for n, s, _ in factors)
-    return ":".join(n for n, _, _ in factors), sql, None
+        name, sql, categorical, degree = factors[0]
+        return name, sql, name if categorical else None, degree
+    if any(categorical or degree for _, _, categorical, degree in factors):
+        raise ConfigError(
+            f"formula {text!r}: interactions with a C() or poly() factor ({token!r}) are not supported yet"
+        )
+    sql = " * ".join(f"({s})" if s is not None else _quoted(n) for n, s, _, _ in factors)
+    return ":".join(n for n, _, _, _ in factors), sql, None, 0
 
 
 def parse_formula(text: str) -> Formula:
@@ -135,6 +156,7 @@ def parse_formula(text: str) -> Formula:
     categorical: set[str] = set()
     removed: set[str] = set()
     derive: dict[str, str] = {}
+    polys: dict[str, int] = {}
     dot = False
     intercept = True
     for sign, token in _split_top(rhs, "+-"):
@@ -154,7 +176,9 @@ def parse_formula(text: str) -> Formula:
         factors = [piece for _, piece in _split_top(token, "*")]
         expanded = [":".join(c) for r in range(1, len(factors) + 1) for c in combinations(factors, r)]
         for one in expanded:
-            name, sql, category = _term(text, one)
+            name, sql, category, degree = _term(text, one)
+            if degree:
+                polys[name] = degree
             if sign == "-":
                 removed.add(name)
                 continue
@@ -168,7 +192,8 @@ def parse_formula(text: str) -> Formula:
         raise ConfigError(f"formula {text!r}: no predictor terms")
     terms.sort(key=lambda name: len(_split_top(name, ":")))  # R's order: main effects, then interactions by order
     kept = tuple((name, sql) for name, sql in derive.items() if name not in removed)
-    return Formula(_strip(lhs), tuple(terms), frozenset(categorical), dot, frozenset(removed), intercept, kept)
+    degrees = tuple((name, k) for name, k in polys.items() if name not in removed)
+    return Formula(_strip(lhs), tuple(terms), frozenset(categorical), dot, frozenset(removed), intercept, kept, degrees)
 
 
 @dataclass(frozen=True)
@@ -198,6 +223,7 @@ class TableSchema:
     declared: frozenset[str] = frozenset()
     missing: dict[str, Any] = field(default_factory=dict)
     derived: frozenset[str] = frozenset()
+    polys: dict[str, int] = field(default_factory=dict)  # poly(x, k) features: orthogonal polynomials of degree k
 
     def policy(self, name: str) -> Any:
         """The missing-value policy of a column: 'quarantine', 'drop' or an Impute."""
@@ -244,8 +270,10 @@ def resolve_table_schema(
     file_columns = list(file_columns) + [n for n in derived if n not in file_columns]
     types = {**dataset.types, **derived}
     intercept = True
+    polys: dict[str, int] = {}
     if dataset.formula:
         formula = parse_formula(dataset.formula)
+        polys = dict(formula.polys)
         label_name: str | None = formula.response
         names = list(formula.terms)
         if formula.dot:
@@ -274,7 +302,9 @@ def resolve_table_schema(
     label = Column(label_name, types.get(label_name, "float")) if label_name else None
     categories = {k: tuple(v) for k, v in dataset.categories.items()}
     _check_missing(dataset, features, label)
-    return TableSchema(features, label, intercept, categories, declared, dict(dataset.missing), frozenset(derived))
+    polys = {name: k for name, k in polys.items() if name in names}
+    missing_policies = dict(dataset.missing)
+    return TableSchema(features, label, intercept, categories, declared, missing_policies, frozenset(derived), polys)
 
 
 def _check_missing(dataset: DatasetConfig, features: tuple[Column, ...], label: Column | None) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipelines.errors import DataError
 from pipelines.ingest.expressions import step_counts
 from pipelines.ingest.infer import r_level_order
 from pipelines.ingest.schema import TableSchema
@@ -35,6 +36,7 @@ def partition_stats(pdf: pd.DataFrame, schema: TableSchema | None) -> dict[str, 
         "levels": {},
         "missing": {},
         "counts": {},
+        "poly": {},
     }
     if schema is None:
         return out
@@ -53,10 +55,51 @@ def partition_stats(pdf: pd.DataFrame, schema: TableSchema | None) -> dict[str, 
             n = len(x)
             mean = float(x.mean()) if n else 0.0
             out["moments"][col.name] = [n, mean, float(((x - mean) ** 2).sum()) if n else 0.0]
+    for name, degree in schema.polys.items():
+        x = train[name].to_numpy(dtype="float64", na_value=np.nan)
+        x = x[~np.isnan(x)]
+        mean = float(x.mean()) if len(x) else 0.0
+        out["poly"][name] = [len(x), mean, [float(((x - mean) ** j).sum()) for j in range(2 * degree + 1)]]
     for col in schema.columns:
         if col.kind == "category":
             out["levels"][col.name] = sorted(set(kept[col.name].dropna().astype(str)))
     return out
+
+
+def poly_basis(parts: list[list[Any]], degree: int, name: str) -> tuple[float, list[list[float]]]:
+    """R's poly(x, degree) fitted on the train split: its mean and the (degree+1)^2 matrix B such that
+    [1, u, .., u^degree] @ B (u = x - mean) has orthonormal columns, the first constant; from each partition's
+    central power sums (shifted to the overall mean, so no large powers cancel)."""
+    from math import comb
+
+    n = sum(int(p[0]) for p in parts)
+    if n <= degree:
+        raise DataError(f"{name}: the train split has {n} value(s); poly of degree {degree} needs more than {degree}")
+    mean = sum(p[0] * p[1] for p in parts) / n
+    sums = np.zeros(2 * degree + 1)
+    for count, part_mean, central in parts:
+        if count == 0:
+            continue
+        delta = part_mean - mean  # sum((x - mean)^m) = sum_j C(m, j) delta^(m - j) sum((x - part_mean)^j)
+        sums += [sum(comb(m, j) * delta ** (m - j) * central[j] for j in range(m + 1)) for m in range(2 * degree + 1)]
+    gram = np.array([[sums[i + j] for j in range(degree + 1)] for i in range(degree + 1)])
+    try:
+        lower = np.linalg.cholesky(gram)
+    except np.linalg.LinAlgError:
+        raise DataError(
+            f"{name}: the train split's values take fewer than {degree + 1} distinct values; lower the degree"
+        ) from None
+    basis = np.linalg.inv(lower).T  # upper triangular, positive diagonal: each polynomial leads with +u^i, as R's
+    return float(mean), basis.tolist()
+
+
+def poly_columns(values: pd.Series, fit: tuple[float, list[list[float]]]) -> np.ndarray:
+    """The orthogonal polynomial columns 1..degree of x under a train-split fit (rows x degree)."""
+    mean, basis = fit
+    matrix = np.asarray(basis)
+    u = values.to_numpy(dtype="float64", na_value=np.nan) - mean
+    powers = np.vander(u, len(matrix), increasing=True)
+    return (powers @ matrix)[:, 1:]
 
 
 def _plain(value: Any) -> Any:
@@ -109,6 +152,7 @@ class Fitted:
     constant: list[str] = field(default_factory=list)
     impute: dict[str, Any] = field(default_factory=dict)
     imputed: dict[str, int] = field(default_factory=dict)
+    poly: dict[str, tuple[float, list[list[float]]]] = field(default_factory=dict)
 
     @classmethod
     def from_stats(cls, stats: list[dict[str, Any]], schema: TableSchema | None, standardize: bool) -> Fitted:
@@ -132,9 +176,11 @@ class Fitted:
                 if fill is not None and str(fill) not in seen:
                     seen = r_level_order([*seen, str(fill)])
                 fitted.levels[col.name] = list(declared) if declared else seen
+        for name, degree in schema.polys.items():
+            fitted.poly[name] = poly_basis([s["poly"][name] for s in stats], degree, name)
         if standardize:
             for col in schema.features:
-                if col.numeric:
+                if col.numeric and col.name not in fitted.poly:  # orthonormal already
                     parts = [s["moments"][col.name] for s in stats]
                     if train_missing.get(col.name) and fitted.impute.get(col.name) is not None:  # scaled after filling
                         parts.append([train_missing[col.name], float(fitted.impute[col.name]), 0.0])
@@ -159,6 +205,8 @@ def encoded_columns(schema: TableSchema, fitted: Fitted, encode: str) -> list[tu
             out += [(f"{_safe(col.name)}_{_safe(level)}", pa.float64(), col.name, level) for level in levels]
         elif col.kind == "category":
             out.append((col.name, pa.int64(), col.name, None))
+        elif col.name in fitted.poly:  # R's names: poly(x, 2)1, poly(x, 2)2
+            out += [(f"{col.name}{i}", pa.float64(), col.name, None) for i in range(1, len(fitted.poly[col.name][1]))]
         elif col.numeric or col.kind == "bool":
             out.append((col.name, pa.float64(), col.name, None))
         else:
@@ -187,9 +235,12 @@ def transform_table(pdf: pd.DataFrame, split: int, schema: TableSchema, fitted: 
     keep = pdf[pdf["_reason"].isna() & (pdf["_split"] == split)]
     out: dict[str, Any] = {"_source": keep["_source"].to_numpy(), "_row": keep["_row"].to_numpy()}
     keep = keep.assign(**{k: _filled(keep[k], v) for k, v in fitted.impute.items() if k in keep and v is not None})
+    polys = {source: poly_columns(keep[source], fit) for source, fit in fitted.poly.items() if source in keep}
     for name, dtype, source, level in encoded_columns(schema, fitted, encode):
         values = keep[source]
-        if level is not None:
+        if source in polys:
+            out[name] = polys[source][:, int(name[len(source) :]) - 1]
+        elif level is not None:
             out[name] = (values.astype(str) == level).to_numpy(dtype="float64")
         elif source in fitted.levels:
             out[name] = pd.Categorical(values, categories=fitted.levels[source]).codes.astype("int64")
