@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from itertools import combinations
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 
@@ -111,39 +112,52 @@ def _poly(text: str, body: str) -> tuple[str, str, int]:
     return f"poly({args[0]}, {int(degree)})", name, int(degree)
 
 
-def _atom(text: str, token: str) -> tuple[str, str | None, bool, int]:
-    """One factor of a term: (R name, SQL computing it or None for a column, whether it is C(name), poly degree)."""
+class _Term(NamedTuple):
+    """A formula term (or one factor of an interaction) as R names it."""
+
+    name: str
+    sql: str | None = None  # the SQL computing it; None for a file column
+    categorical: bool = False  # C(name)
+    degree: int = 0  # poly(x, degree)
+
+    @property
+    def operand(self) -> str:
+        """The SQL of this factor inside a product."""
+        return f"({self.sql})" if self.sql is not None else _quoted(self.name)
+
+
+def _atom(text: str, token: str) -> _Term:
+    """One factor of a term: a column, C(column), I(expr) or a function of one, or poly(column, k)."""
     match = _TERM.match(token)
     if match:
-        return _strip(match.group("cat") or match.group("name")), None, match.group("cat") is not None, 0
+        return _Term(_strip(match.group("cat") or match.group("name")), categorical=match.group("cat") is not None)
     call = _CALL.match(token)
     if call and call.group("fn") in R_FUNCTIONS:
         sql = _r_sql(text, call.group("body"))
         fn = R_FUNCTIONS[call.group("fn")]
-        return token, f"{fn}({sql})" if fn else f"({sql})", False, 0
+        return _Term(token, f"{fn}({sql})" if fn else f"({sql})")
     if call and call.group("fn") == "poly":
         name, column, degree = _poly(text, call.group("body"))
-        return name, _quoted(column), False, degree
+        return _Term(name, _quoted(column), degree=degree)
     raise ConfigError(
         f"formula {text!r}: unsupported term {token!r} (use column names, C(name), I(expr), log/exp/sqrt/abs(expr), "
         "a:b, a*b, '.', '- name', '0' or '1')"
     )
 
 
-def _term(text: str, token: str) -> tuple[str, str | None, str | None, int]:
-    """A term: (R name, SQL or None for a column, the categorical column if it is C(name), poly degree)."""
+def _term(text: str, token: str) -> _Term:
+    """A term: one factor, or an interaction a:b (the product of numeric factors)."""
     factors = [_atom(text, piece) for _, piece in _split_top(token, ":")]
     if len(factors) == 1:
-        name, sql, categorical, degree = factors[0]
-        return name, sql, name if categorical else None, degree
-    if any(categorical or degree for _, _, categorical, degree in factors):
+        return factors[0]
+    if any(f.categorical or f.degree for f in factors):
         raise ConfigError(
             f"formula {text!r}: interactions with a C() or poly() factor ({token!r}) are not supported yet"
         )
-    sql = " * ".join(f"({s})" if s is not None else _quoted(n) for n, s, _, _ in factors)
-    return ":".join(n for n, _, _, _ in factors), sql, None, 0
+    return _Term(":".join(f.name for f in factors), " * ".join(f.operand for f in factors))
 
 
+@lru_cache(maxsize=64)  # asked again for every file and by predict; a Formula is immutable
 def parse_formula(text: str) -> Formula:
     """Parse the R formula subset we support: names, C(name), I(expr), log/exp/sqrt/abs(expr), a:b, a*b, '.',
     '- term', '+ 0'/'- 1'."""
@@ -176,18 +190,18 @@ def parse_formula(text: str) -> Formula:
         factors = [piece for _, piece in _split_top(token, "*")]
         expanded = [":".join(c) for r in range(1, len(factors) + 1) for c in combinations(factors, r)]
         for one in expanded:
-            name, sql, category, degree = _term(text, one)
-            if degree:
-                polys[name] = degree
+            term = _term(text, one)
+            if term.degree:
+                polys[term.name] = term.degree
             if sign == "-":
-                removed.add(name)
+                removed.add(term.name)
                 continue
-            if category:
-                categorical.add(category)
-            if sql is not None:
-                derive.setdefault(name, sql)
-            if name not in terms:
-                terms.append(name)
+            if term.categorical:
+                categorical.add(term.name)
+            if term.sql is not None:
+                derive.setdefault(term.name, term.sql)
+            if term.name not in terms:
+                terms.append(term.name)
     if not terms and not dot:
         raise ConfigError(f"formula {text!r}: no predictor terms")
     terms.sort(key=lambda name: len(_split_top(name, ":")))  # R's order: main effects, then interactions by order

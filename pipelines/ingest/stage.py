@@ -174,8 +174,8 @@ def plan_ingest(
         parts = sources.balanced_segments(files, partitions)
         expressions = None
         if dataset.formula:  # the formula's computed terms (I(x^2), log(x), a:b) are derived columns after derive's
-            terms = parse_formula(dataset.formula).derive
-            derive = {**(derive or {}), **{name: sql for name, sql in terms if name not in (derive or {})}}
+            own = dict(derive or {})
+            derive = {**own, **{name: sql for name, sql in parse_formula(dataset.formula).derive if name not in own}}
         label = table.label.name if table is not None and table.label is not None else None
         if (
             labels_optional

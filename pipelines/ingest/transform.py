@@ -93,6 +93,11 @@ def poly_basis(parts: list[list[Any]], degree: int, name: str) -> tuple[float, l
     return float(mean), basis.tolist()
 
 
+def poly_names(name: str, fit: tuple[float, list[list[float]]]) -> list[str]:
+    """The output columns of a poly(x, k) term, named as R names them: poly(x, 2)1, poly(x, 2)2."""
+    return [f"{name}{i}" for i in range(1, len(fit[1]))]
+
+
 def poly_columns(values: pd.Series, fit: tuple[float, list[list[float]]]) -> np.ndarray:
     """The orthogonal polynomial columns 1..degree of x under a train-split fit (rows x degree)."""
     mean, basis = fit
@@ -205,8 +210,8 @@ def encoded_columns(schema: TableSchema, fitted: Fitted, encode: str) -> list[tu
             out += [(f"{_safe(col.name)}_{_safe(level)}", pa.float64(), col.name, level) for level in levels]
         elif col.kind == "category":
             out.append((col.name, pa.int64(), col.name, None))
-        elif col.name in fitted.poly:  # R's names: poly(x, 2)1, poly(x, 2)2
-            out += [(f"{col.name}{i}", pa.float64(), col.name, None) for i in range(1, len(fitted.poly[col.name][1]))]
+        elif col.name in fitted.poly:
+            out += [(name, pa.float64(), col.name, None) for name in poly_names(col.name, fitted.poly[col.name])]
         elif col.numeric or col.kind == "bool":
             out.append((col.name, pa.float64(), col.name, None))
         else:
@@ -235,11 +240,16 @@ def transform_table(pdf: pd.DataFrame, split: int, schema: TableSchema, fitted: 
     keep = pdf[pdf["_reason"].isna() & (pdf["_split"] == split)]
     out: dict[str, Any] = {"_source": keep["_source"].to_numpy(), "_row": keep["_row"].to_numpy()}
     keep = keep.assign(**{k: _filled(keep[k], v) for k, v in fitted.impute.items() if k in keep and v is not None})
-    polys = {source: poly_columns(keep[source], fit) for source, fit in fitted.poly.items() if source in keep}
+    polys = {
+        name: column
+        for source, fit in fitted.poly.items()
+        if source in keep
+        for name, column in zip(poly_names(source, fit), poly_columns(keep[source], fit).T, strict=True)
+    }
     for name, dtype, source, level in encoded_columns(schema, fitted, encode):
         values = keep[source]
-        if source in polys:
-            out[name] = polys[source][:, int(name[len(source) :]) - 1]
+        if name in polys:
+            out[name] = polys[name]
         elif level is not None:
             out[name] = (values.astype(str) == level).to_numpy(dtype="float64")
         elif source in fitted.levels:
