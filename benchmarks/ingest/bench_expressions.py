@@ -95,7 +95,8 @@ def main() -> None:
     plain = DatasetConfig(name="b", format="csv", path=str(path), features=[*FEATURES, "c"], label="y", types=types)
     derived = plain.model_copy(update={"features": [*FEATURES, "c", *DERIVE]})
     without = IngestStage(write=False, max_rejected_fraction=0.0)
-    with_steps = IngestStage(write=False, max_rejected_fraction=0.0, filter=FILTER, derive=DERIVE)
+    # x0 / x1 is NULL where x1 rounds to 0 (a few rows in 10 M): those rows go to the quarantine, as documented
+    with_steps = IngestStage(write=False, max_rejected_fraction=0.001, filter=FILTER, derive=DERIVE)
     lines = []
     s, n, peak = measure(lambda: pandas_own(path))
     lines.append(("pandas read_csv + filter/assign", s, args.rows, peak, n))

@@ -263,7 +263,7 @@ def _arrow(kind: ColumnType) -> pa.DataType:
 class Outcome:
     """What the steps did to a table's rows: the table with derived columns, who was dropped and why."""
 
-    table: pa.Table
+    table: pa.Table  # the rows no step dropped, with the derived columns
     filtered_by: np.ndarray  # per row: the key of the filter that dropped it, else None
     error_column: np.ndarray  # per row: the derived column whose expression failed, else None
     error_reason: np.ndarray  # per row: that failure's message, else None
@@ -302,17 +302,7 @@ def apply_steps(table: pa.Table, expressions: Expressions) -> Outcome:
             current = current.append_column(step.name, values)
     finally:
         con.close()
-    return Outcome(_scatter(current, alive, n), filtered_by, error_column, error_reason)
-
-
-def _scatter(current: pa.Table, alive: np.ndarray, n: int) -> pa.Table:
-    """The surviving rows' values back at their places among n rows (others null)."""
-    if len(alive) == n:
-        return current
-    index = np.full(n, -1, dtype=np.int64)
-    index[alive] = np.arange(len(alive))
-    take = pa.array(index, mask=index < 0)
-    return current.take(take)
+    return Outcome(current, filtered_by, error_column, error_reason)
 
 
 def _failing_rows(con: Any, sql: str, table: pa.Table, rows: np.ndarray) -> dict[int, str]:
@@ -372,43 +362,39 @@ def validate_with_steps(
     errored = outcome.error_column != None  # noqa: E711 - elementwise on an object array
     dropped = outcome.filtered_by != None  # noqa: E711
     live = ~errored & ~dropped
-    values = outcome.table.filter(pa.array(live)).select(table.names)
+    values = outcome.table.select(table.names)  # exactly the live rows, in order
     inner = RawChunk(chunk.source, values, rows[live], True, [], chunk.body, chunk.starts, chunk.first_line,
                      chunk.encoding)  # fmt: skip
-    frames = [validate_table(inner, table), _meta(parsed.loc[~ok], table)]
+    checked = validate_table(inner, table)
+    # One frame in the parsed rows' (file) order, each row at its place: no marker frames, concat or sort.
+    at = np.flatnonzero(ok)
+    at_live, at_err, at_drop = at[live], at[errored], at[dropped]
+    take = np.full(len(parsed), -1, dtype=np.int64)
+    take[at_live] = np.arange(len(at_live))
+    reason = parsed["_reason"].to_numpy(dtype=object, copy=True)
+    column = parsed["_column"].to_numpy(dtype=object, copy=True)
+    raw = parsed["_raw"].to_numpy(dtype=object, copy=True)
+    split = parsed["_split"].to_numpy(dtype=np.int8, copy=True)  # a parse-rejected row keeps its own
+    split[at] = 0
+    for target, own in ((reason, "_reason"), (column, "_column"), (raw, "_raw"), (split, "_split")):
+        target[at_live] = checked[own].to_numpy()
     if errored.any():
-        raw = chunk.raw_lines(np.isin(chunk.rows, rows[errored]))
-        frames.append(_marker(chunk.source, rows[errored], outcome.error_reason[errored],
-                              outcome.error_column[errored], raw, 0, table))  # fmt: skip
-    if dropped.any():
-        frames.append(_marker(chunk.source, rows[dropped], None, outcome.filtered_by[dropped], None, FILTERED, table))
-    frames = [f for f in frames if len(f)] or frames[:1]
-    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    return frame.sort_values("_row", kind="stable", ignore_index=True)
-
-
-def _nulls(table: TableSchema, n: int) -> dict[str, pd.Series]:
-    return {c.name: pd.Series([None] * n, dtype=NULLABLE[c.kind]) for c in table.columns}
-
-
-def _meta(rejected: pd.DataFrame, table: TableSchema) -> pd.DataFrame:
-    """Rows rejected while parsing: their meta columns, the schema's columns null."""
-    meta = rejected[["_source", "_row", "_reason", "_column", "_raw", "_split"]].reset_index(drop=True)
-    return pd.concat([meta, pd.DataFrame(_nulls(table, len(meta)))], axis=1)
-
-
-def _marker(
-    source: str, rows: np.ndarray, reason: Any, column: Any, raw: Any, split: int, table: TableSchema
-) -> pd.DataFrame:
-    n = len(rows)
-    return pd.DataFrame(
-        {
-            "_source": source,
-            "_row": rows,
-            "_reason": pd.Series(reason if reason is not None else [None] * n, dtype=object),
-            "_column": pd.Series(column, dtype=object),
-            "_raw": pd.Series(raw if raw is not None else [None] * n, dtype=object),
-            "_split": np.int8(split),
-            **_nulls(table, n),
+        reason[at_err] = outcome.error_reason[errored]
+        column[at_err] = outcome.error_column[errored]
+        raw[at_err] = chunk.raw_lines(np.isin(chunk.rows, rows[errored]))
+    column[at_drop] = outcome.filtered_by[dropped]
+    split[at_drop] = FILTERED
+    meta = {
+        "_source": chunk.source,
+        "_row": parsed["_row"].to_numpy(),
+        **{k: pd.Series(v, dtype=object) for k, v in (("_reason", reason), ("_column", column), ("_raw", raw))},
+        "_split": split,
+    }  # object columns stay object (pandas would infer its string dtype, slowly)
+    if len(at_live) == len(parsed):
+        data = {c.name: checked[c.name].array for c in table.columns}
+    else:  # the other rows' values are null, in the nullable dtypes (as concat with null rows gave)
+        data = {
+            c.name: pd.api.extensions.take(checked[c.name].astype(NULLABLE[c.kind]).array, take, allow_fill=True)
+            for c in table.columns
         }
-    )
+    return pd.DataFrame({**meta, **data})
