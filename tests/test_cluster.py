@@ -235,7 +235,8 @@ def test_resume_skips_finished_stages_and_reruns_the_failed_one(dask_engine, tmp
 
 def test_jobqueue_settings_pick_interfaces_and_retire_workers_before_walltime():
     from pipelines.launch.config import JobqueueSettings
-    from pipelines.launch.jobqueue import interfaces, lifetime, make_cluster, pick_interface
+    from pipelines.launch.jobqueue import lifetime, make_cluster
+    from pipelines.launch.network import interfaces, pick_interface
 
     settings = JobqueueSettings(
         walltime="01:00:00", interface="auto", account="abc123", job_extra_directives=["--qos=x"]

@@ -130,7 +130,8 @@ def predict_summary(hosts: Hosts | None, run_dir: Path, out: Path) -> dict:
 
 @pytest.mark.slow
 def test_dask_across_three_hosts_equals_a_single_host_run(hosts, dask_engine, tmp_path):
-    engine = {"kind": "dask", "dask": {"scheduler": "tcp://{hostA}:8786"}}
+    # one interface setting for the whole run: the rendezvous address and every rank's Gloo sockets use eth0
+    engine = {"kind": "dask", "dask": {"scheduler": "tcp://{hostA}:8786"}, "network": {"interface": "eth0"}}
     with dask_cluster(hosts) as address:
         engine["dask"]["scheduler"] = address
         conf = hosts.shared / "digits.json"
@@ -144,6 +145,7 @@ def test_dask_across_three_hosts_equals_a_single_host_run(hosts, dask_engine, tm
     res = json.loads((run_dir / "deep" / "lenet5" / "results.json").read_text())
     assert res["launcher"] == "dask" and res["rank_weight_max_abs_diff"] == 0.0
     assert sorted(p["host"] for p in res["placement"]) == ["hostB", "hostC"]  # the ranks ran on the worker hosts
+    assert [p["interface"] for p in res["placement"]] == ["eth0", "eth0"] and manifest["engine"]["interface"] == "eth0"
     assert {p["worker"].split("//")[1].split(":")[0] for p in res["placement"]} == {
         hosts["hostB"].addr,
         hosts["hostC"].addr,
@@ -194,7 +196,8 @@ def spark_submit(hosts: Hosts, url: str, *args: str, timeout: float = 400) -> su
 def test_spark_across_three_hosts_equals_a_single_host_run(hosts, spark_engine, tmp_path):
     with spark_cluster(hosts) as url:
         conf = hosts.shared / "digits.json"
-        conf.write_text(json.dumps(pipeline_config(hosts.shared / "runs", {"kind": "spark"}, "spark", sweep=False)))
+        engine = {"kind": "spark", "network": {"interface": "eth0"}}  # the driver and the ranks' Gloo on eth0
+        conf.write_text(json.dumps(pipeline_config(hosts.shared / "runs", engine, "spark", sweep=False)))
         done = spark_submit(hosts, url, "run", str(conf))
         assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     run_dir = _latest(hosts.shared / "runs")
@@ -203,6 +206,7 @@ def test_spark_across_three_hosts_equals_a_single_host_run(hosts, spark_engine, 
     res = json.loads((run_dir / "deep" / "lenet5" / "results.json").read_text())
     assert res["launcher"] == "spark" and res["rank_weight_max_abs_diff"] == 0.0
     assert sorted(p["host"] for p in res["placement"]) == ["hostB", "hostC"]
+    assert [p["interface"] for p in res["placement"]] == ["eth0", "eth0"] and manifest["engine"]["interface"] == "eth0"
     # The executors ran on hostB and hostC only, each with its own TMPDIR: the resident fast path (part files in a
     # temp dir every worker reads) would have failed here, so the run took the cluster path.
     assert all(list((hosts[h].scratch / "spark-work").glob("app-*/*")) for h in ("hostB", "hostC"))

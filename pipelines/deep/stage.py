@@ -397,14 +397,20 @@ def run_deep(engine: Engine, stage: DeepStage, run: Any, data: TrainingData, ran
                 raise ConfigError(f"deep stage {name!r}: launcher {launcher!r} needs the {launcher} engine")
             worker = ("-m", "pipelines.deep.worker", str(spec_path))
             job = RankJob(n, worker, logs, name, stage.timeout_s, is_progress, stage.gpus_per_rank)
-            job = dataclasses.replace(job, wait_s=stage.wait_for_workers_s)
+            net = engine.network
+            job = dataclasses.replace(
+                job,
+                wait_s=stage.wait_for_workers_s,
+                interface=net.interface,
+                rendezvous_timeout_s=net.rendezvous_timeout_s,
+            )
             log.info("training %s: %d ranks as %s tasks (logs: %s)", name, n, launcher, job.log(0).parent)
             placement = engine.run_ranks(job)
         else:
             worker_argv = [sys.executable, "-m", "pipelines.deep.worker", str(spec_path)]
-            run_ranks(
-                launch_command(launcher, n, stage.hosts, worker_argv), logs / f"{name}.ranks.log", stage.timeout_s
-            )
+            net = engine.network
+            command = launch_command(launcher, n, stage.hosts, worker_argv, net.interface, net.rendezvous_timeout_s)
+            run_ranks(command, logs / f"{name}.ranks.log", stage.timeout_s)
             placement = [{"rank": r} for r in range(n)]
         results = json.loads((tmp / "results.json").read_text())
         results["launcher"] = launcher

@@ -11,10 +11,10 @@ def make_engine(config: EngineConfig) -> Engine:
     if config.kind == "spark":
         from pipelines.engines.spark_engine import SparkEngine
 
-        return SparkEngine(config.spark, partitions=config.partitions)
+        return SparkEngine(config.spark, partitions=config.partitions, network=config.network)
     from pipelines.engines.dask_engine import DaskEngine
 
-    return DaskEngine(config.dask)
+    return DaskEngine(config.dask, network=config.network)
 
 
 __all__ = ["Engine", "make_engine"]

@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.engines.config import NetworkSettings
 from pipelines.launch.ranks import RankJob
 
 if TYPE_CHECKING:
@@ -101,6 +102,7 @@ class Engine(abc.ABC):
     """A started Spark or Dask backend. Use as a context manager; frames are engine-native."""
 
     kind: str = "abstract"
+    network: NetworkSettings = NetworkSettings()  # the interface everything binds to; ranks' rendezvous timeout
 
     def __enter__(self) -> Engine:
         self.start()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveFloat, PositiveInt
 
 from pipelines.launch.config import JobqueueSettings
 from pipelines.settings import StrictModel
@@ -33,6 +33,21 @@ class DaskSettings(StrictModel):
     memory_limit: str = "auto"
 
 
+InterfaceName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:@-]{1,15}$")]  # a Linux interface name, or 'auto'
+
+
+class NetworkSettings(StrictModel):
+    """Where the engine and the training ranks talk: one interface for all, and how long a rank waits to meet."""
+
+    # None: each engine's own default and, for ranks, the interface that routes to the rendezvous; a name (ib0,
+    # hsn0) or 'auto' (a fabric when the node has one): the Dask cluster, Spark's driver and Horovod's Gloo
+    # sockets all bind to it, and dask-jobqueue workers and scheduler use it unless their own setting is given
+    interface: InterfaceName | None = None
+    # a rank that cannot reach the Gloo rendezvous within this stops with the address it tried (also Gloo's own
+    # connect timeout between ranks, HOROVOD_GLOO_TIMEOUT_SECONDS)
+    rendezvous_timeout_s: PositiveFloat = 30.0
+
+
 class EngineConfig(StrictModel):
     """Which engine runs the data stages, and how finely data is partitioned."""
 
@@ -43,3 +58,4 @@ class EngineConfig(StrictModel):
     in_process_mb: float = Field(default=64.0, ge=0)
     spark: SparkSettings = Field(default_factory=SparkSettings)
     dask: DaskSettings = Field(default_factory=DaskSettings)
+    network: NetworkSettings = Field(default_factory=NetworkSettings)

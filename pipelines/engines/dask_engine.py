@@ -34,8 +34,9 @@ from pipelines.engines.base import (
     settle,
     write_part_and_reduce,
 )
-from pipelines.engines.config import DaskSettings
+from pipelines.engines.config import DaskSettings, NetworkSettings
 from pipelines.engines.quiet import engine_log_dir, lost_workers, stderr_to, translated, verbose
+from pipelines.launch.network import pick_interface
 from pipelines.launch.ranks import RankJob, run_dask_ranks
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,11 @@ class DaskEngine(Engine):
 
     kind = "dask"
 
-    def __init__(self, settings: DaskSettings | None = None, client: Any = None) -> None:
+    def __init__(
+        self, settings: DaskSettings | None = None, client: Any = None, network: NetworkSettings | None = None
+    ) -> None:
         self.settings = settings or DaskSettings()
+        self.network = network or NetworkSettings()
         self.client = client
         self._owns_client = client is None
         self._cluster: Any = None
@@ -98,6 +102,13 @@ class DaskEngine(Engine):
             from pipelines.launch.jobqueue import make_cluster, scale
 
             jq = self.settings.jobqueue
+            if self.network.interface:  # the engine-wide interface, unless the jobqueue section names its own
+                jq = jq.model_copy(
+                    update={
+                        "interface": jq.interface or self.network.interface,
+                        "scheduler_interface": jq.scheduler_interface or self.network.interface,
+                    }
+                )
             self._cluster = make_cluster(jq)
             self.client = Client(self._cluster)
             wait = scale(self._cluster, jq)
@@ -123,6 +134,7 @@ class DaskEngine(Engine):
                     processes=True,
                     dashboard_address=None,
                     silence_logs=logging.WARNING,
+                    interface=pick_interface(self.network.interface),
                 )
             self.client = Client(self._cluster)
             if self.log_file:  # a worker restarted after a death is spawned later, with the terminal as stderr
@@ -187,6 +199,7 @@ class DaskEngine(Engine):
             "workers": len(self.client.nthreads()),
             "threads": self.parallelism,
             **({"jobqueue": self.settings.jobqueue.scheduler} if self.settings.jobqueue else {}),
+            **({"interface": self.network.interface} if self.network.interface else {}),
             **({"log": str(self.log_file)} if self.log_file else {}),
         }
 

@@ -32,7 +32,7 @@ from pipelines.engines.base import (
     to_arrow,
     write_part_and_reduce,
 )
-from pipelines.engines.config import LOCAL_MASTER, SparkSettings
+from pipelines.engines.config import LOCAL_MASTER, NetworkSettings, SparkSettings
 from pipelines.engines.quiet import (
     engine_log_dir,
     log4j2_config,
@@ -51,6 +51,7 @@ from pipelines.engines.resident import (
     write_frame_part,
 )
 from pipelines.javacheck import require_java
+from pipelines.launch.network import interface_address
 from pipelines.launch.ranks import RankJob, run_spark_ranks
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,15 @@ class SparkEngine(Engine):
 
     kind = "spark"
 
-    def __init__(self, settings: SparkSettings | None = None, partitions: int = 4, session: Any = None) -> None:
+    def __init__(
+        self,
+        settings: SparkSettings | None = None,
+        partitions: int = 4,
+        session: Any = None,
+        network: NetworkSettings | None = None,
+    ) -> None:
         self.settings = settings or SparkSettings()
+        self.network = network or NetworkSettings()
         self.partitions = partitions
         self.spark = session
         self._owns_session = session is None
@@ -183,6 +191,12 @@ class SparkEngine(Engine):
         if self.spark is not None:
             return
         require_java()
+        conf = dict(self.settings.conf)
+        if self.network.interface:  # the driver listens on the interface's address (the executors connect to it)
+            address, _ = interface_address(self.network.interface)
+            os.environ["SPARK_LOCAL_IP"] = address
+            conf.setdefault("spark.driver.host", address)
+            conf.setdefault("spark.driver.bindAddress", address)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
@@ -202,7 +216,6 @@ class SparkEngine(Engine):
         builder = builder.config("spark.sql.execution.arrow.pyspark.enabled", "true")
         # Python workers over Unix sockets: about 20 ms less per task than TCP (every model pass is a Python job)
         builder = builder.config("spark.python.unix.domain.socket.enabled", "true")
-        conf = dict(self.settings.conf)
         quiet = not verbose() and not under_spark_submit()
         if quiet:  # the JVM's log and its own stderr lines go to a file (the path is logged and in the manifest)
             log4j, self.log_file = log4j2_config(engine_log_dir(), "warn")
@@ -248,6 +261,7 @@ class SparkEngine(Engine):
             "spark_submit": under_spark_submit(),
             "driver_memory": sc.getConf().get("spark.driver.memory", "1g"),
             "mllib_blas": _mllib_blas(self.spark),
+            **({"interface": self.network.interface} if self.network.interface else {}),
             **({"log": str(self.log_file)} if self.log_file else {}),
         }
 

@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from pipelines.errors import ConfigError, PipelineError
+from pipelines.launch.network import pick_interface
 
 log = logging.getLogger(__name__)
 
@@ -21,22 +22,36 @@ RANK_LINE = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:(.*)$")
 LAUNCHERS = ("horovodrun", "mpirun", "srun")
 
 
-def launch_command(launcher: str, ranks: int, hosts: str | None, worker: list[str]) -> list[str]:
+def launch_command(
+    launcher: str,
+    ranks: int,
+    hosts: str | None,
+    worker: list[str],
+    interface: str | None = None,
+    timeout_s: float | None = None,
+) -> list[str]:
     """argv (never a shell string) that starts `ranks` copies of the `worker` argv with the given launcher.
 
     horovodrun (Gloo) runs on `hosts` (`node1:4,node2:4`; default all on this host); mpirun needs a
     Horovod built with MPI (docs/INSTALL.md); srun starts the ranks inside the current allocation.
+    `interface` (a name, or 'auto' resolved on this node) is the ranks' network interface; `timeout_s`
+    Gloo's rendezvous and connect timeout (horovodrun).
     """
     if launcher not in LAUNCHERS:
         raise ConfigError(f"launcher {launcher!r}: expected one of {LAUNCHERS}")
     n = str(ranks)
+    nic = pick_interface(interface)
     if launcher == "horovodrun":
         exe = str(Path(sys.executable).parent / "horovodrun")
-        return [exe, "-np", n, "-H", hosts or f"localhost:{n}", "--gloo", *worker]
+        extra = ["--network-interfaces", nic] if nic else []
+        extra += ["--gloo-timeout-seconds", str(max(1, round(timeout_s)))] if timeout_s else []
+        return [exe, "-np", n, "-H", hosts or f"localhost:{n}", "--gloo", *extra, *worker]
     if launcher == "mpirun":
         where = ["-H", hosts] if hosts else []
-        return ["mpirun", "-np", n, *where, "-bind-to", "none", "-map-by", "slot", *worker]
-    return ["srun", f"--ntasks={n}", "--kill-on-bad-exit=1", *worker]
+        extra = ["-mca", "btl_tcp_if_include", nic, "-x", f"NCCL_SOCKET_IFNAME={nic}"] if nic else []
+        return ["mpirun", "-np", n, *where, "-bind-to", "none", "-map-by", "slot", *extra, *worker]
+    extra = [f"--export=ALL,NCCL_SOCKET_IFNAME={nic},HOROVOD_GLOO_IFACE={nic}"] if nic else []
+    return ["srun", f"--ntasks={n}", "--kill-on-bad-exit=1", *extra, *worker]
 
 
 def run_ranks(command: list[str], log_path: Path, timeout_s: int) -> None:

@@ -16,53 +16,15 @@ from __future__ import annotations
 import logging
 import re
 import shlex
-import socket
 import sys
 from typing import Any
 
-import psutil
-
 from pipelines.errors import ConfigError
 from pipelines.launch.config import JobqueueSettings
+from pipelines.launch.network import pick_interface
 from pipelines.launch.schedulers import scheduler as scheduler_named
 
 log = logging.getLogger(__name__)
-
-FABRICS = ("ib0", "ib1", "hsn0", "ipogif0", "bond0", "eno1", "eth0")
-
-
-def interfaces() -> dict[str, str]:
-    """Up interfaces with an IPv4 address: name -> address."""
-    stats = psutil.net_if_stats()
-    out = {}
-    for name, addrs in psutil.net_if_addrs().items():
-        ipv4 = [a.address for a in addrs if a.family == socket.AF_INET]
-        if ipv4 and stats.get(name) is not None and stats[name].isup:
-            out[name] = ipv4[0]
-    return out
-
-
-def pick_interface(wanted: str | None) -> str | None:
-    """The interface to bind: a named one (checked), `auto` (fabric, then the host's own), or None (Dask's)."""
-    if wanted is None:
-        return None
-    found = interfaces()
-    if wanted != "auto":
-        if wanted not in found:
-            raise ConfigError(f"network interface {wanted!r} is not up on {socket.gethostname()}; have {sorted(found)}")
-        return wanted
-    for name in FABRICS:
-        if name in found:
-            return name
-    try:
-        own = socket.gethostbyname(socket.gethostname())
-    except OSError:
-        own = ""
-    for name, addr in found.items():
-        if addr == own and not addr.startswith("127."):
-            return name
-    outside = [n for n, a in found.items() if not a.startswith("127.")]
-    return outside[0] if outside else next(iter(found), None)
 
 
 def seconds(walltime: str) -> int:

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import PipelineError
+from pipelines.errors import ConfigError, PipelineError
+from pipelines.launch.network import interface_address, local_address_towards, wait_until_reachable
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class RankJob:
     is_progress: Callable[[str], bool]
     gpus_per_rank: int = 0
     wait_s: float = 60.0  # how long to wait for enough workers
+    interface: str | None = None  # every rank's Gloo interface (a name or 'auto'); None: the route to the rendezvous
+    rendezvous_timeout_s: float = 30.0  # a rank that cannot reach the rendezvous in this time stops, naming it
 
     def log(self, rank: int) -> Path:
         """Where one rank's output goes."""
@@ -87,22 +90,40 @@ def start_rendezvous(hosts: Sequence[str]) -> tuple[Any, int]:
     return server, port
 
 
-def local_address_towards(addr: str) -> tuple[str, str]:
-    """(this machine's IP, interface name) used to reach addr: what Gloo should bind to."""
-    import psutil
-
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as probe:
-        probe.connect((addr, 9))  # UDP connect sends nothing; it only picks the route
-        ip = probe.getsockname()[0]
-    for name, addresses in psutil.net_if_addrs().items():
-        if any(a.address == ip for a in addresses):
-            return ip, name
-    return ip, "lo" if ip.startswith("127.") else "eth0"
+def rendezvous_address(job: RankJob, peer: str) -> str:
+    """The address the ranks reach the rendezvous on this host by: the job's interface, else the route to peer."""
+    if job.interface:
+        return interface_address(job.interface)[0]
+    return local_address_towards(peer)[0]
 
 
-def rank_env(slot: dict[str, Any], addr: str, port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
+def rank_interface(job: RankJob, rank: int, addr: str) -> str:
+    """This rank's Gloo interface: the job's (checked up on this host), else the one routing to the rendezvous."""
+    if not job.interface:
+        return local_address_towards(addr)[1]
+    try:
+        return interface_address(job.interface)[1]
+    except ConfigError as exc:
+        raise RankFailed(f"rank {rank}: {exc} (engine.network.interface)") from None
+
+
+def reach_rendezvous(job: RankJob, rank: int, addr: str, port: int) -> None:
+    """Before a rank starts: the rendezvous answers within the job's timeout, else one line naming the address."""
+    error = wait_until_reachable(addr, port, job.rendezvous_timeout_s)
+    if error is not None:
+        how = f"interface {job.interface!r}" if job.interface else "the route towards the first rank host"
+        raise RankFailed(
+            f"rank {rank} on {socket.gethostname()} could not reach the Horovod rendezvous at {addr}:{port} within "
+            f"{job.rendezvous_timeout_s:g} s ({error}); that address came from {how}: set engine.network.interface "
+            "to an interface every node shares (e.g. ib0), or raise engine.network.rendezvous_timeout_s"
+        )
+
+
+def rank_env(
+    slot: dict[str, Any], job: RankJob, addr: str, port: int, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     """The environment of one rank process: Gloo rendezvous, its slot, quiet TensorFlow, unbuffered output."""
-    _, iface = local_address_towards(addr)
+    iface = rank_interface(job, slot["rank"], addr)
     env = {
         **os.environ,
         "HOROVOD_GLOO_RENDEZVOUS_ADDR": addr,
@@ -110,6 +131,7 @@ def rank_env(slot: dict[str, Any], addr: str, port: int, extra: dict[str, str] |
         "HOROVOD_CONTROLLER": "gloo",
         "HOROVOD_CPU_OPERATIONS": "gloo",
         "HOROVOD_GLOO_IFACE": iface,
+        "HOROVOD_GLOO_TIMEOUT_SECONDS": str(max(1, round(job.rendezvous_timeout_s))),
         "NCCL_SOCKET_IFNAME": iface,
         "HOROVOD_HOSTNAME": slot["hostname"],
         "HOROVOD_RANK": str(slot["rank"]),
@@ -281,7 +303,11 @@ def _spark_task(job: RankJob) -> Callable[[Iterator[Any]], Iterator[str]]:
         if slot["rank"] == 0:
             server, port = start_rendezvous(hosts)
             peer = next((h for h in hosts if h != host), host)  # the address other nodes reach this one by
-            message = json.dumps({"addr": local_address_towards(peer)[0], "port": port})
+            try:
+                message = json.dumps({"addr": rendezvous_address(job, peer), "port": port})
+            except ConfigError as exc:  # the interface is not up on rank 0's host
+                server.stop()
+                raise RankFailed(f"rank 0: {exc} (engine.network.interface)") from None
         found = [json.loads(m) for m in ctx.allGather(message) if m]
         extra = {"PIPELINES_RANK_THREADS": str(ctx.cpus())}
         gpus = ctx.resources().get("gpu")
@@ -289,12 +315,14 @@ def _spark_task(job: RankJob) -> Callable[[Iterator[Any]], Iterator[str]]:
             extra["CUDA_VISIBLE_DEVICES"] = ",".join(gpus.addresses)
         path = job.log(slot["rank"])
         try:
-            env = rank_env(slot, found[0]["addr"], found[0]["port"], extra)
+            env = rank_env(slot, job, found[0]["addr"], found[0]["port"], extra)
+            reach_rendezvous(job, slot["rank"], found[0]["addr"], found[0]["port"])
             done = spawn_rank(job.worker, env, path, job.timeout_s)
         finally:
             if server is not None:
                 server.stop()
         facts = {"rank": slot["rank"], "host": host, "task": part, "task_pid": os.getpid(), **done}
+        facts["interface"] = env["HOROVOD_GLOO_IFACE"]
         facts.update(_executor_facts(), gpus=extra.get("CUDA_VISIBLE_DEVICES"))
         if done["returncode"] != 0:
             raise _failure(slot["rank"], f"{host} (Spark executor {facts['executor_id']})", done["returncode"], path)
@@ -346,9 +374,12 @@ def _dask_rank(
     extra = {"PIPELINES_RANK_THREADS": str(me.state.nthreads)}
     path = job.log(slot["rank"])
     event = Event(stop)
-    done = spawn_rank(job.worker, rank_env(slot, addr, port, extra), path, job.timeout_s, event.is_set)
+    env = rank_env(slot, job, addr, port, extra)
+    reach_rendezvous(job, slot["rank"], addr, port)
+    done = spawn_rank(job.worker, env, path, job.timeout_s, event.is_set)
     host = socket.gethostname()
     facts = {"rank": slot["rank"], "host": host, "worker": me.address, "worker_pid": os.getpid(), **done}
+    facts["interface"] = env["HOROVOD_GLOO_IFACE"]
     facts["gpus"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     facts["batch_job"] = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
     if done["returncode"] != 0:
@@ -387,7 +418,7 @@ def run_dask_ranks(client: Any, job: RankJob) -> list[dict[str, Any]]:
     info = client.scheduler_info(n_workers=-1)["workers"]
     hosts = [info[a]["host"] for a in chosen]
     server, port = start_rendezvous(hosts)
-    addr = local_address_towards(hosts[0])[0]
+    addr = rendezvous_address(job, hosts[0])
     token = uuid.uuid4().hex[:8]
     stop = Event(f"horovod-{job.name}-stop-{token}", client=client)
     futures = [
