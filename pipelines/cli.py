@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 
@@ -13,6 +14,9 @@ from pipelines import __version__
 from pipelines.config import PipelineConfig, load_config, parse_config
 from pipelines.console import Terminal, console
 from pipelines.errors import ConfigError, EnvironmentProblem, PipelineError, UsageError
+
+if TYPE_CHECKING:
+    from pipelines.launch.config import BatchSettings, JobqueueSettings
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -126,18 +130,41 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def notebook_cluster(
+    args: argparse.Namespace, batch: BatchSettings, given: JobqueueSettings | None
+) -> JobqueueSettings:
+    """The dask-jobqueue settings for `notebook --dask`: the config's engine.dask.jobqueue, else the flags, with
+    the notebook's scheduler, walltime, partition and account where the section leaves them out."""
+    from pipelines.launch.config import JobqueueSettings
+
+    flags = {"jobs": args.dask_jobs, "cores": args.dask_cores, "memory": args.dask_memory, "gpus": args.dask_gpus}
+    base = given or JobqueueSettings(walltime=batch.walltime)
+    fill = {"scheduler": args.scheduler, "queue": base.queue or batch.partition}
+    fill["account"] = base.account or batch.account
+    return base.model_copy(update=fill | {k: v for k, v in flags.items() if v is not None})
+
+
 def cmd_notebook(args: argparse.Namespace) -> int:
     from pipelines.launch.config import BatchSettings
     from pipelines.launch.notebook import submit_notebook
 
-    batch = load_config(args.config, args.set).batch if args.config else BatchSettings()
+    config = load_config(args.config, args.set) if args.config else None
+    batch = config.batch if config else BatchSettings()
     given = {"walltime": args.walltime, "partition": args.partition, "account": args.account}
     given |= {"gpus_per_node": args.gpus, "cpus_per_task": args.cpus, "memory": args.memory}
     batch = batch.model_copy(update={k: v for k, v in given.items() if v is not None})
-    notebook = submit_notebook(batch, args.scheduler, Path(args.jobs_dir), timeout=args.timeout)
+    dask = notebook_cluster(args, batch, config.engine.dask.jobqueue if config else None) if args.dask else None
+    notebook = submit_notebook(batch, args.scheduler, Path(args.jobs_dir), timeout=args.timeout, dask=dask)
     print(notebook.tunnel(args.login))
     print(notebook.url)
+    if notebook.dashboard_url:
+        print(notebook.dashboard_url)
     console.print(f"[green]JupyterLab[/] in job {notebook.job} on {notebook.host}; cancel it to stop the server")
+    if notebook.dask_address:
+        console.print(
+            f"[green]Dask[/] cluster at {notebook.dask_address} (its worker jobs end with the notebook's job); in the "
+            'notebook: eng = pipelines.engine("dask")  # finds it through PIPELINES_DASK_SCHEDULER_FILE'
+        )
     return 0
 
 
@@ -383,6 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--login", help="the login host in the ssh line (default: this host's name)")
     p.add_argument("--jobs-dir", default="runs", help="where the job folder goes (default: ./runs)")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for the server (default 600)")
+    p.add_argument("--dask", action="store_true", help="also start a dask-jobqueue cluster for the notebook")
+    p.add_argument("--dask-jobs", type=int, help="worker jobs (default: the config's jobqueue section, else 1)")
+    p.add_argument("--dask-cores", type=int, help="cores per worker job")
+    p.add_argument("--dask-memory", help="memory per worker job, e.g. 16GB")
+    p.add_argument("--dask-gpus", type=int, help="GPUs per worker job")
     with_overrides(p)
     p.set_defaults(fn=cmd_notebook)
 

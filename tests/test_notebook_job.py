@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,3 +70,41 @@ def _mentioning(text: str) -> list[str]:
         if text in cmd:
             found.append(f"{proc.pid}: {cmd[:160]}")
     return found
+
+
+@pytest.mark.slow
+def test_pipelines_notebook_dask_starts_a_jobqueue_cluster_the_kernels_find_and_cancels_it_with_the_job(
+    slurm, tmp_path
+):
+    from distributed import Client
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "pipelines", "notebook", "--walltime", "00:10:00", "--jobs-dir", str(tmp_path)]
+    argv += ["--partition", "debug", "--dask", "--dask-jobs", "1", "--dask-cores", "1", "--dask-memory", "1GB"]
+    out = subprocess.run(argv + ["--login", "login.example.org"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    tunnel, url, dashboard = out.stdout.strip().splitlines()[-3:]
+    port = int(url.split(":")[2].split("/")[0])
+    dport = int(dashboard.split(":")[2].split("/")[0])
+    assert dashboard == f"http://127.0.0.1:{dport}/status" and dport != port
+    user = os.environ.get("USER", "root")
+    assert tunnel == f"ssh -N -L {port}:{slurm.host}:{port} -L {dport}:{slurm.host}:{dport} {user}@login.example.org"
+    jobdir = next((tmp_path / "notebook").iterdir())
+    notebook_job = json.loads((jobdir / "job.json").read_text())["job_id"]
+    cluster = json.loads((jobdir / "scheduler.json").read_text())
+    assert cluster["dashboard_port"] == dport
+    # the dashboard port answers through the tunnel's target (the scheduler's HTTP server on the node)
+    with urllib.request.urlopen(f"http://{slurm.host}:{dport}/health", timeout=10) as reply:
+        assert reply.read().decode() == "ok"
+    # the kernels JupyterLab starts inherit the scheduler file (pipelines.engine("dask") connects through it)
+    server = next(p for p in psutil.process_iter(["cmdline"]) if "jupyterlab" in " ".join(p.info["cmdline"] or []))
+    assert server.environ()["PIPELINES_DASK_SCHEDULER_FILE"] == str(jobdir / "scheduler.json")
+    with Client(scheduler_file=str(jobdir / "scheduler.json"), timeout=60) as client:
+        client.wait_for_workers(1, timeout=180)  # the worker is a SLURM job of its own
+        assert client.submit(sum, [1, 2, 39]).result(timeout=60) == 42
+        workers = slurm.run("squeue", "-h", "-o", "%i %j").stdout.split("\n")
+        worker_jobs = [line.split()[0] for line in workers if line.strip() and line.split()[0] != notebook_job]
+        assert len(worker_jobs) == 1
+    slurm.run("scancel", notebook_job)
+    assert slurm.wait_job(notebook_job, 60) == "CANCELLED"
+    assert slurm.wait_job(worker_jobs[0], 90) in ("CANCELLED", "COMPLETED")  # the cluster closed with the job

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import os
 from typing import Any
 
 from pipelines.config import PipelineConfig
@@ -79,7 +80,12 @@ def engine(
 
     `settings` are the kind's section (docs/ARCHITECTURE.md, engines/config.py), e.g.
     `engine("dask", n_workers=4)`, `engine("spark", master="local[4]")`, `engine("dask", scheduler_file=...)`.
+    In a notebook started by `pipelines notebook --dask`, `engine("dask")` connects to the cluster started with
+    it (its scheduler file is in PIPELINES_DASK_SCHEDULER_FILE) unless a scheduler or jobqueue section is given.
     """
+    cluster_file = os.environ.get("PIPELINES_DASK_SCHEDULER_FILE")
+    if kind == "dask" and cluster_file and not {"scheduler", "scheduler_file", "jobqueue"} & settings.keys():
+        settings = {**settings, "scheduler_file": cluster_file}
     if isinstance(kind, PipelineConfig):
         section = kind.engine
     elif isinstance(kind, EngineConfig):

@@ -19,7 +19,7 @@ from pathlib import Path
 from pipelines.atomic import atomic_write_json, atomic_write_text
 from pipelines.errors import ConfigError, EnvironmentProblem
 from pipelines.launch.batch import TEMPLATES, checked
-from pipelines.launch.config import BatchSettings
+from pipelines.launch.config import BatchSettings, JobqueueSettings
 from pipelines.launch.schedulers import scheduler as scheduler_named
 
 CONNECTION = "connection.json"
@@ -35,22 +35,36 @@ class Notebook:
     host: str
     port: int
     token: str
+    dask_address: str | None = None  # the dask-jobqueue cluster started with it (`--dask`)
+    dashboard_port: int | None = None
 
     @property
     def url(self) -> str:
         """The URL to open on the laptop once the tunnel is up."""
         return f"http://127.0.0.1:{self.port}/lab?token={self.token}"
 
+    @property
+    def dashboard_url(self) -> str | None:
+        """The Dask dashboard's URL on the laptop, through the same tunnel (`--dask`)."""
+        return f"http://127.0.0.1:{self.dashboard_port}/status" if self.dashboard_port else None
+
     def tunnel(self, login: str | None = None, user: str | None = None) -> str:
-        """The one ssh line that forwards the laptop's port to the server on the compute node."""
+        """The one ssh line that forwards the laptop's port (and the Dask dashboard's) to the compute node."""
         login = login or socket.getfqdn()
-        return f"ssh -N -L {self.port}:{self.host}:{self.port} {user or getpass.getuser()}@{login}"
+        ports = [self.port] + ([self.dashboard_port] if self.dashboard_port else [])
+        forwards = " ".join(f"-L {p}:{self.host}:{p}" for p in ports)
+        return f"ssh -N {forwards} {user or getpass.getuser()}@{login}"
 
 
 def render_notebook(
-    batch: BatchSettings, jobdir: Path, scheduler: str, workdir: Path, python: str | None = None
+    batch: BatchSettings,
+    jobdir: Path,
+    scheduler: str,
+    workdir: Path,
+    python: str | None = None,
+    dask: bool = False,
 ) -> str:
-    """The batch script that starts JupyterLab (in `workdir`) on the job's node."""
+    """The batch script that starts JupyterLab (in `workdir`) on the job's node, with a Dask cluster if `dask`."""
     batch = checked(batch, "notebook", scheduler)
     if any(c.isspace() for c in str(jobdir)):
         raise ConfigError(f"{jobdir}: the job folder must not contain spaces (#SBATCH lines cannot quote)")
@@ -64,6 +78,7 @@ def render_notebook(
         root=str(workdir),
         python=python,
         bindir=str(Path(python).parent),
+        dask=dask,
     )
 
 
@@ -74,20 +89,36 @@ def submit_notebook(
     workdir: Path | None = None,
     timeout: float = 600,
     python: str | None = None,
+    dask: JobqueueSettings | None = None,
 ) -> Notebook:
-    """Submit the notebook job and wait until its server listens (or the job ends, or `timeout` passes)."""
+    """Submit the notebook job and wait until its server listens (or the job ends, or `timeout` passes).
+
+    With `dask` (engine.dask.jobqueue settings) the job first starts that dask-jobqueue cluster for the notebook.
+    """
     workdir = (workdir or Path.cwd()).resolve()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
     jobdir = Path(jobs_dir).resolve() / "notebook" / stamp
-    script = render_notebook(batch, jobdir, scheduler, workdir, python)
+    script = render_notebook(batch, jobdir, scheduler, workdir, python, dask is not None)
     jobdir.mkdir(parents=True, mode=0o700)
+    if dask is not None:
+        atomic_write_text(jobdir / "dask.json", dask.model_dump_json())
     chosen = scheduler_named(scheduler)
     path = jobdir / chosen.script_name("job")
     atomic_write_text(path, script)
     job = chosen.submit(path, workdir, "job", f"run `pipelines notebook` on a {scheduler} login node")
     atomic_write_json(jobdir / "job.json", {"scheduler": scheduler, "job_id": job, "script": str(path)})
     facts = wait_for_connection(jobdir, job, scheduler, timeout)
-    return Notebook(job, scheduler, jobdir, facts["host"], int(facts["port"]), facts["token"])
+    cluster = json.loads((jobdir / "scheduler.json").read_text()) if dask is not None else {}
+    return Notebook(
+        job,
+        scheduler,
+        jobdir,
+        facts["host"],
+        int(facts["port"]),
+        facts["token"],
+        cluster.get("address"),
+        cluster.get("dashboard_port"),
+    )
 
 
 def _queued(job: str, scheduler: str) -> bool:
