@@ -18,9 +18,12 @@ from pipelines.engines.base import Block
 log = logging.getLogger(__name__)
 
 
+CHUNK = 4096  # rows per step of the distance kernels: a chunk's scores (CHUNK x k) stay in the CPU's cache
+
+
 def _scores(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """|c|^2 - 2 x.c for every row and center: the squared distance less |x|^2 (enough to rank centers)."""
-    return (centers * centers).sum(axis=1)[None, :] - 2.0 * (x @ centers.T)
+    return x @ (-2.0 * centers.T) + (centers * centers).sum(axis=1)[None, :]
 
 
 def _sq_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
@@ -28,16 +31,43 @@ def _sq_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return np.maximum(np.einsum("ij,ij->i", x, x)[:, None] + _scores(x, centers), 0.0)
 
 
+def _chunks(n: int) -> range:
+    return range(0, n, CHUNK)
+
+
 def _nearest_index(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Index of each row's nearest center."""
-    return _scores(x, centers).argmin(axis=1)
+    idx = np.empty(len(x), dtype=np.intp)
+    for i in _chunks(len(x)):
+        idx[i : i + CHUNK] = _scores(x[i : i + CHUNK], centers).argmin(axis=1)
+    return idx
 
 
 def _nearest(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Index of and squared distance to each row's nearest center."""
-    score = _scores(x, centers)
-    idx = score.argmin(axis=1)
-    return idx, np.maximum(np.einsum("ij,ij->i", x, x) + score[np.arange(len(x)), idx], 0.0)
+    idx = np.empty(len(x), dtype=np.intp)
+    d2 = np.empty(len(x))
+    for i in _chunks(len(x)):
+        xs = x[i : i + CHUNK]
+        score = _scores(xs, centers)
+        j = score.argmin(axis=1)
+        idx[i : i + CHUNK] = j
+        d2[i : i + CHUNK] = np.take_along_axis(score, j[:, None], axis=1)[:, 0] + np.einsum("ij,ij->i", xs, xs)
+    return idx, np.maximum(d2, 0.0, out=d2)
+
+
+def _cluster_sums(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per nearest center: the sum of its rows and their count (one Lloyd step's share of a block)."""
+    k = len(centers)
+    sums = np.zeros_like(centers)
+    counts = np.zeros(k, dtype=np.intp)
+    clusters = np.arange(k)
+    for i in _chunks(len(x)):
+        xs = x[i : i + CHUNK]
+        j = _scores(xs, centers).argmin(axis=1)
+        counts += np.bincount(j, minlength=k)
+        sums += (j[:, None] == clusters).T.astype(x.dtype) @ xs
+    return sums, counts
 
 
 def _weighted_kmeanspp(points: np.ndarray, weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -188,10 +218,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Es
             c = centers
 
             def step(block: Block, c: np.ndarray = c) -> tuple[np.ndarray, np.ndarray]:
-                idx = _nearest_index(block["x"], c)
-                onehot = np.zeros((len(idx), k))
-                onehot[np.arange(len(idx)), idx] = 1.0
-                return onehot.T @ block["x"], np.bincount(idx, minlength=k)
+                return _cluster_sums(block["x"], c)
 
             parts = blocks.map(step)
             sums = sum((p[0] for p in parts), np.zeros_like(centers))
