@@ -2,6 +2,7 @@
 
 python scripts/make_notebooks.py            # write examples/*.ipynb (no outputs)
 python scripts/make_notebooks.py --render   # also execute them (nbclient) and write docs/notebooks/*.md
+python scripts/make_notebooks.py --render deep sweep   # only those
 """
 
 from __future__ import annotations
@@ -70,7 +71,163 @@ scored.head()"""
     new_code_cell("eng.close()"),
 ]
 
-NOTEBOOKS = {"classical.ipynb": CLASSICAL}
+DIGITS = """    "dataset": {
+        "name": "digits", "format": "idx",  # 1,797 8x8 images of handwritten digits, 10 classes
+        "path": "bundled:digits/images", "labels_path": "bundled:digits/labels",
+        "image": {"shape": [8, 8], "classes": 10},
+    },"""
+
+DEEP = [
+    new_markdown_cell(
+        "# Deep learning from a notebook: Horovod ranks on the engine's workers\n\n"
+        "scikit-learn's handwritten digits ingested on Dask or Spark, then LeNet-5 trained data-parallel by two "
+        "Horovod ranks. The ranks run where the engine runs its work (`launcher` = the engine): on Dask as tasks "
+        "pinned to two distinct workers, on Spark as one barrier stage of two tasks; each task starts a fresh "
+        "rank process, so TensorFlow never loads into the workers themselves (docs/DEEP.md). The same stages run "
+        "from the shell as `pipelines train conf/digits_deep.yaml --np 2`."
+    ),
+    new_code_cell(SETUP),
+    new_code_cell(
+        """config = pipelines.load_config({
+    "name": "digits-deep",
+    "engine": {"kind": ENGINE, "partitions": 2},
+"""
+        + DIGITS
+        + """
+    "stages": [
+        {"stage": "ingest", "split": {"test_fraction": 0.2, "val_fraction": 0.1, "seed": 42}, "image_scale": "unit"},
+        {"stage": "deep", "model": "lenet5", "epochs": 12, "learning_rate": 0.003,
+         "batch_size": 32, "ranks": 2, "launcher": ENGINE},
+    ],
+}, {"runs_dir": RUNS})"""
+    ),
+    new_markdown_cell(
+        "Two workers (Dask) or two task slots (Spark `local[2]`): one per rank. A barrier stage starts all its "
+        "tasks together or none, and the Dask launcher refuses to put two ranks on one worker."
+    ),
+    new_code_cell(
+        """if ENGINE == "spark":
+    settings = {"master": "local[2]"}
+else:
+    settings = {"n_workers": 2, "threads_per_worker": 1, "memory_limit": "3GB"}
+eng = pipelines.engine(ENGINE, **settings)
+eng"""
+    ),
+    new_code_cell("run = pipelines.run(config, engine=eng)\nrun"),
+    new_markdown_cell(
+        "## Where the ranks ran\n\nThe stage records its launcher and, per rank, where it ran: the Dask worker "
+        "(address and pid) or the Spark task, and the rank's own process."
+    ),
+    new_code_cell(
+        """import pandas as pd
+
+lenet = run.stage("lenet5")
+print("launcher:", lenet.facts["launcher"])
+pd.DataFrame(lenet.facts["placement"]).set_index("rank").dropna(axis=1, how="all")"""
+    ),
+    new_markdown_cell(
+        "## Training curves and test accuracy\n\nRank 0 wrote the figures shown with the run above (curves, "
+        "confusion matrix, first-layer filters, misclassified test images) into `deep/lenet5/`; the curves at "
+        "full size, then the history, one row per epoch (loss and accuracy over both ranks' batches)."
+    ),
+    new_code_cell(
+        """from IPython.display import Image
+
+Image(filename=run.dir / "deep" / "lenet5" / "curves.png")"""
+    ),
+    new_code_cell(
+        """history = pd.DataFrame(lenet.metrics["history"]).set_index("epoch")
+columns = ["loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
+print(f"test accuracy {lenet.metrics['test']['accuracy']:.4f} on {lenet.metrics['test']['rows']} images")
+history[columns].round(4)"""
+    ),
+    new_markdown_cell(
+        "## Predict on new images\n\nThe saved network scores IDX images on the engine's workers. Here the "
+        "bundled digits themselves, with their labels (train and test images together, so this accuracy is not "
+        "a held-out figure)."
+    ),
+    new_code_cell(
+        """from pipelines.data.bundled import resolve_path
+
+scored = pipelines.predict(
+    run, "lenet5", resolve_path("bundled:digits/images"), labels=resolve_path("bundled:digits/labels"), engine=eng
+)
+summary = scored.attrs["summary"]
+print(summary["scored"], "images scored, accuracy", round(summary["metrics"]["accuracy"], 4))
+scored.head()"""
+    ),
+    new_code_cell("eng.close()"),
+]
+
+SWEEP = [
+    new_markdown_cell(
+        "# A hyperparameter sweep from a notebook\n\n"
+        "Softmax (multinomial logistic) regression on scikit-learn's handwritten digits, trained once per "
+        "combination of the regularization strength `C` and whether the model fits an intercept: a 3 x 2 grid of "
+        "trials, load-balanced over the engine's two workers (docs/SWEEP.md). Each trial is its own process that "
+        "reads the run's ingested train/test splits; the sweep writes a results table, a heatmap and the best trial."
+    ),
+    new_code_cell(SETUP),
+    new_code_cell(
+        """config = pipelines.load_config({
+    "name": "digits-sweep",
+    "engine": {"kind": ENGINE, "partitions": 2},
+"""
+        + DIGITS
+        + """
+    "stages": [
+        {"stage": "ingest", "split": {"test_fraction": 0.25, "seed": 42}, "image_scale": "unit"},
+        {
+            "stage": "sweep", "name": "c-grid",
+            "target": {"stage": "model", "model": "logistic_regression"},
+            "grid": {"params.C": [0.01, 0.1, 1.0], "params.fit_intercept": [True, False]},
+            "metric": "test_accuracy", "mode": "max",
+        },
+    ],
+}, {"runs_dir": RUNS})"""
+    ),
+    new_code_cell(
+        """if ENGINE == "spark":
+    settings = {"master": "local[2]"}
+else:
+    settings = {"n_workers": 2, "threads_per_worker": 1, "memory_limit": "2GB"}
+eng = pipelines.engine(ENGINE, **settings)
+eng"""
+    ),
+    new_code_cell("run = pipelines.run(config, engine=eng)\nrun.status"),
+    new_markdown_cell(
+        "## The heatmap\n\nThe best test accuracy for each pair of values (here every pair is one trial)."
+    ),
+    new_code_cell(
+        """from IPython.display import Image
+
+sweep = run.stage("c-grid")
+Image(filename=run.dir / "sweeps" / "c-grid" / "heatmap.png")"""
+    ),
+    new_markdown_cell(
+        "## The results table\n\nOne row per trial: its values, status, the metric, how long it took and the "
+        "worker that ran it."
+    ),
+    new_code_cell(
+        """import pandas as pd
+
+table = pd.read_csv(run.dir / "sweeps" / "c-grid" / "results.csv").set_index("index")
+shown = ["params.C", "params.fit_intercept", "status", "metric", "seconds", "worker"]
+table[shown]"""
+    ),
+    new_markdown_cell(
+        "## The best trial\n\nThe sweep records the best trial (by `metric` and `mode`) with the run's metrics; "
+        "`best.json` beside the table holds the same."
+    ),
+    new_code_cell(
+        """best = sweep.metrics  # the sweep's section of metrics.json
+print(f"best trial {best['best_index']}: {best['best_values']} test_accuracy {best['best_metric']:.6f}")
+table.loc[[best["best_index"]], shown]"""
+    ),
+    new_code_cell("eng.close()"),
+]
+
+NOTEBOOKS = {"classical.ipynb": CLASSICAL, "deep.ipynb": DEEP, "sweep.ipynb": SWEEP}
 
 
 def write() -> list[Path]:
@@ -96,7 +253,8 @@ def render(paths: list[Path]) -> None:
     for path in paths:
         nb = nbformat.read(path, as_version=4)
         NotebookClient(nb, timeout=900, resources={"metadata": {"path": str(EXAMPLES)}}).execute()
-        body, resources = MarkdownExporter().from_notebook_node(nb)
+        # figures as <notebook>_<cell>_<output>.png, so that two notebooks' files never share a name
+        body, resources = MarkdownExporter().from_notebook_node(nb, resources={"unique_key": path.stem})
         (out / path.with_suffix(".md").name).write_text(body)
         for name, data in resources.get("outputs", {}).items():
             (out / name).write_bytes(data)
@@ -105,4 +263,5 @@ def render(paths: list[Path]) -> None:
 if __name__ == "__main__":
     written = write()
     if "--render" in sys.argv:
-        render(written)
+        names = sys.argv[sys.argv.index("--render") + 1 :]  # the notebooks named after --render, else all
+        render([p for p in written if not names or p.name in names or p.stem in names])
