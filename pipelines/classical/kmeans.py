@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from numbers import Integral, Real
 from typing import Any
 
@@ -31,15 +32,26 @@ def _sq_distances(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return np.maximum(np.einsum("ij,ij->i", x, x)[:, None] + _scores(x, centers), 0.0)
 
 
-def _chunks(n: int) -> range:
-    return range(0, n, CHUNK)
+def _chunked_scores(x: np.ndarray, centers: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(start, rows, scores) per chunk of x; the scores live in one buffer reused by every chunk (a fresh
+    array per chunk costs a page-faulting mmap each time where malloc's trim threshold is set, as in Dask's
+    workers), so use each before the next."""
+    m2c = np.ascontiguousarray(-2.0 * centers.T)
+    cc = (centers * centers).sum(axis=1)
+    buf = np.empty((min(CHUNK, len(x)), len(centers)))
+    for i in range(0, len(x), CHUNK):
+        xs = x[i : i + CHUNK]
+        score = buf[: len(xs)]
+        np.matmul(xs, m2c, out=score)
+        score += cc
+        yield i, xs, score
 
 
 def _nearest_index(x: np.ndarray, centers: np.ndarray) -> np.ndarray:
     """Index of each row's nearest center."""
     idx = np.empty(len(x), dtype=np.intp)
-    for i in _chunks(len(x)):
-        idx[i : i + CHUNK] = _scores(x[i : i + CHUNK], centers).argmin(axis=1)
+    for i, xs, score in _chunked_scores(x, centers):
+        score.argmin(axis=1, out=idx[i : i + len(xs)])
     return idx
 
 
@@ -47,12 +59,10 @@ def _nearest(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """Index of and squared distance to each row's nearest center."""
     idx = np.empty(len(x), dtype=np.intp)
     d2 = np.empty(len(x))
-    for i in _chunks(len(x)):
-        xs = x[i : i + CHUNK]
-        score = _scores(xs, centers)
-        j = score.argmin(axis=1)
-        idx[i : i + CHUNK] = j
-        d2[i : i + CHUNK] = np.take_along_axis(score, j[:, None], axis=1)[:, 0] + np.einsum("ij,ij->i", xs, xs)
+    for i, xs, score in _chunked_scores(x, centers):
+        j = idx[i : i + len(xs)]
+        score.argmin(axis=1, out=j)
+        d2[i : i + len(xs)] = np.take_along_axis(score, j[:, None], axis=1)[:, 0] + np.einsum("ij,ij->i", xs, xs)
     return idx, np.maximum(d2, 0.0, out=d2)
 
 
@@ -62,11 +72,13 @@ def _cluster_sums(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.nd
     sums = np.zeros_like(centers)
     counts = np.zeros(k, dtype=np.intp)
     clusters = np.arange(k)
-    for i in _chunks(len(x)):
-        xs = x[i : i + CHUNK]
-        j = _scores(xs, centers).argmin(axis=1)
+    hot = np.empty((min(CHUNK, len(x)), k))  # one-hot rows, reused like the scores
+    for _, xs, score in _chunked_scores(x, centers):
+        j = score.argmin(axis=1)
         counts += np.bincount(j, minlength=k)
-        sums += (j[:, None] == clusters).T.astype(x.dtype) @ xs
+        onehot = hot[: len(xs)]
+        np.equal(j[:, None], clusters, out=onehot)
+        sums += onehot.T @ xs
     return sums, counts
 
 

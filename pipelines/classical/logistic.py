@@ -42,6 +42,7 @@ def _binomial_terms(w: np.ndarray, x: np.ndarray, y: np.ndarray, intercept: bool
     loss = 0.0
     grad = np.zeros(d)
     hess = np.zeros((d, d)) if hessian else None
+    buf = np.empty((min(CHUNK, len(x)), x.shape[1]))  # reused by every chunk: no mmap per chunk in Dask workers
     for i in range(0, len(x), CHUNK):
         xs, ys = x[i : i + CHUNK], y[i : i + CHUNK]
         z = xs @ b
@@ -52,7 +53,7 @@ def _binomial_terms(w: np.ndarray, x: np.ndarray, y: np.ndarray, intercept: bool
         grad[lead:] += xs.T @ r
         if hess is not None:
             s = p * (1.0 - p)
-            weighted = xs * s[:, None]
+            weighted = np.multiply(xs, s[:, None], out=buf[: len(xs)])
             hess[lead:, lead:] += weighted.T @ xs
         if intercept:
             grad[0] += r.sum()

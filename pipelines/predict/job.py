@@ -57,11 +57,19 @@ def predict(
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SUMMARY).is_file())):
         raise UsageError(f"--out {out}: exists and is not an earlier predict output; choose a new folder")
     settings = saved.config.engine.model_copy(update={"kind": engine_kind} if engine_kind else {})
-    with contextlib.ExitStack() as stack:
-        if engine is None:
-            engine = stack.enter_context(make_engine(settings))
-        summary = _score(engine, saved, dataset, partitions or settings.partitions, out)
+    shown = (saved.config.name, f"predict {stage}")  # one row in the progress display (terminal or notebook)
+    log.info("predict %s started", stage, extra={"stage_event": (*shown, "started", None)})
+    try:
+        with contextlib.ExitStack() as stack:
+            if engine is None:
+                engine = stack.enter_context(make_engine(settings))
+            summary = _score(engine, saved, dataset, partitions or settings.partitions, out)
+    except BaseException:
+        took = round(time.perf_counter() - t0, 3)
+        log.info("predict %s failed", stage, extra={"stage_event": (*shown, "failed", took)})
+        raise
     summary.update(data=str(data), seconds=round(time.perf_counter() - t0, 3))
+    log.info("predict %s succeeded", stage, extra={"stage_event": (*shown, "succeeded", summary["seconds"])})
     atomic_write_json(out / SUMMARY, summary)
     return summary
 
