@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.text import Text
 
@@ -14,9 +13,6 @@ from pipelines import __version__
 from pipelines.config import PipelineConfig, load_config, parse_config
 from pipelines.console import Terminal, console
 from pipelines.errors import ConfigError, EnvironmentProblem, PipelineError, UsageError
-
-if TYPE_CHECKING:
-    from pipelines.launch.config import BatchSettings, JobqueueSettings
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -130,30 +126,22 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def notebook_cluster(
-    args: argparse.Namespace, batch: BatchSettings, given: JobqueueSettings | None
-) -> JobqueueSettings:
-    """The dask-jobqueue settings for `notebook --dask`: the config's engine.dask.jobqueue, else the flags, with
-    the notebook's scheduler, walltime, partition and account where the section leaves them out."""
-    from pipelines.launch.config import JobqueueSettings
-
-    flags = {"jobs": args.dask_jobs, "cores": args.dask_cores, "memory": args.dask_memory, "gpus": args.dask_gpus}
-    base = given or JobqueueSettings(walltime=batch.walltime)
-    fill = {"scheduler": args.scheduler, "queue": base.queue or batch.partition}
-    fill["account"] = base.account or batch.account
-    return base.model_copy(update=fill | {k: v for k, v in flags.items() if v is not None})
-
-
 def cmd_notebook(args: argparse.Namespace) -> int:
     from pipelines.launch.config import BatchSettings
-    from pipelines.launch.notebook import submit_notebook
+    from pipelines.launch.notebook import notebook_cluster, submit_notebook
 
+    flags = {"jobs": args.dask_jobs, "cores": args.dask_cores, "memory": args.dask_memory, "gpus": args.dask_gpus}
+    if not args.dask and any(v is not None for v in flags.values()):
+        raise UsageError("--dask-jobs, --dask-cores, --dask-memory and --dask-gpus need --dask")
     config = load_config(args.config, args.set) if args.config else None
     batch = config.batch if config else BatchSettings()
     given = {"walltime": args.walltime, "partition": args.partition, "account": args.account}
     given |= {"gpus_per_node": args.gpus, "cpus_per_task": args.cpus, "memory": args.memory}
     batch = batch.model_copy(update={k: v for k, v in given.items() if v is not None})
-    dask = notebook_cluster(args, batch, config.engine.dask.jobqueue if config else None) if args.dask else None
+    dask = None
+    if args.dask:
+        section, network = (config.engine.dask.jobqueue, config.engine.network) if config else (None, None)
+        dask = notebook_cluster(args.scheduler, batch, section, network.interface if network else None, flags)
     notebook = submit_notebook(batch, args.scheduler, Path(args.jobs_dir), timeout=args.timeout, dask=dask)
     print(notebook.tunnel(args.login))
     print(notebook.url)

@@ -40,7 +40,8 @@ def _closed_port() -> int:
 
 
 def test_the_network_section_is_validated_with_its_key_path():
-    base = {"name": "n", "dataset": {"name": "d", "format": "csv", "path": "x.csv", "features": ["a"]}, "stages": [{"stage": "ingest"}]}
+    dataset = {"name": "d", "format": "csv", "path": "x.csv", "features": ["a"]}
+    base = {"name": "n", "dataset": dataset, "stages": [{"stage": "ingest"}]}
     ok = parse_config({**base, "engine": {"network": {"interface": "ib0", "rendezvous_timeout_s": 12}}})
     assert ok.engine.network == NetworkSettings(interface="ib0", rendezvous_timeout_s=12.0)
     assert parse_config(base).engine.network == NetworkSettings()  # default: engines' own, Gloo's 30 s
@@ -96,7 +97,7 @@ def test_launcher_commands_carry_the_interface_and_the_timeout():
     hvd = launch_command("horovodrun", 2, None, worker, "lo", 12.0)
     assert hvd[-len(worker) - 4 : -len(worker)] == ["--network-interfaces", "lo", "--gloo-timeout-seconds", "12"]
     mpi = launch_command("mpirun", 2, None, worker, "lo")
-    assert ["-mca", "btl_tcp_if_include", "lo", "-x", "NCCL_SOCKET_IFNAME=lo"] == mpi[-len(worker) - 5 : -len(worker)]
+    assert mpi[-len(worker) - 5 : -len(worker)] == ["-mca", "btl_tcp_if_include", "lo", "-x", "NCCL_SOCKET_IFNAME=lo"]
     srun = launch_command("srun", 2, None, worker, "lo")
     assert "--export=ALL,NCCL_SOCKET_IFNAME=lo,HOROVOD_GLOO_IFACE=lo" in srun
     assert "--network-interfaces" not in launch_command("horovodrun", 2, None, worker)

@@ -31,6 +31,27 @@ def test_the_notebook_script_quotes_its_values(tmp_path):
     assert out.returncode == 0, out.stderr
 
 
+def test_notebook_dask_settings_come_from_flags_then_the_section_then_the_job_and_are_validated(tmp_path):
+    from pipelines.errors import ConfigError
+    from pipelines.launch.config import JobqueueSettings
+    from pipelines.launch.notebook import notebook_cluster
+
+    batch = BatchSettings(walltime="02:00:00", partition="compute", account="abc123")
+    section = JobqueueSettings.model_validate({"cores": 8, "queue": "gpu", "memory": "32GB"})
+    got = notebook_cluster("pbs", batch, section, "ib0", {"jobs": 3, "cores": None, "memory": "64GB"})
+    assert (got.scheduler, got.jobs, got.cores, got.memory) == ("pbs", 3, 8, "64GB")  # flags over the section
+    assert (got.queue, got.walltime, got.account, got.interface) == ("gpu", "02:00:00", "abc123", "ib0")
+    assert notebook_cluster("slurm", batch, None, None, {}).queue == "compute"  # the notebook's own partition
+    with pytest.raises(ConfigError, match=r"notebook --dask: jobs: .*greater than 0"):
+        notebook_cluster("slurm", batch, None, None, {"jobs": 0})
+    script = render_notebook(batch, tmp_path / "job", "slurm", tmp_path, sys.executable, dask=True)
+    assert '-m pipelines.launch.dask_service "$JOBDIR/dask.json" "$JOBDIR/scheduler.json"' in script
+    assert 'export PIPELINES_DASK_SCHEDULER_FILE="$JOBDIR/scheduler.json"' in script
+    assert script.index("dask_service") < script.index("jupyterlab")  # the kernels inherit the scheduler file
+    out = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
 @pytest.mark.slow
 def test_pipelines_notebook_starts_jupyterlab_in_a_slurm_job(slurm, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

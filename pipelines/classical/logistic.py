@@ -33,9 +33,11 @@ def _onehot(y_index: np.ndarray, k: int) -> np.ndarray:
 CHUNK = 8192  # rows per step of the binomial kernel: its temporaries stay in the CPU's cache
 
 
-def _binomial_terms(w: np.ndarray, x: np.ndarray, y: np.ndarray, intercept: bool, hessian: bool) -> tuple:
-    """Loss, gradient (and Hessian) of the binomial negative log-likelihood, in chunks, with the intercept's
-    column implied (never materialized): w = [b0, b] when `intercept`."""
+def _binomial_terms(
+    w: np.ndarray, x: np.ndarray, y: np.ndarray, intercept: bool, hessian: bool
+) -> tuple[float, np.ndarray, np.ndarray | None]:
+    """Binomial negative log-likelihood, gradient (and Hessian) in chunks; w = [b0, b] with `intercept`."""
+    # the intercept's column is implied, never materialized
     d = len(w)
     b0, b = (float(w[0]), w[1:]) if intercept else (0.0, w)
     lead = 1 if intercept else 0

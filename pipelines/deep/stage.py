@@ -391,13 +391,13 @@ def run_deep(engine: Engine, stage: DeepStage, run: Any, data: TrainingData, ran
         ).write(spec_path)
         launcher = stage.launcher if stage.launcher != "auto" else engine.rank_launcher()
         n = ranks or stage.ranks
+        net = engine.network  # the interface the ranks bind to, and their rendezvous timeout
         logs = run.dir / "logs"
         if launcher in ("spark", "dask"):
             if launcher != engine.kind:
                 raise ConfigError(f"deep stage {name!r}: launcher {launcher!r} needs the {launcher} engine")
             worker = ("-m", "pipelines.deep.worker", str(spec_path))
             job = RankJob(n, worker, logs, name, stage.timeout_s, is_progress, stage.gpus_per_rank)
-            net = engine.network
             job = dataclasses.replace(
                 job,
                 wait_s=stage.wait_for_workers_s,
@@ -408,7 +408,6 @@ def run_deep(engine: Engine, stage: DeepStage, run: Any, data: TrainingData, ran
             placement = engine.run_ranks(job)
         else:
             worker_argv = [sys.executable, "-m", "pipelines.deep.worker", str(spec_path)]
-            net = engine.network
             command = launch_command(launcher, n, stage.hosts, worker_argv, net.interface, net.rendezvous_timeout_s)
             run_ranks(command, logs / f"{name}.ranks.log", stage.timeout_s)
             placement = [{"rank": r} for r in range(n)]

@@ -88,6 +88,20 @@ def _mllib_blas(spark: Any) -> str:
         return "unknown"
 
 
+@contextlib.contextmanager
+def _spark_local_ip(local_ip: str) -> Iterator[None]:
+    """SPARK_LOCAL_IP set to local_ip while the JVM starts (restored after: a later session chooses its own)."""
+    before = os.environ.get("SPARK_LOCAL_IP")
+    os.environ["SPARK_LOCAL_IP"] = local_ip
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SPARK_LOCAL_IP", None)
+        else:
+            os.environ["SPARK_LOCAL_IP"] = before
+
+
 def under_spark_submit() -> bool:
     """True when this Python process was launched by spark-submit (which owns master and resources)."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
@@ -192,11 +206,11 @@ class SparkEngine(Engine):
             return
         require_java()
         conf = dict(self.settings.conf)
+        local_ip = os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")
         if self.network.interface:  # the driver listens on the interface's address (the executors connect to it)
-            address, _ = interface_address(self.network.interface)
-            os.environ["SPARK_LOCAL_IP"] = address
-            conf.setdefault("spark.driver.host", address)
-            conf.setdefault("spark.driver.bindAddress", address)
+            local_ip, _ = interface_address(self.network.interface)
+            conf.setdefault("spark.driver.host", local_ip)
+            conf.setdefault("spark.driver.bindAddress", local_ip)
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
@@ -223,7 +237,10 @@ class SparkEngine(Engine):
             conf["spark.driver.extraJavaOptions"] = f"{ours} {conf.get('spark.driver.extraJavaOptions', '')}".strip()
         for key, value in conf.items():
             builder = builder.config(key, value)
-        with stderr_to(self.log_file) if quiet and self.log_file else contextlib.nullcontext():
+        with (
+            stderr_to(self.log_file) if quiet and self.log_file else contextlib.nullcontext(),
+            _spark_local_ip(local_ip),
+        ):
             self.spark = builder.getOrCreate()
         remember_spark_memory(self.spark.sparkContext.master, self.spark.sparkContext.getConf(), self.log_file)
         self.spark.sparkContext.setLogLevel("WARN" if quiet or verbose() else "ERROR")

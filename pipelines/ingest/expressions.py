@@ -393,8 +393,13 @@ def validate_with_steps(
     if len(at_live) == len(parsed):
         data = {c.name: checked[c.name].array for c in table.columns}
     else:  # the other rows' values are null, in the nullable dtypes (as concat with null rows gave)
-        data = {
-            c.name: pd.api.extensions.take(checked[c.name].astype(NULLABLE[c.kind]).array, take, allow_fill=True)
-            for c in table.columns
-        }
+        data = {c.name: _spread(checked[c.name].astype(NULLABLE[c.kind]), take) for c in table.columns}
     return pd.DataFrame({**meta, **data})
+
+
+def _spread(values: pd.Series, take: np.ndarray) -> Any:
+    """values placed at the rows `take` names (-1: a null row); text columns' nulls are None, as elsewhere."""
+    spread = pd.api.extensions.take(values.array, take, allow_fill=True)
+    if spread.dtype == object:
+        spread[take < 0] = None  # take fills object arrays with NaN
+    return spread

@@ -730,8 +730,11 @@ def _expression_check(dataset: DatasetConfig, filters: Any, derive: dict[str, st
 QUARANTINE_COLUMNS = {"_source": "source", "_row": "row", "_column": "column", "_reason": "reason", "_raw": "raw"}
 
 
-def rejected_rows(engine: Engine, validated: Any) -> pd.DataFrame:
-    """The rejected rows of a validated frame as quarantine records (only they leave the workers)."""
+def rejected_rows(engine: Engine, validated: Any, count: int) -> pd.DataFrame:
+    """The rejected rows of a validated frame as quarantine records (only they leave the workers); with the
+    partitions' own count at 0, no pass is made."""
+    if count == 0:
+        return pd.DataFrame(columns=list(QUARANTINE_COLUMNS.values()))
     bad = engine.to_pandas(engine.where_set(validated, "_reason", list(QUARANTINE_COLUMNS)))
     return bad.rename(columns=QUARANTINE_COLUMNS)
 
@@ -804,7 +807,7 @@ def run_ingest(
             result.image_shape = tuple(dataset.image.shape)
             result.image_classes, result.image_flips = dataset.image.classes, dataset.image_flips()
         if run is not None:
-            quarantine = rejected_rows(engine, validated)
+            quarantine = rejected_rows(engine, validated, rejected)
             write_quarantine(run.dir / "quarantine.csv", quarantine)
             run.manifest["quarantine"] = {"file": "quarantine.csv", "rows": rejected}
             run.save()

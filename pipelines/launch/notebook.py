@@ -15,6 +15,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from pipelines.atomic import atomic_write_json, atomic_write_text
 from pipelines.errors import ConfigError, EnvironmentProblem
@@ -54,6 +57,26 @@ class Notebook:
         ports = [self.port] + ([self.dashboard_port] if self.dashboard_port else [])
         forwards = " ".join(f"-L {p}:{self.host}:{p}" for p in ports)
         return f"ssh -N {forwards} {user or getpass.getuser()}@{login}"
+
+
+def notebook_cluster(
+    scheduler: str,
+    batch: BatchSettings,
+    section: JobqueueSettings | None,
+    interface: str | None,
+    flags: dict[str, Any],
+) -> JobqueueSettings:
+    """The validated dask-jobqueue settings of `notebook --dask`: flags over the section over the notebook's job."""
+    merged: dict[str, Any] = {"walltime": batch.walltime, "queue": batch.partition, "account": batch.account}
+    merged["interface"] = interface  # engine.network.interface, as a Dask engine would use it
+    merged = {k: v for k, v in merged.items() if v is not None}
+    merged |= section.model_dump(exclude_unset=True) if section else {}
+    merged |= {k: v for k, v in flags.items() if v is not None}
+    try:
+        return JobqueueSettings.model_validate({**merged, "scheduler": scheduler})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"notebook --dask: {problems}") from None
 
 
 def render_notebook(
@@ -107,7 +130,12 @@ def submit_notebook(
     atomic_write_text(path, script)
     job = chosen.submit(path, workdir, "job", f"run `pipelines notebook` on a {scheduler} login node")
     atomic_write_json(jobdir / "job.json", {"scheduler": scheduler, "job_id": job, "script": str(path)})
-    facts = wait_for_connection(jobdir, job, scheduler, timeout)
+    try:
+        facts = wait_for_connection(jobdir, job, scheduler, timeout)
+    except EnvironmentProblem as exc:
+        if dask is not None and not (jobdir / "scheduler.json").is_file():
+            raise EnvironmentProblem(f"{exc}: the Dask cluster did not start ({jobdir / 'dask-cluster.log'})") from None
+        raise
     cluster = json.loads((jobdir / "scheduler.json").read_text()) if dask is not None else {}
     return Notebook(
         job,

@@ -90,21 +90,23 @@ def start_rendezvous(hosts: Sequence[str]) -> tuple[Any, int]:
     return server, port
 
 
+def _interface(job: RankJob, who: str) -> tuple[str, str]:
+    """(address, name) of the job's interface on this host; a failure naming `who` and the setting if it is down."""
+    assert job.interface
+    try:
+        return interface_address(job.interface)
+    except ConfigError as exc:
+        raise RankFailed(f"{who}: {exc} (engine.network.interface)") from None
+
+
 def rendezvous_address(job: RankJob, peer: str) -> str:
     """The address the ranks reach the rendezvous on this host by: the job's interface, else the route to peer."""
-    if job.interface:
-        return interface_address(job.interface)[0]
-    return local_address_towards(peer)[0]
+    return _interface(job, "the Horovod rendezvous")[0] if job.interface else local_address_towards(peer)[0]
 
 
 def rank_interface(job: RankJob, rank: int, addr: str) -> str:
     """This rank's Gloo interface: the job's (checked up on this host), else the one routing to the rendezvous."""
-    if not job.interface:
-        return local_address_towards(addr)[1]
-    try:
-        return interface_address(job.interface)[1]
-    except ConfigError as exc:
-        raise RankFailed(f"rank {rank}: {exc} (engine.network.interface)") from None
+    return _interface(job, f"rank {rank}")[1] if job.interface else local_address_towards(addr)[1]
 
 
 def reach_rendezvous(job: RankJob, rank: int, addr: str, port: int) -> None:
@@ -301,13 +303,10 @@ def _spark_task(job: RankJob) -> Callable[[Iterator[Any]], Iterator[str]]:
         server = None
         message = ""
         if slot["rank"] == 0:
-            server, port = start_rendezvous(hosts)
             peer = next((h for h in hosts if h != host), host)  # the address other nodes reach this one by
-            try:
-                message = json.dumps({"addr": rendezvous_address(job, peer), "port": port})
-            except ConfigError as exc:  # the interface is not up on rank 0's host
-                server.stop()
-                raise RankFailed(f"rank 0: {exc} (engine.network.interface)") from None
+            addr = rendezvous_address(job, peer)
+            server, port = start_rendezvous(hosts)
+            message = json.dumps({"addr": addr, "port": port})
         found = [json.loads(m) for m in ctx.allGather(message) if m]
         extra = {"PIPELINES_RANK_THREADS": str(ctx.cpus())}
         gpus = ctx.resources().get("gpu")
@@ -417,8 +416,11 @@ def run_dask_ranks(client: Any, job: RankJob) -> list[dict[str, Any]]:
     chosen = pick_dask_workers(client, job.ranks, job.gpus_per_rank, job.wait_s)
     info = client.scheduler_info(n_workers=-1)["workers"]
     hosts = [info[a]["host"] for a in chosen]
+    try:
+        addr = rendezvous_address(job, hosts[0])
+    except RankFailed as exc:  # here, on the client: the stage's own failure, before any rank starts
+        raise PipelineError(str(exc)) from None
     server, port = start_rendezvous(hosts)
-    addr = rendezvous_address(job, hosts[0])
     token = uuid.uuid4().hex[:8]
     stop = Event(f"horovod-{job.name}-stop-{token}", client=client)
     futures = [

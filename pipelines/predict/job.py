@@ -57,20 +57,20 @@ def predict(
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SUMMARY).is_file())):
         raise UsageError(f"--out {out}: exists and is not an earlier predict output; choose a new folder")
     settings = saved.config.engine.model_copy(update={"kind": engine_kind} if engine_kind else {})
-    shown = (saved.config.name, f"predict {stage}")  # one row in the progress display (terminal or notebook)
-    log.info("predict %s started", stage, extra={"stage_event": (*shown, "started", None)})
+    row = (saved.config.name, f"predict {stage}")  # its row in the progress display (terminal or notebook)
+    log.info("predict %s started", stage, extra={"stage_event": (*row, "started", None)})
     try:
         with contextlib.ExitStack() as stack:
             if engine is None:
                 engine = stack.enter_context(make_engine(settings))
             summary = _score(engine, saved, dataset, partitions or settings.partitions, out)
+        summary.update(data=str(data), seconds=round(time.perf_counter() - t0, 3))
+        atomic_write_json(out / SUMMARY, summary)
     except BaseException:
         took = round(time.perf_counter() - t0, 3)
-        log.info("predict %s failed", stage, extra={"stage_event": (*shown, "failed", took)})
+        log.info("predict %s failed", stage, extra={"stage_event": (*row, "failed", took)})
         raise
-    summary.update(data=str(data), seconds=round(time.perf_counter() - t0, 3))
-    log.info("predict %s succeeded", stage, extra={"stage_event": (*shown, "succeeded", summary["seconds"])})
-    atomic_write_json(out / SUMMARY, summary)
+    log.info("predict %s succeeded", stage, extra={"stage_event": (*row, "succeeded", summary["seconds"])})
     return summary
 
 
@@ -108,7 +108,7 @@ def _score(engine: Engine, saved: SavedStage, dataset: Any, partitions: int, out
             raise DataError(f"{dataset.path}: read {read} records but the files hold {plan.records}")
         with atomic_dir(out) as tmp:
             tmp.mkdir()
-            quarantine = rejected_rows(engine, validated)
+            quarantine = rejected_rows(engine, validated, rejected)
             write_quarantine(tmp / "quarantine.csv", quarantine)
             metrics = functools.partial(partition_metrics, scorer=scorer)
             parts = engine.write_mapped(validated, scorer, str(tmp / "predictions"), scorer.schema, metrics)
