@@ -77,6 +77,19 @@ DIGITS = """    "dataset": {
         "image": {"shape": [8, 8], "classes": 10},
     },"""
 
+
+def engine_cell(memory_limit: str) -> nbformat.NotebookNode:
+    """The cell that starts one engine for the notebook: two one-thread Dask workers, or Spark `local[2]`."""
+    return new_code_cell(
+        f"""if ENGINE == "spark":
+    settings = {{"master": "local[2]"}}
+else:
+    settings = {{"n_workers": 2, "threads_per_worker": 1, "memory_limit": "{memory_limit}"}}
+eng = pipelines.engine(ENGINE, **settings)
+eng"""
+    )
+
+
 DEEP = [
     new_markdown_cell(
         "# Deep learning from a notebook: Horovod ranks on the engine's workers\n\n"
@@ -105,14 +118,7 @@ DEEP = [
         "Two workers (Dask) or two task slots (Spark `local[2]`): one per rank. A barrier stage starts all its "
         "tasks together or none, and the Dask launcher refuses to put two ranks on one worker."
     ),
-    new_code_cell(
-        """if ENGINE == "spark":
-    settings = {"master": "local[2]"}
-else:
-    settings = {"n_workers": 2, "threads_per_worker": 1, "memory_limit": "3GB"}
-eng = pipelines.engine(ENGINE, **settings)
-eng"""
-    ),
+    engine_cell("3GB"),
     new_code_cell("run = pipelines.run(config, engine=eng)\nrun"),
     new_markdown_cell(
         "## Where the ranks ran\n\nThe stage records its launcher and, per rank, where it ran: the Dask worker "
@@ -186,14 +192,7 @@ SWEEP = [
     ],
 }, {"runs_dir": RUNS})"""
     ),
-    new_code_cell(
-        """if ENGINE == "spark":
-    settings = {"master": "local[2]"}
-else:
-    settings = {"n_workers": 2, "threads_per_worker": 1, "memory_limit": "2GB"}
-eng = pipelines.engine(ENGINE, **settings)
-eng"""
-    ),
+    engine_cell("2GB"),
     new_code_cell("run = pipelines.run(config, engine=eng)\nrun.status"),
     new_markdown_cell(
         "## The heatmap\n\nThe best test accuracy for each pair of values (here every pair is one trial)."

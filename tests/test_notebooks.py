@@ -37,6 +37,13 @@ def execute(name: str, kernel: str, cwd: Path):
     return nb
 
 
+def run_example(name: str, kind: str, kernel: str, tmp_path: Path, monkeypatch):
+    """Execute examples/<name> on engine `kind`, its runs under tmp_path/runs; the executed notebook."""
+    monkeypatch.setenv("PIPELINES_ENGINE", kind)
+    monkeypatch.setenv("PIPELINES_RUNS", str(tmp_path / "runs"))
+    return execute(name, kernel, tmp_path)
+
+
 def outputs(nb, mime: str) -> list[str]:
     return [o.get("data", {}).get(mime, "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
 
@@ -44,11 +51,8 @@ def outputs(nb, mime: str) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["dask", "spark"])
 def test_classical_notebook_matches_the_command_line(kind, kernel, tmp_path, monkeypatch):
-    monkeypatch.setenv("PIPELINES_ENGINE", kind)
-    monkeypatch.setenv("PIPELINES_RUNS", str(tmp_path / "runs"))
-    nb = execute("classical.ipynb", kernel, tmp_path)
-    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors
+    nb = run_example("classical.ipynb", kind, kernel, tmp_path, monkeypatch)
+    assert not errors(nb)
     html = "".join(outputs(nb, "text/html"))
     assert 'src="data:image/png;base64,' in html and "Coefficients:" in html  # the run shown inline
     progress = [h for h in outputs(nb, "text/html") if "pipelines-progress" in h]
@@ -57,7 +61,7 @@ def test_classical_notebook_matches_the_command_line(kind, kernel, tmp_path, mon
     assert (
         "dask dashboard" if kind == "dask" else "master local[2]"
     ) in html  # the engine shown (Spark's UI is off here)
-    assert "6366 rows scored" in "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "6366 rows scored" in printed(nb)
     ours = pipelines.open_run(next((tmp_path / "runs" / "fair").glob("2*")))
     assert ours.status == "succeeded" and ours.engine == kind
     # the CLI on the same config (the notebook's recorded one), on Dask
@@ -93,9 +97,7 @@ DEEP_FLOOR = 0.85
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["dask", "spark"])
 def test_deep_notebook_trains_with_the_engines_own_launcher(kind, kernel, tmp_path, monkeypatch):
-    monkeypatch.setenv("PIPELINES_ENGINE", kind)
-    monkeypatch.setenv("PIPELINES_RUNS", str(tmp_path / "runs"))
-    nb = execute("deep.ipynb", kernel, tmp_path)
+    nb = run_example("deep.ipynb", kind, kernel, tmp_path, monkeypatch)
     assert not errors(nb)
     html = "".join(outputs(nb, "text/html"))
     assert 'src="data:image/png;base64,' in html  # the run's figures inline in its cell
@@ -126,9 +128,7 @@ def test_deep_notebook_trains_with_the_engines_own_launcher(kind, kernel, tmp_pa
 def test_sweep_notebook_shows_the_best_trial_and_matches_the_command_line(kind, kernel, tmp_path, monkeypatch):
     import pandas as pd
 
-    monkeypatch.setenv("PIPELINES_ENGINE", kind)
-    monkeypatch.setenv("PIPELINES_RUNS", str(tmp_path / "runs"))
-    nb = execute("sweep.ipynb", kernel, tmp_path)
+    nb = run_example("sweep.ipynb", kind, kernel, tmp_path, monkeypatch)
     assert not errors(nb)
     assert [png for png in outputs(nb, "image/png") if png]  # the heatmap inline
     assert any("<table" in h and "params.C" in h for h in outputs(nb, "text/html"))  # the results DataFrame

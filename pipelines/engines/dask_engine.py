@@ -99,16 +99,9 @@ class DaskEngine(Engine):
             return
         wait = self.settings.wait_for_workers
         if self.settings.jobqueue is not None:
-            from pipelines.launch.jobqueue import make_cluster, scale
+            from pipelines.launch.jobqueue import make_cluster, scale, with_interface
 
-            jq = self.settings.jobqueue
-            if self.network.interface:  # the engine-wide interface, unless the jobqueue section names its own
-                jq = jq.model_copy(
-                    update={
-                        "interface": jq.interface or self.network.interface,
-                        "scheduler_interface": jq.scheduler_interface or self.network.interface,
-                    }
-                )
+            jq = with_interface(self.settings.jobqueue, self.network.interface)
             self._cluster = make_cluster(jq)
             self.client = Client(self._cluster)
             wait = scale(self._cluster, jq)

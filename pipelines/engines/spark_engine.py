@@ -206,12 +206,12 @@ class SparkEngine(Engine):
             return
         require_java()
         conf = dict(self.settings.conf)
-        local_ip = os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        local_ip = os.environ["SPARK_LOCAL_IP"]
         if self.network.interface:  # the driver listens on the interface's address (the executors connect to it)
             local_ip, _ = interface_address(self.network.interface)
             conf.setdefault("spark.driver.host", local_ip)
             conf.setdefault("spark.driver.bindAddress", local_ip)
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
         warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)

@@ -94,6 +94,14 @@ def cluster_kwargs(settings: JobqueueSettings) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
+def with_interface(settings: JobqueueSettings, interface: str | None) -> JobqueueSettings:
+    """The settings with engine.network's interface for the workers and the scheduler, where they name none."""
+    if not interface:
+        return settings
+    own = {"interface": settings.interface, "scheduler_interface": settings.scheduler_interface}
+    return settings.model_copy(update={k: v or interface for k, v in own.items()})
+
+
 def make_cluster(settings: JobqueueSettings) -> Any:
     """A started dask-jobqueue SLURMCluster or PBSCluster from `engine.dask.jobqueue` settings."""
 

@@ -23,6 +23,7 @@ from pipelines.atomic import atomic_write_json, atomic_write_text
 from pipelines.errors import ConfigError, EnvironmentProblem
 from pipelines.launch.batch import TEMPLATES, checked
 from pipelines.launch.config import BatchSettings, JobqueueSettings
+from pipelines.launch.jobqueue import with_interface
 from pipelines.launch.schedulers import scheduler as scheduler_named
 
 CONNECTION = "connection.json"
@@ -68,15 +69,15 @@ def notebook_cluster(
 ) -> JobqueueSettings:
     """The validated dask-jobqueue settings of `notebook --dask`: flags over the section over the notebook's job."""
     merged: dict[str, Any] = {"walltime": batch.walltime, "queue": batch.partition, "account": batch.account}
-    merged["interface"] = interface  # engine.network.interface, as a Dask engine would use it
     merged = {k: v for k, v in merged.items() if v is not None}
     merged |= section.model_dump(exclude_unset=True) if section else {}
     merged |= {k: v for k, v in flags.items() if v is not None}
     try:
-        return JobqueueSettings.model_validate({**merged, "scheduler": scheduler})
+        settings = JobqueueSettings.model_validate({**merged, "scheduler": scheduler})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"notebook --dask: {problems}") from None
+    return with_interface(settings, interface)  # engine.network.interface, as a Dask engine uses it
 
 
 def render_notebook(
