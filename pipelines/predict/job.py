@@ -28,6 +28,7 @@ from pipelines.ingest.transform import partition_stats
 from pipelines.predict.data import new_dataset
 from pipelines.predict.saved import SavedStage, load_saved
 from pipelines.predict.score import Scorer
+from pipelines.runs.run import stage_events
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +58,12 @@ def predict(
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SUMMARY).is_file())):
         raise UsageError(f"--out {out}: exists and is not an earlier predict output; choose a new folder")
     settings = saved.config.engine.model_copy(update={"kind": engine_kind} if engine_kind else {})
-    row = (saved.config.name, f"predict {stage}")  # its row in the progress display (terminal or notebook)
-    log.info("predict %s started", stage, extra={"stage_event": (*row, "started", None)})
-    try:
-        with contextlib.ExitStack() as stack:
-            if engine is None:
-                engine = stack.enter_context(make_engine(settings))
-            summary = _score(engine, saved, dataset, partitions or settings.partitions, out)
+    with stage_events(saved.config.name, f"predict {stage}"), contextlib.ExitStack() as stack:  # a progress row
+        if engine is None:
+            engine = stack.enter_context(make_engine(settings))
+        summary = _score(engine, saved, dataset, partitions or settings.partitions, out)
         summary.update(data=str(data), seconds=round(time.perf_counter() - t0, 3))
         atomic_write_json(out / SUMMARY, summary)
-    except BaseException:
-        took = round(time.perf_counter() - t0, 3)
-        log.info("predict %s failed", stage, extra={"stage_event": (*row, "failed", took)})
-        raise
-    log.info("predict %s succeeded", stage, extra={"stage_event": (*row, "succeeded", summary["seconds"])})
     return summary
 
 

@@ -33,6 +33,21 @@ LATEST = "latest"
 LEFTOVER = re.compile(r"^\..+\.(tmp|old)-[0-9a-f]{8}$")
 
 
+@contextlib.contextmanager
+def stage_events(pipeline: str, name: str) -> Iterator[None]:
+    """Log a stage's start, then its outcome and seconds, as `stage_event` records (the progress displays')."""
+    log.info("stage %s started", name, extra={"stage_event": (pipeline, name, "started", None)})
+    t0 = time.perf_counter()
+    status = "failed"
+    try:
+        yield
+        status = "succeeded"
+    finally:
+        seconds = round(time.perf_counter() - t0, 3)
+        event = (pipeline, name, status, seconds)
+        log.info("stage %s %s in %.2fs", name, status, seconds, extra={"stage_event": event})
+
+
 class RunLog(logging.FileHandler):
     """A run's logs/run.log; a record it cannot write (a full disk) is dropped, not printed to stderr."""
 
@@ -170,21 +185,19 @@ class Run:
         entry: dict[str, Any] = {"name": name, "status": "running", "started": now()}
         self.manifest["stages"].append(entry)
         self.save()
-        t0 = time.perf_counter()
-        log.info("stage %s started", name, extra={"stage_event": (self.pipeline, name, "started", None)})
-        try:
-            yield entry
-        except BaseException as exc:
-            entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-            raise
-        else:
-            entry["status"] = "succeeded"
-        finally:
-            entry["seconds"] = round(time.perf_counter() - t0, 3)
-            entry["finished"] = now()
-            self.save()
-            event = (self.pipeline, name, entry["status"], entry["seconds"])
-            log.info("stage %s %s in %.2fs", name, entry["status"], entry["seconds"], extra={"stage_event": event})
+        with stage_events(self.pipeline, name):
+            t0 = time.perf_counter()
+            try:
+                yield entry
+            except BaseException as exc:
+                entry.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+                raise
+            else:
+                entry["status"] = "succeeded"
+            finally:
+                entry["seconds"] = round(time.perf_counter() - t0, 3)
+                entry["finished"] = now()
+                self.save()
 
     @contextlib.contextmanager
     def output(self, name: str) -> Iterator[Path]:
