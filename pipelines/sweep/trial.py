@@ -193,7 +193,7 @@ def fold_metrics(spec: TrialSpec, fold: int) -> dict[str, float]:
 
 
 def deep_metrics(spec: TrialSpec, folder: Path) -> dict[str, float]:
-    """Train with the deep worker (1 rank directly, k ranks under horovodrun) up to the budget; its metrics."""
+    """Train with the deep worker (1 rank in this process, k ranks under horovodrun) up to the budget; its metrics."""
     from pipelines.deep.stage import DeepStage, RankSpec
     from pipelines.launch.horovod import launch_command
 
@@ -211,10 +211,14 @@ def deep_metrics(spec: TrialSpec, folder: Path) -> dict[str, float]:
         class_names=spec.class_names,
         code=spec.code,
     ).write(folder / "worker.json")
-    argv = [sys.executable, "-m", "pipelines.deep.worker", str(folder / "worker.json")]
-    command = argv if spec.ranks == 1 else launch_command("horovodrun", spec.ranks, None, argv)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
-    subprocess.run(command, check=True, env=env)
+    if spec.ranks == 1:  # the one rank trains in this trial's own process: no second interpreter to start
+        from pipelines.deep import worker
+
+        worker.main([str(folder / "worker.json")])
+    else:
+        argv = [sys.executable, "-m", "pipelines.deep.worker", str(folder / "worker.json")]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+        subprocess.run(launch_command("horovodrun", spec.ranks, None, argv), check=True, env=env)
     results = json.loads((folder / "out" / "results.json").read_text())
     metrics: dict[str, Any] = {"epochs_run": results["epochs_run"], "train_seconds": results["train_seconds"]}
     history = results.get("history") or [{}]
